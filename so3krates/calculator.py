@@ -1,0 +1,98 @@
+"""SO3kratesCalculator: an ASE calculator for any Potential (SO3krates or analytic).
+
+What it computes, for atoms with positions R and (optionally) a periodic cell:
+
+* ``energy`` = ``free_energy`` = E(R) = sum_i (U_i + shift(Z_i)), in eV,
+* ``energies`` the per-atom terms U_i + shift(Z_i),
+* ``forces`` = -dE/dR (eV/Å), exact derivatives of the same function (conservative),
+* ``stress`` = (1/V) dE/d(epsilon) for a symmetric strain of positions and cell together
+  (eV/Å^3, Voigt order xx yy zz yz xz xy), only for cells periodic in all three directions.
+
+Compiled code is reused across calls: structures are padded to bucketed sizes, so the program is
+recompiled only when a structure falls into a new bucket (or the dtype/property set changes).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from so3krates.neighbors import build_graph
+from so3krates.potential import DTYPES, Potential, evaluate
+from so3krates.system import StructureError, System
+
+
+class SO3kratesCalculator(Calculator):
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(
+        self,
+        model: Potential | str | os.PathLike,
+        dtype: str = "float32",
+        min_distance: float = 0.5,
+        **kwargs,
+    ):
+        """``model`` is a Potential or a checkpoint directory; ``min_distance`` in Å."""
+        super().__init__(**kwargs)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if not isinstance(model, Potential):
+            from so3krates.checkpoint import load_model
+
+            model = load_model(model)
+        self.potential = model
+        self.dtype = dtype
+        self.min_distance = float(min_distance)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        system = System.from_atoms(self.atoms)
+        self._check_elements(system)
+        want_stress = "stress" in properties
+        if want_stress and not system.pbc.all():
+            raise PropertyNotImplementedError("stress needs a cell that is periodic in all three directions")
+        graph = build_graph(system, self.potential.cutoff)
+        self._check_distances(graph)
+        out = evaluate(self.potential, graph, dtype=self.dtype, stress=want_stress)
+        n = system.num_atoms
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": np.asarray(out["energies"][:n], dtype=np.float64),
+            "forces": np.asarray(out["forces"][:n], dtype=np.float64),
+        }
+        if want_stress:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out["stress"][0], dtype=np.float64))
+        for key, value in self.results.items():
+            if not np.all(np.isfinite(value)):
+                raise FloatingPointError(f"the model returned non-finite {key} for this structure")
+
+    def _check_elements(self, system: System) -> None:
+        known = set(self.potential.elements)
+        if not known:
+            return
+        unknown = sorted(set(np.asarray(system.numbers).tolist()) - known)
+        if unknown:
+            raise StructureError(
+                f"elements {[chemical_symbols[z] for z in unknown]} are not in the model's training elements "
+                f"{[chemical_symbols[z] for z in sorted(known)]}"
+            )
+
+    def _check_distances(self, graph) -> None:
+        mask = np.asarray(graph.pair_mask)
+        vectors = np.asarray(graph.pair_vectors())[mask]
+        if len(vectors) == 0:
+            return
+        distances = np.linalg.norm(vectors, axis=1)
+        closest = int(np.argmin(distances))
+        if distances[closest] < self.min_distance:
+            i, j = np.asarray(graph.pair_first)[mask][closest], np.asarray(graph.pair_second)[mask][closest]
+            raise StructureError(
+                f"atoms {i} and {j} are {distances[closest]:.3f} Å apart, closer than min_distance="
+                f"{self.min_distance} Å (overlapping atoms; lower min_distance to allow it)"
+            )

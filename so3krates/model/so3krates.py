@@ -1,0 +1,221 @@
+"""The SO3krates network: Graph + pair vectors -> per-atom energies.
+
+Equations follow ../shared/spec/so3krates.md section A. Per atom the state is invariant
+features h (F) and Euclidean variables x (one (2l+1)-block per degree, no channel axis).
+Each layer is Euclidean self-attention (an invariant branch with H heads and an EV branch with
+one head per degree, both weighted by learned filters of invariants, no softmax) followed by the
+exchange block. Degrees never couple through tensor products: only per-degree squared norms
+reach the invariants.
+
+Pairs arrive once per unordered pair (see so3krates.neighbors). Every filter depends only on
+invariants symmetric in i and j (the distance and the squared EV differences), so it is
+evaluated once per pair and used for both directions; only the cheap attention dot products and
+messages are computed per direction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from so3krates.model import basis
+from so3krates.model.config import ModelConfig
+from so3krates.model.zbl import ZBLRepulsion
+from so3krates.neighbors import Graph
+
+NUM_ELEMENT_ROWS = 119  # atomic numbers 0 (padding) .. 118
+
+
+@dataclasses.dataclass(frozen=True)
+class PairGeometry:
+    """Everything the layers need about pairs, computed once per structure."""
+
+    first: Int[Array, " p"]
+    second: Int[Array, " p"]
+    radial: Float[Array, "p k"]
+    cutoffs: Float[Array, " p"]  # cutoff function times the pair mask
+    harmonics: Float[Array, "p m"]  # Y(r̂) for the direction first -> second
+    parity: Float[Array, " m"]  # (-1)^l: Y of the reversed direction is parity * Y
+    contract: Float[Array, "m d"]
+    expand: Float[Array, "d m"]
+    num_atoms: int
+
+    def directions(self):
+        """(receivers, senders, sign of Y) for both directions of every pair."""
+        return ((self.first, self.second, 1.0), (self.second, self.first, self.parity))
+
+
+def _activation(name: str):
+    return {"identity": lambda v: v, "silu": nn.silu}[name]
+
+
+class PairFilter(nn.Module):
+    """w_ij = radial MLP(e(d_ij)) + spherical MLP(c_ij): K->F->F and n_L->F/4->F, SiLU inside."""
+
+    num_features: int
+
+    @nn.compact
+    def __call__(self, radial, ev_invariants):
+        F = self.num_features
+        radial_part = nn.Dense(F, name="radial_out")(nn.silu(nn.Dense(F, name="radial_in")(radial)))
+        spherical_part = nn.Dense(F, name="spherical_out")(
+            nn.silu(nn.Dense(F // 4, name="spherical_in")(ev_invariants))
+        )
+        return radial_part + spherical_part
+
+
+class HeadProjection(nn.Module):
+    """Separate bias-free square matrices per head: (n, heads, d) -> (n, heads, d)."""
+
+    num_heads: int
+    head_dim: int
+
+    @nn.compact
+    def __call__(self, inputs):
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)),
+            (self.num_heads, self.head_dim, self.head_dim),
+            jnp.float32,
+        )
+        return jnp.einsum("nhd,hde->nhe", inputs, kernel.astype(inputs.dtype))
+
+
+class EuclideanAttention(nn.Module):
+    """One ESA block: returns the updates (dh, dx)."""
+
+    config: ModelConfig
+
+    def _scale(self, head_dim: int) -> float:
+        mode = self.config.message_normalization
+        if mode == "sqrt_num_features":
+            return head_dim**0.5
+        if mode == "avg_num_neighbors":
+            return float(self.config.avg_num_neighbors)
+        return 1.0
+
+    @nn.compact
+    def __call__(self, h, x, geometry: PairGeometry):
+        cfg = self.config
+        F, H, n_degrees = cfg.num_features, cfg.num_heads, len(cfg.degrees)
+        head_dim, ev_head_dim = F // H, F // n_degrees
+        psi = _activation(cfg.qk_non_linearity)
+        n = geometry.num_atoms
+
+        # per-degree squared norms of EV differences: symmetric in i, j
+        difference = x[geometry.second] - x[geometry.first]
+        ev_invariants = (difference * difference) @ geometry.contract
+        w_invariant = PairFilter(F, name="filter_invariant")(geometry.radial, ev_invariants)
+        w_ev = PairFilter(F, name="filter_ev")(geometry.radial, ev_invariants)
+
+        # invariant branch: H heads with q, k, v
+        heads = h.reshape(n, H, head_dim)
+        q = psi(HeadProjection(H, head_dim, name="query")(heads))
+        k = psi(HeadProjection(H, head_dim, name="key")(heads))
+        v = HeadProjection(H, head_dim, name="value")(heads)
+        w_invariant = w_invariant.reshape(-1, H, head_dim)
+
+        # EV branch: one head per degree, values are the spherical harmonics of the bond
+        ev_heads = h.reshape(n, n_degrees, ev_head_dim)
+        q_ev = psi(HeadProjection(n_degrees, ev_head_dim, name="query_ev")(ev_heads))
+        k_ev = psi(HeadProjection(n_degrees, ev_head_dim, name="key_ev")(ev_heads))
+        w_ev = w_ev.reshape(-1, n_degrees, ev_head_dim)
+
+        weight = geometry.cutoffs[:, None]
+        scale, ev_scale = self._scale(head_dim), self._scale(ev_head_dim)
+        dh = jnp.zeros((n, H, head_dim), h.dtype)
+        dx = jnp.zeros_like(x)
+        for receivers, senders, sign in geometry.directions():
+            alpha = weight * jnp.sum(q[receivers] * w_invariant * k[senders], axis=-1) / scale
+            dh = dh + jax.ops.segment_sum(alpha[..., None] * v[senders], receivers, n)
+            beta = weight * jnp.sum(q_ev[receivers] * w_ev * k_ev[senders], axis=-1) / ev_scale
+            dx = dx + jax.ops.segment_sum((beta @ geometry.expand) * (sign * geometry.harmonics), receivers, n)
+        return dh.reshape(n, F), dx
+
+
+class Exchange(nn.Module):
+    """[a; b] = W [h; c(x)] + bias; h += a, x += b * x (a per-degree gate)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, h, x, geometry: PairGeometry):
+        F, n_degrees = self.config.num_features, len(self.config.degrees)
+        norms = (x * x) @ geometry.contract
+        mixed = nn.Dense(F + n_degrees, name="mix")(jnp.concatenate([h, norms], axis=-1))
+        a, b = mixed[:, :F], mixed[:, F:]
+        return h + a, x + (b @ geometry.expand) * x
+
+
+class ResidualMLP(nn.Module):
+    """h + W2 silu(W1 silu(h) + b1) + b2 (pre-activation residual block)."""
+
+    @nn.compact
+    def __call__(self, h):
+        F = h.shape[-1]
+        return h + nn.Dense(F)(nn.silu(nn.Dense(F)(nn.silu(h))))
+
+
+class SO3krates(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, graph: Graph, pair_vectors: Float[Array, "p 3"]) -> Float[Array, " n"]:
+        cfg = self.config
+        dtype = pair_vectors.dtype
+        n = graph.numbers.shape[0]
+        distances = basis.safe_norm(pair_vectors)
+        units = basis.safe_unit_vectors(pair_vectors, distances)
+        cutoffs = basis.cutoff_function(cfg.cutoff_fn, distances, cfg.cutoff, cfg.cutoff_fn_p)
+        cutoffs = jnp.where(graph.pair_mask, cutoffs, 0.0)
+        contract, expand = basis.degree_matrices(cfg.degrees, dtype)
+        geometry = PairGeometry(
+            first=graph.pair_first,
+            second=graph.pair_second,
+            radial=basis.radial_basis(cfg.radial_basis_fn, distances, cfg.num_radial_basis_fn, cfg.cutoff),
+            cutoffs=cutoffs,
+            harmonics=basis.spherical_harmonics(units, cfg.degrees),
+            parity=basis.parity_signs(cfg.degrees, dtype),
+            contract=contract,
+            expand=expand,
+            num_atoms=n,
+        )
+
+        h = nn.Embed(NUM_ELEMENT_ROWS, cfg.num_features, name="embedding")(graph.numbers).astype(dtype)
+        x = jnp.zeros((n, expand.shape[1]), dtype)
+        if cfg.ev_initialization == "neighbor_average":
+            for receivers, _, sign in geometry.directions():
+                x = x + jax.ops.segment_sum(cutoffs[:, None] * sign * geometry.harmonics, receivers, n)
+            x = x / cfg.avg_num_neighbors
+
+        for layer in range(cfg.num_layers):
+            dh, dx = EuclideanAttention(cfg, name=f"attention_{layer}")(h, x, geometry)
+            h, x = h + dh, x + dx
+            if cfg.layer_normalization_1:
+                h = nn.LayerNorm(epsilon=1e-6, name=f"layer_norm_1_{layer}")(h)
+            if cfg.residual_mlp_1:
+                h = ResidualMLP(name=f"residual_mlp_1_{layer}")(h)
+            h, x = Exchange(cfg, name=f"exchange_{layer}")(h, x, geometry)
+            if cfg.residual_mlp_2:
+                h = ResidualMLP(name=f"residual_mlp_2_{layer}")(h)
+            if cfg.layer_normalization_2:
+                h = nn.LayerNorm(epsilon=1e-6, name=f"layer_norm_2_{layer}")(h)
+
+        hidden = _activation(cfg.energy_activation_fn)(nn.Dense(cfg.energy_regression_dim, name="readout_hidden")(h))
+        last_init = nn.initializers.zeros if cfg.output_is_zero_at_init else nn.initializers.lecun_normal()
+        energies = nn.Dense(1, kernel_init=last_init, name="readout_out")(hidden)[:, 0]
+        if cfg.learn_atomic_type_scales:
+            scales = self.param("atomic_type_scales", nn.initializers.ones, (NUM_ELEMENT_ROWS,), jnp.float32)
+            energies = energies * scales.astype(dtype)[graph.numbers]
+        if cfg.learn_atomic_type_shifts:
+            shifts = self.param("atomic_type_shifts", nn.initializers.zeros, (NUM_ELEMENT_ROWS,), jnp.float32)
+            energies = energies + shifts.astype(dtype)[graph.numbers]
+        if cfg.zbl_repulsion:
+            energies = energies + ZBLRepulsion(name="zbl")(
+                graph.numbers, distances, cutoffs, graph.pair_first, graph.pair_second, n
+            )
+        return energies

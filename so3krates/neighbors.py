@@ -1,0 +1,264 @@
+"""Neighbour lists: padded, bucketed, sparse pair graphs for molecules and periodic cells.
+
+Conventions (shared with the model and the potentials):
+
+* Pairs are stored **once per unordered pair** ``(first, second, offset)``; the directed,
+  full neighbour list that message passing needs is the pairs plus their reverses, made inside
+  the model. Every filter that depends only on symmetric invariants is therefore computed once
+  per pair instead of once per direction.
+* The pair vector is ``r = R[second] - R[first] + offset @ cell`` with ``offset`` an integer
+  lattice translation (stored as floats so that a strained cell differentiates correctly).
+* Shapes are padded to buckets (:func:`bucket`), so molecules of similar size share compiled
+  code. There is always at least one padding atom; padding pairs join that atom to itself, have
+  zero length and ``pair_mask == False``. Consumers must use NaN-safe norms.
+* Pairs may be longer than the cutoff (a skin for reuse across MD steps): every potential's
+  cutoff function makes them contribute exactly zero.
+
+Host-side construction picks the algorithm by size: dense all-pairs for small free molecules,
+ASE's cell-binned ``primitive_neighbor_list`` (linear in N, any triclinic cell, mixed pbc) for
+everything else. Inside jit, :func:`update_neighbor_list` rebuilds a fixed-capacity list when
+atoms moved more than half the skin and reports overflow as a flag, never an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.neighborlist import primitive_neighbor_list
+from jaxtyping import Array, Bool, Float, Int
+
+from so3krates.system import System
+
+ALL_PAIRS_MAX_ATOMS = 256
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+    """Round ``n`` up to a quarter-octave grid (at most 25% padding, few distinct shapes)."""
+    n = max(int(n), minimum)
+    step = 2 ** max(int(math.floor(math.log2(n))) - 2, 0)
+    return -(-n // step) * step
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    """A padded batch of structures and their unordered neighbour pairs."""
+
+    positions: Float[Array, "n 3"]
+    numbers: Int[Array, " n"]  # 0 on padding atoms
+    atom_mask: Bool[Array, " n"]
+    structure_index: Int[Array, " n"]  # which structure each atom belongs to (0 on padding)
+    pair_first: Int[Array, " p"]
+    pair_second: Int[Array, " p"]
+    pair_offsets: Float[Array, "p 3"]  # integer lattice translations
+    pair_mask: Bool[Array, " p"]
+    cells: Float[Array, "g 3 3"]  # lattice vectors as rows
+
+    @property
+    def num_structures(self) -> int:
+        return self.cells.shape[0]
+
+    def pair_vectors(self, positions=None, cells=None) -> Float[Array, "p 3"]:
+        """r = R[second] - R[first] + offset @ cell (positions and cells may be strained)."""
+        positions = self.positions if positions is None else positions
+        cells = self.cells if cells is None else cells
+        pair_cells = cells[self.structure_index[self.pair_first]]
+        shift = jnp.einsum("pa,pab->pb", self.pair_offsets.astype(positions.dtype), pair_cells)
+        return positions[self.pair_second] - positions[self.pair_first] + shift
+
+
+def find_pairs(
+    positions: Float[np.ndarray, "n 3"],
+    cell: Float[np.ndarray, "3 3"],
+    pbc: Bool[np.ndarray, " 3"],
+    cutoff: float,
+) -> tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, "p 3"]]:
+    """All unordered pairs (and periodic images) closer than ``cutoff``, on the host."""
+    positions = np.asarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    n = len(positions)
+    if not pbc.any() and n <= ALL_PAIRS_MAX_ATOMS:
+        first, second = np.triu_indices(n, 1)
+        vectors = positions[second] - positions[first]
+        close = np.einsum("pa,pa->p", vectors, vectors) < cutoff**2
+        first, second = first[close], second[close]
+        return first, second, np.zeros((len(first), 3), dtype=np.int64)
+    first, second, offsets = primitive_neighbor_list(
+        "ijS", pbc, np.asarray(cell, dtype=np.float64), positions, cutoff, self_interaction=False
+    )
+    keep = (first < second) | ((first == second) & _lexicographically_positive(offsets))
+    return first[keep], second[keep], offsets[keep]
+
+
+def _lexicographically_positive(offsets: Int[np.ndarray, "p 3"]) -> Bool[np.ndarray, " p"]:
+    # of the two images (i, i, +S) and (i, i, -S) of one self-pair, keep the one whose first
+    # non-zero component is positive
+    leading = np.where(offsets[:, 0] != 0, offsets[:, 0], np.where(offsets[:, 1] != 0, offsets[:, 1], offsets[:, 2]))
+    return leading > 0
+
+
+def build_graph(
+    systems: System | Sequence[System],
+    cutoff: float,
+    skin: float = 0.0,
+    num_atoms: int | None = None,
+    num_pairs: int | None = None,
+) -> Graph:
+    """Neighbour pairs of one or several structures, padded to bucketed (or given) sizes."""
+    systems = [systems] if isinstance(systems, System) else list(systems)
+    firsts, seconds, offsets, structure = [], [], [], []
+    start = 0
+    for index, system in enumerate(systems):
+        first, second, offset = find_pairs(system.positions, system.cell, system.pbc, cutoff + skin)
+        firsts.append(first + start)
+        seconds.append(second + start)
+        offsets.append(offset)
+        structure.append(np.full(system.num_atoms, index))
+        start += system.num_atoms
+    real_atoms, real_pairs = start, sum(len(f) for f in firsts)
+    num_atoms = bucket(real_atoms + 1) if num_atoms is None else num_atoms
+    num_pairs = bucket(real_pairs) if num_pairs is None else num_pairs
+    if num_atoms <= real_atoms or num_pairs < real_pairs:
+        raise ValueError(
+            f"padding too small: {real_atoms} atoms need num_atoms > {real_atoms}, "
+            f"{real_pairs} pairs need num_pairs >= {real_pairs}"
+        )
+    dummy = num_atoms - 1
+
+    def pad(parts, size, fill, dtype):
+        joined = np.concatenate(parts).astype(dtype)
+        padding = np.full((size - len(joined),) + joined.shape[1:], fill, dtype=dtype)
+        return np.concatenate([joined, padding])
+
+    return Graph(
+        positions=pad([s.positions for s in systems], num_atoms, 0.0, np.float64),
+        numbers=pad([s.numbers for s in systems], num_atoms, 0, np.int32),
+        atom_mask=np.arange(num_atoms) < real_atoms,
+        structure_index=pad(structure, num_atoms, 0, np.int32),
+        pair_first=pad(firsts, num_pairs, dummy, np.int32),
+        pair_second=pad(seconds, num_pairs, dummy, np.int32),
+        pair_offsets=pad(offsets, num_pairs, 0.0, np.float64),
+        pair_mask=np.arange(num_pairs) < real_pairs,
+        cells=np.stack([np.asarray(s.cell, dtype=np.float64) for s in systems]),
+    )
+
+
+def unbatch(values: np.ndarray, graph: Graph) -> list[np.ndarray]:
+    """Split a per-atom array of a batched graph back into one array per structure."""
+    values, index = np.asarray(values), np.asarray(graph.structure_index)
+    mask = np.asarray(graph.atom_mask)
+    return [values[mask & (index == g)] for g in range(graph.num_structures)]
+
+
+# --- neighbour lists that live inside jit (for MD) -------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class NeighborList:
+    """A fixed-capacity pair list of one structure, rebuilt inside jit when atoms moved.
+
+    ``overflow`` is set (and stays set) when a rebuild found more pairs than fit; the host loop
+    then reallocates with :func:`allocate_neighbor_list` and redoes the chunk.
+    """
+
+    graph: Graph
+    reference_positions: Float[Array, "n 3"]
+    image_offsets: Float[Array, "s 3"]  # lattice translations searched on a rebuild
+    overflow: Bool[Array, ""]
+    num_rebuilds: Int[Array, ""]
+    cutoff: float = dataclasses.field(metadata=dict(static=True))
+    skin: float = dataclasses.field(metadata=dict(static=True))
+
+
+def allocate_neighbor_list(
+    system: System, cutoff: float, skin: float = 0.5, capacity_factor: float = 1.25
+) -> NeighborList:
+    """Build a list on the host with spare capacity for later in-jit rebuilds."""
+    first, _, _ = find_pairs(system.positions, system.cell, system.pbc, cutoff + skin)
+    graph = build_graph(system, cutoff, skin, num_pairs=bucket(int(len(first) * capacity_factor) + 1))
+    return NeighborList(
+        graph=graph,
+        reference_positions=graph.positions,
+        image_offsets=_image_offsets(system, cutoff + skin),
+        overflow=np.array(False),
+        num_rebuilds=np.array(0, dtype=np.int32),
+        cutoff=float(cutoff),
+        skin=float(skin),
+    )
+
+
+def _image_offsets(system: System, reach: float) -> Float[np.ndarray, "s 3"]:
+    """All lattice translations that can hold an image within ``reach`` of the cell.
+
+    Along a periodic direction, the number of images needed is reach over the distance between
+    the lattice planes spanned by the other two vectors (works for any triclinic cell).
+    """
+    cell, pbc = np.asarray(system.cell), np.asarray(system.pbc)
+    counts = np.zeros(3, dtype=int)
+    if pbc.any():
+        reciprocal = np.linalg.pinv(cell).T  # rows: reciprocal vectors (without 2π)
+        plane_spacing = 1.0 / np.linalg.norm(reciprocal, axis=1)
+        # one image more than a wrapped cell needs: atoms drift out of the cell during MD
+        counts = np.where(pbc, np.ceil(reach / plane_spacing).astype(int) + 1, 0)
+    ranges = [np.arange(-c, c + 1) for c in counts]
+    grid = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3)
+    return grid.astype(np.float64)
+
+
+def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> NeighborList:
+    """Refresh the pair list for new positions; rebuilds only past half the skin."""
+    graph = nl.graph
+    displacement = jnp.linalg.norm(
+        jnp.where(graph.atom_mask[:, None], positions - nl.reference_positions, 0.0), axis=1
+    )
+    needs_rebuild = jnp.max(displacement) > 0.5 * nl.skin
+
+    def rebuild(_):
+        first, second, offsets, mask, count = _all_pairs_in_jit(
+            positions, graph, nl.image_offsets, nl.cutoff + nl.skin
+        )
+        new_graph = dataclasses.replace(
+            graph, positions=positions, pair_first=first, pair_second=second,
+            pair_offsets=offsets, pair_mask=mask,
+        )
+        return new_graph, positions, count > first.shape[0], nl.num_rebuilds + 1
+
+    def keep(_):
+        return dataclasses.replace(graph, positions=positions), nl.reference_positions, jnp.array(False), nl.num_rebuilds
+
+    new_graph, reference, overflow, rebuilds = jax.lax.cond(needs_rebuild, rebuild, keep, None)
+    return dataclasses.replace(
+        nl, graph=new_graph, reference_positions=reference,
+        overflow=nl.overflow | overflow, num_rebuilds=rebuilds,
+    )
+
+
+def _all_pairs_in_jit(positions, graph: Graph, image_offsets, reach):
+    """Dense candidate search over atom pairs x lattice images, compacted to the capacity."""
+    n, capacity = positions.shape[0], graph.pair_first.shape[0]
+    cell = graph.cells[0]
+    shifts = image_offsets.astype(positions.dtype) @ cell  # (s, 3)
+    vectors = positions[None, :, None, :] - positions[:, None, None, :] + shifts[None, None]
+    within = jnp.sum(vectors**2, axis=-1) < reach**2  # (n, n, s)
+    index = jnp.arange(n)
+    real = graph.atom_mask[:, None] & graph.atom_mask[None, :]
+    upper = index[:, None] < index[None, :]
+    same = index[:, None] == index[None, :]
+    positive = jnp.asarray(_lexicographically_positive(np.asarray(image_offsets)))
+    # a pair is kept once: i < j for any image, and i == j only for the positive image
+    unique = upper[:, :, None] | (same[:, :, None] & positive[None, None, :])
+    candidates = within & unique & real[:, :, None]
+    count = jnp.sum(candidates)
+    first, second, image = jnp.nonzero(candidates, size=capacity, fill_value=n - 1)
+    mask = jnp.arange(capacity) < count
+    dummy = n - 1
+    first = jnp.where(mask, first, dummy).astype(jnp.int32)
+    second = jnp.where(mask, second, dummy).astype(jnp.int32)
+    offsets = jnp.where(mask[:, None], image_offsets[image], 0.0)
+    return first, second, offsets, mask, count

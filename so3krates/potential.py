@@ -1,0 +1,255 @@
+"""Potential: a per-atom energy model plus its parameters -> energy, forces, stress, heat flux.
+
+Every quantity is a derivative of one scalar function of the positions and a strain:
+
+* forces   F = -dE/dR,
+* stress   sigma = (1/V) dE/d(epsilon) at epsilon = 0, where the symmetric strain epsilon
+  deforms positions and lattice vectors alike (R -> R(1+epsilon), cell -> cell(1+epsilon)),
+  so pair vectors across the boundary strain correctly and no cell derivative is needed,
+* heat flux J = J_pot + J_conv from the unfolded (open, replicated) system, which is exact for
+  message passing models whose per-atom energies reach ``interaction_range`` (section F of the
+  spec): J_pot = sum_{i in cell} sum_j (r_i - r_j) (dU_i/dr_j . v_j), computed without any
+  per-atom Jacobian as a JVP of B(R) = sum_i U_i(R) r_i minus sum_j r_j (dU/dr_j . v_j).
+
+Units: eV, Å, amu, fs; velocities in Å/fs, so J is in eV Å/fs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import ase
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from so3krates.model import ModelConfig, SO3krates
+from so3krates.model.so3krates import NUM_ELEMENT_ROWS
+from so3krates.neighbors import Graph, build_graph, find_pairs, unbatch
+from so3krates.system import System
+
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+
+
+class AtomicEnergyModel(Protocol):
+    """What a Potential needs from a model: per-atom energies of a graph, and its reach."""
+
+    cutoff: float  # pairs longer than this contribute nothing
+
+    @property
+    def interaction_range(self) -> float: ...  # how far one atom's energy depends on others
+
+    def __call__(self, params: Any, graph: Graph, pair_vectors: Float[Array, "p 3"]) -> Float[Array, " n"]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SO3kratesEnergy:
+    """Adapter: the SO3krates Flax module as an AtomicEnergyModel."""
+
+    config: ModelConfig
+
+    @property
+    def cutoff(self) -> float:
+        return self.config.cutoff
+
+    @property
+    def interaction_range(self) -> float:
+        return self.config.num_layers * self.config.cutoff
+
+    def __call__(self, params, graph, pair_vectors):
+        return SO3krates(self.config).apply(params, graph, pair_vectors)
+
+    def init(self, key: jax.Array):
+        example = build_graph(
+            System.create(positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]], numbers=[1, 1]), self.cutoff
+        )
+        return SO3krates(self.config).init(key, example, jnp.asarray(example.pair_vectors(), jnp.float32))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Potential:
+    model: AtomicEnergyModel = dataclasses.field(metadata=dict(static=True))
+    params: Any
+    energy_shifts: Float[Array, " 119"]  # eV per atom, indexed by atomic number
+    elements: tuple[int, ...] = dataclasses.field(default=(), metadata=dict(static=True))  # () = any
+
+    @property
+    def cutoff(self) -> float:
+        return self.model.cutoff
+
+    @property
+    def interaction_range(self) -> float:
+        return self.model.interaction_range
+
+    def calculate(
+        self,
+        structures: ase.Atoms | System | Sequence[ase.Atoms | System],
+        properties: Sequence[str] = ("energy", "forces"),
+        dtype: str = "float32",
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Host-side convenience: numpy results for one structure or a list (one batch)."""
+        single = isinstance(structures, (ase.Atoms, System))
+        systems = [_as_system(s) for s in ([structures] if single else structures)]
+        graph = build_graph(systems, self.cutoff)
+        out = evaluate(self, graph, dtype=dtype, stress="stress" in properties)
+        results = []
+        per_atom = {"forces": unbatch(out["forces"], graph), "energies": unbatch(out["energies"], graph)}
+        for index in range(len(systems)):
+            result = {"energy": float(out["energy"][index])}
+            result.update({key: values[index] for key, values in per_atom.items()})
+            if "stress" in properties:
+                result["stress"] = np.asarray(out["stress"][index])
+            results.append(result)
+        return results[0] if single else results
+
+
+def _as_system(structure) -> System:
+    return structure if isinstance(structure, System) else System.from_atoms(structure)
+
+
+def with_dtype(potential: Potential, dtype) -> Potential:
+    cast = lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf  # noqa: E731
+    return dataclasses.replace(
+        potential, params=jax.tree.map(cast, potential.params), energy_shifts=potential.energy_shifts.astype(dtype)
+    )
+
+
+def _graph_with_dtype(graph: Graph, dtype) -> Graph:
+    return dataclasses.replace(graph, positions=graph.positions.astype(dtype), cells=graph.cells.astype(dtype))
+
+
+def atomic_energies(
+    potential: Potential, graph: Graph, positions: Float[Array, "n 3"], cells: Float[Array, "g 3 3"]
+) -> Float[Array, " n"]:
+    """Per-atom energies (shifts included, zero on padding) at the given positions and cells."""
+    vectors = graph.pair_vectors(positions, cells)
+    energies = potential.model(potential.params, graph, vectors) + potential.energy_shifts[graph.numbers]
+    return jnp.where(graph.atom_mask, energies, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("dtype", "stress"))
+def evaluate(potential: Potential, graph: Graph, dtype: str = "float32", stress: bool = False) -> dict[str, Array]:
+    """Energy per structure, per-atom energies, forces and (optionally) stress of a graph."""
+    dtype = DTYPES[dtype]
+    potential, graph = with_dtype(potential, dtype), _graph_with_dtype(graph, dtype)
+    g = graph.num_structures
+
+    def total_energy(positions, strain):
+        symmetric = 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
+        deformation = jnp.eye(3, dtype=dtype) + symmetric
+        strained_positions = jnp.einsum("na,nab->nb", positions, deformation[graph.structure_index])
+        strained_cells = jnp.einsum("gia,gab->gib", graph.cells, deformation)
+        energies = atomic_energies(potential, graph, strained_positions, strained_cells)
+        return jnp.sum(energies), energies
+
+    strain = jnp.zeros((g, 3, 3), dtype)
+    (_, energies), (gradient, strain_gradient) = jax.value_and_grad(total_energy, argnums=(0, 1), has_aux=True)(
+        graph.positions, strain
+    )
+    out = {
+        "energy": jax.ops.segment_sum(energies, graph.structure_index, g),
+        "energies": energies,
+        "forces": -gradient,
+    }
+    if stress:
+        volumes = jnp.abs(jnp.linalg.det(graph.cells))
+        out["stress"] = strain_gradient / volumes[:, None, None]
+    return out
+
+
+# --- heat flux --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class UnfoldedSystem:
+    """A periodic cell plus every periodic image that can influence a cell atom's energy."""
+
+    graph: Graph  # open boundaries; atoms 0..n_cell-1 are the cell, then the replicas
+    replica_of: np.ndarray  # for each unfolded atom, the index of its original in the cell
+    num_cell_atoms: int
+
+
+def unfold(system: System, cutoff: float, interaction_range: float) -> UnfoldedSystem:
+    """Replicate all images within ``interaction_range`` of any cell atom, as an open system."""
+    first, second, offsets = find_pairs(system.positions, system.cell, system.pbc, interaction_range)
+    shifted = np.any(offsets != 0, axis=1)
+    # pair (i, j, S): image j+S is near i, and equally image i-S is near j
+    images = np.concatenate(
+        [np.column_stack([second[shifted], offsets[shifted]]), np.column_stack([first[shifted], -offsets[shifted]])]
+    )
+    images = np.unique(images, axis=0)
+    cell = np.asarray(system.cell)
+    replica_positions = system.positions[images[:, 0]] + images[:, 1:] @ cell
+    replica_of = np.concatenate([np.arange(system.num_atoms), images[:, 0]])
+    open_system = System.create(
+        positions=np.concatenate([system.positions, replica_positions]),
+        numbers=np.asarray(system.numbers)[replica_of],
+        masses=np.asarray(system.masses)[replica_of],
+    )
+    return UnfoldedSystem(build_graph(open_system, cutoff), replica_of, system.num_atoms)
+
+
+@functools.partial(jax.jit, static_argnames=("num_cell_atoms", "dtype"))
+def _heat_flux(potential, graph, velocities, masses, num_cell_atoms: int, dtype: str):
+    dtype = DTYPES[dtype]
+    potential, graph = with_dtype(potential, dtype), _graph_with_dtype(graph, dtype)
+    velocities = velocities.astype(dtype)
+    in_cell = jnp.arange(graph.positions.shape[0]) < num_cell_atoms
+
+    def cell_energies(positions):
+        return jnp.where(in_cell, atomic_energies(potential, graph, positions, graph.cells), 0.0)
+
+    def moment(positions):  # B(R) = sum_i U_i(R) r_i with r_i held fixed
+        return cell_energies(positions) @ jax.lax.stop_gradient(positions)
+
+    positions = graph.positions
+    energies, energy_gradient = jax.value_and_grad(lambda r: jnp.sum(cell_energies(r)))(positions)
+    _, moment_rate = jax.jvp(moment, (positions,), (velocities,))
+    energies = cell_energies(positions)
+    potential_term = moment_rate - positions.T @ jnp.sum(energy_gradient * velocities, axis=1)
+    kinetic = 0.5 * masses.astype(dtype) * jnp.sum(velocities**2, axis=1)
+    convective = jnp.where(in_cell, energies + kinetic, 0.0) @ velocities
+    return {"heat_flux": potential_term + convective, "heat_flux_potential": potential_term}
+
+
+def heat_flux(
+    potential: Potential, system: System, velocities: Float[np.ndarray, "n 3"], dtype: str = "float64"
+) -> dict[str, np.ndarray]:
+    """Heat flux J (eV Å/fs) of a periodic cell for velocities in Å/fs."""
+    unfolded = unfold(system, potential.cutoff, potential.interaction_range)
+    graph = unfolded.graph
+    padded = np.zeros((graph.positions.shape[0], 3))
+    padded[: len(unfolded.replica_of)] = np.asarray(velocities)[unfolded.replica_of]
+    masses = np.zeros(graph.positions.shape[0])
+    masses[: len(unfolded.replica_of)] = np.asarray(system.masses)[unfolded.replica_of]
+    out = _heat_flux(potential, graph, padded, masses, unfolded.num_cell_atoms, dtype)
+    return {key: np.asarray(value) for key, value in out.items()}
+
+
+# --- construction -----------------------------------------------------------------------------
+
+
+def element_numbers(elements: Sequence[int | str]) -> tuple[int, ...]:
+    from ase.data import atomic_numbers
+
+    numbers = []
+    for element in elements:
+        if isinstance(element, str):
+            if element not in atomic_numbers:
+                raise ValueError(f"unknown element symbol {element!r}")
+            numbers.append(atomic_numbers[element])
+        else:
+            numbers.append(int(element))
+    return tuple(sorted(set(numbers)))
+
+
+def init_model(config: ModelConfig, elements: Sequence[int | str], seed: int = 0) -> Potential:
+    """A Potential with freshly initialised SO3krates parameters for the given elements."""
+    model = SO3kratesEnergy(config)
+    params = model.init(jax.random.PRNGKey(seed))
+    return Potential(model=model, params=params, energy_shifts=np.zeros(NUM_ELEMENT_ROWS), elements=element_numbers(elements))

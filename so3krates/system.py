@@ -1,0 +1,97 @@
+"""One atomic structure as a pytree: the entry point of every calculation.
+
+Units inside the library: Å for lengths, amu for masses. The cell holds the lattice vectors as
+rows, as in ASE; a non-periodic structure may have a zero cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ase
+import jax
+import numpy as np
+from ase.data import atomic_masses, chemical_symbols
+from jaxtyping import Bool, Float, Int
+
+MAX_ATOMIC_NUMBER = 118
+
+
+class StructureError(ValueError):
+    """A structure that no calculation should run on (unknown element, NaN, bad cell, ...)."""
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class System:
+    positions: Float[np.ndarray, "n 3"]
+    numbers: Int[np.ndarray, " n"]
+    masses: Float[np.ndarray, " n"]
+    cell: Float[np.ndarray, "3 3"]
+    pbc: Bool[np.ndarray, " 3"]
+
+    @classmethod
+    def from_atoms(cls, atoms: ase.Atoms) -> System:
+        return cls.create(
+            positions=atoms.get_positions(),
+            numbers=atoms.get_atomic_numbers(),
+            masses=atoms.get_masses(),
+            cell=np.asarray(atoms.get_cell()),
+            pbc=atoms.get_pbc(),
+        )
+
+    @classmethod
+    def create(cls, positions, numbers, masses=None, cell=None, pbc=False) -> System:
+        """Build a validated System from array-likes (masses default to IUPAC values)."""
+        positions = np.asarray(positions, dtype=np.float64)
+        numbers = np.asarray(numbers, dtype=np.int32)
+        if positions.ndim != 2 or positions.shape[1] != 3:
+            raise StructureError(f"positions must have shape (n, 3), got {positions.shape}")
+        if numbers.shape != (len(positions),):
+            raise StructureError(
+                f"{len(numbers)} atomic numbers for {len(positions)} positions"
+            )
+        if len(numbers) == 0:
+            raise StructureError("a structure needs at least one atom")
+        unknown = sorted({int(z) for z in numbers if not 1 <= z <= MAX_ATOMIC_NUMBER})
+        if unknown:
+            raise StructureError(f"unknown atomic numbers {unknown} (valid: 1..{MAX_ATOMIC_NUMBER})")
+        if not np.all(np.isfinite(positions)):
+            bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+            raise StructureError(f"non-finite positions for atoms {bad.tolist()}")
+        masses = atomic_masses[numbers] if masses is None else np.asarray(masses, np.float64)
+        if masses.shape != numbers.shape or not np.all(masses > 0):
+            raise StructureError("masses must be positive, one per atom")
+        cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+        if cell.shape != (3, 3) or not np.all(np.isfinite(cell)):
+            raise StructureError(f"cell must be a finite 3x3 matrix, got {cell!r}")
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+        if pbc.any():
+            periodic_vectors = cell[pbc]
+            if np.linalg.matrix_rank(periodic_vectors, tol=1e-6) < pbc.sum():
+                raise StructureError(
+                    "periodic boundary conditions need non-degenerate lattice vectors along "
+                    f"the periodic directions (pbc={pbc.tolist()}, cell volume {abs(np.linalg.det(cell)):.3g})"
+                )
+        return cls(positions=positions, numbers=numbers, masses=masses, cell=cell, pbc=pbc)
+
+    def to_atoms(self) -> ase.Atoms:
+        return ase.Atoms(
+            numbers=np.asarray(self.numbers),
+            positions=np.asarray(self.positions),
+            masses=np.asarray(self.masses),
+            cell=np.asarray(self.cell),
+            pbc=np.asarray(self.pbc),
+        )
+
+    @property
+    def num_atoms(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(np.asarray(self.cell))))
+
+    @property
+    def symbols(self) -> list[str]:
+        return [chemical_symbols[z] for z in np.asarray(self.numbers)]
