@@ -97,8 +97,9 @@ def find_pairs(
 
 def _lexicographically_positive(offsets: Int[np.ndarray, "p 3"]) -> Bool[np.ndarray, " p"]:
     # of the two images (i, i, +S) and (i, i, -S) of one self-pair, keep the one whose first
-    # non-zero component is positive
-    leading = np.where(offsets[:, 0] != 0, offsets[:, 0], np.where(offsets[:, 1] != 0, offsets[:, 1], offsets[:, 2]))
+    # non-zero component is positive (works on NumPy arrays and on traced JAX arrays in jit)
+    xp = jnp if isinstance(offsets, jax.Array) else np
+    leading = xp.where(offsets[:, 0] != 0, offsets[:, 0], xp.where(offsets[:, 1] != 0, offsets[:, 1], offsets[:, 2]))
     return leading > 0
 
 
@@ -197,14 +198,15 @@ def _image_offsets(system: System, reach: float) -> Float[np.ndarray, "s 3"]:
     """All lattice translations that can hold an image within ``reach`` of the cell.
 
     Along a periodic direction, the number of images needed is reach over the distance between
-    the lattice planes spanned by the other two vectors (works for any triclinic cell).
+    the lattice planes spanned by the other two vectors (works for any triclinic cell). The
+    in-jit search wraps the atoms into the home cell first, so this holds wherever they are.
     """
     cell, pbc = np.asarray(system.cell), np.asarray(system.pbc)
     counts = np.zeros(3, dtype=int)
     if pbc.any():
         reciprocal = np.linalg.pinv(cell).T  # rows: reciprocal vectors (without 2π)
         plane_spacing = 1.0 / np.linalg.norm(reciprocal, axis=1)
-        # one image more than a wrapped cell needs: atoms drift out of the cell during MD
+        # one image more than a wrapped cell needs: a safety margin for rounding at the faces
         counts = np.where(pbc, np.ceil(reach / plane_spacing).astype(int) + 1, 0)
     ranges = [np.arange(-c, c + 1) for c in counts]
     grid = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3)
@@ -212,8 +214,13 @@ def _image_offsets(system: System, reach: float) -> Float[np.ndarray, "s 3"]:
 
 
 def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> NeighborList:
-    """Refresh the pair list for new positions; rebuilds only past half the skin."""
+    """Refresh the pair list for new positions; rebuilds only past half the skin.
+
+    Positions are cast to the precision the list holds, so that the returned list has the same
+    types as ``nl`` (a loop carry in ``lax.scan``/``fori_loop`` must not change type).
+    """
     graph = nl.graph
+    positions = jnp.asarray(positions, dtype=nl.reference_positions.dtype)
     displacement = jnp.linalg.norm(
         jnp.where(graph.atom_mask[:, None], positions - nl.reference_positions, 0.0), axis=1
     )
@@ -227,7 +234,7 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
             graph, positions=positions, pair_first=first, pair_second=second,
             pair_offsets=offsets, pair_mask=mask,
         )
-        return new_graph, positions, count > first.shape[0], nl.num_rebuilds + 1
+        return new_graph, positions, count > first.shape[0] + 5, nl.num_rebuilds + 1
 
     def keep(_):
         return dataclasses.replace(graph, positions=positions), nl.reference_positions, jnp.array(False), nl.num_rebuilds
@@ -243,14 +250,22 @@ def _all_pairs_in_jit(positions, graph: Graph, image_offsets, reach):
     """Dense candidate search over atom pairs x lattice images, compacted to the capacity."""
     n, capacity = positions.shape[0], graph.pair_first.shape[0]
     cell = graph.cells[0]
+    # Search with the atoms wrapped into the home cell, so that the image range of
+    # _image_offsets suffices however far they drifted (MD does not wrap; an input may be
+    # unwrapped). With R = R' + w @ cell, the offset for the unwrapped positions is
+    # n + w[first] - w[second]. The image grid is non-zero exactly along the periodic directions.
+    periodic = jnp.any(image_offsets != 0, axis=0)
+    fractional = positions @ jnp.linalg.pinv(cell)
+    wraps = jnp.where(periodic[None, :] & graph.atom_mask[:, None], jnp.floor(fractional), 0.0)
+    wrapped = positions - wraps.astype(positions.dtype) @ cell
     shifts = image_offsets.astype(positions.dtype) @ cell  # (s, 3)
-    vectors = positions[None, :, None, :] - positions[:, None, None, :] + shifts[None, None]
+    vectors = wrapped[None, :, None, :] - wrapped[:, None, None, :] + shifts[None, None]
     within = jnp.sum(vectors**2, axis=-1) < reach**2  # (n, n, s)
     index = jnp.arange(n)
     real = graph.atom_mask[:, None] & graph.atom_mask[None, :]
     upper = index[:, None] < index[None, :]
     same = index[:, None] == index[None, :]
-    positive = jnp.asarray(_lexicographically_positive(np.asarray(image_offsets)))
+    positive = _lexicographically_positive(jnp.asarray(image_offsets))
     # a pair is kept once: i < j for any image, and i == j only for the positive image
     unique = upper[:, :, None] | (same[:, :, None] & positive[None, None, :])
     candidates = within & unique & real[:, :, None]
@@ -260,5 +275,6 @@ def _all_pairs_in_jit(positions, graph: Graph, image_offsets, reach):
     dummy = n - 1
     first = jnp.where(mask, first, dummy).astype(jnp.int32)
     second = jnp.where(mask, second, dummy).astype(jnp.int32)
-    offsets = jnp.where(mask[:, None], image_offsets[image], 0.0)
+    offsets = jnp.where(mask[:, None], image_offsets[image] + wraps[first] - wraps[second], 0.0)
+    offsets = offsets.astype(graph.pair_offsets.dtype)
     return first, second, offsets, mask, count

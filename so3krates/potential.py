@@ -67,7 +67,8 @@ class SO3kratesEnergy:
         example = build_graph(
             System.create(positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]], numbers=[1, 1]), self.cutoff
         )
-        return SO3krates(self.config).init(key, example, jnp.asarray(example.pair_vectors(), jnp.float32))
+        # jit: initialising eagerly dispatches thousands of small ops and takes seconds
+        return jax.jit(SO3krates(self.config).init)(key, example, jnp.asarray(example.pair_vectors(), jnp.float32))
 
 
 @jax.tree_util.register_dataclass

@@ -44,28 +44,38 @@ class System:
     def create(cls, positions, numbers, masses=None, cell=None, pbc=False) -> System:
         """Build a validated System from array-likes (masses default to IUPAC values)."""
         positions = np.asarray(positions, dtype=np.float64)
-        numbers = np.asarray(numbers, dtype=np.int32)
+        numbers = np.asarray(numbers)
         if positions.ndim != 2 or positions.shape[1] != 3:
             raise StructureError(f"positions must have shape (n, 3), got {positions.shape}")
         if numbers.shape != (len(positions),):
             raise StructureError(
-                f"{len(numbers)} atomic numbers for {len(positions)} positions"
+                f"atomic numbers of shape {numbers.shape} for {len(positions)} positions"
             )
         if len(numbers) == 0:
             raise StructureError("a structure needs at least one atom")
-        unknown = sorted({int(z) for z in numbers if not 1 <= z <= MAX_ATOMIC_NUMBER})
+        # check the values before any cast: 6.5 must not become carbon, nor 2**32 + 1 hydrogen
+        if numbers.dtype.kind not in "iuf":
+            raise StructureError(f"atomic numbers must be integers, got dtype {numbers.dtype}")
+        integral = np.isfinite(numbers) & (numbers == np.round(numbers))
+        if not np.all(integral):
+            raise StructureError(f"atomic numbers must be integers, got {numbers[~integral].tolist()}")
+        unknown = sorted({z.item() for z in numbers if not 1 <= z <= MAX_ATOMIC_NUMBER})
         if unknown:
             raise StructureError(f"unknown atomic numbers {unknown} (valid: 1..{MAX_ATOMIC_NUMBER})")
+        numbers = numbers.astype(np.int32)
         if not np.all(np.isfinite(positions)):
             bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
             raise StructureError(f"non-finite positions for atoms {bad.tolist()}")
         masses = atomic_masses[numbers] if masses is None else np.asarray(masses, np.float64)
-        if masses.shape != numbers.shape or not np.all(masses > 0):
-            raise StructureError("masses must be positive, one per atom")
+        if masses.shape != numbers.shape or not np.all(np.isfinite(masses) & (masses > 0)):
+            raise StructureError("masses must be finite and positive, one per atom")
         cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
         if cell.shape != (3, 3) or not np.all(np.isfinite(cell)):
             raise StructureError(f"cell must be a finite 3x3 matrix, got {cell!r}")
-        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+        pbc = np.asarray(pbc, dtype=bool)
+        if pbc.shape not in ((), (3,)):
+            raise StructureError(f"pbc must be one bool or three, got shape {pbc.shape}")
+        pbc = np.broadcast_to(pbc, (3,)).copy()
         if pbc.any():
             periodic_vectors = cell[pbc]
             if np.linalg.matrix_rank(periodic_vectors, tol=1e-6) < pbc.sum():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import e3x
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -94,12 +93,45 @@ def radial_basis(name: str, distances: Float[Array, " p"], num: int, cutoff: flo
 def spherical_harmonics(unit_vectors: Float[Array, "p 3"], degrees: tuple[int, ...]) -> Float[Array, "p m"]:
     """Orthonormal real Y_lm(r̂) for the given degrees, concatenated, m = -l..l within a degree.
 
-    Zero vectors map to zero for every l >= 1 (the polynomials are homogeneous).
+    Real forms without the Condon-Shortley phase (l=1 is sqrt(3/4pi) (y, z, x)), written as
+    homogeneous polynomials so that a zero vector maps to zero for every l >= 1. Hand-coded up to
+    l = 4: a few multiply-adds per pair, in the input's dtype.
     """
-    all_degrees = e3x.so3.spherical_harmonics(
-        unit_vectors, max_degree=max(degrees), r_is_normalized=True, normalization="orthonormal"
-    )
-    return jnp.concatenate([all_degrees[:, l * l : (l + 1) ** 2] for l in degrees], axis=-1)
+    x, y, z = unit_vectors[:, 0], unit_vectors[:, 1], unit_vectors[:, 2]
+    r2 = x * x + y * y + z * z  # 1, or 0 for padding
+    x2, y2, z2 = x * x, y * y, z * z
+    pi = math.pi
+    blocks = {
+        1: lambda: [math.sqrt(3 / (4 * pi)) * c for c in (y, z, x)],
+        2: lambda: [
+            0.5 * math.sqrt(15 / pi) * x * y,
+            0.5 * math.sqrt(15 / pi) * y * z,
+            0.25 * math.sqrt(5 / pi) * (3 * z2 - r2),
+            0.5 * math.sqrt(15 / pi) * x * z,
+            0.25 * math.sqrt(15 / pi) * (x2 - y2),
+        ],
+        3: lambda: [
+            0.25 * math.sqrt(35 / (2 * pi)) * y * (3 * x2 - y2),
+            0.5 * math.sqrt(105 / pi) * x * y * z,
+            0.25 * math.sqrt(21 / (2 * pi)) * y * (5 * z2 - r2),
+            0.25 * math.sqrt(7 / pi) * z * (5 * z2 - 3 * r2),
+            0.25 * math.sqrt(21 / (2 * pi)) * x * (5 * z2 - r2),
+            0.25 * math.sqrt(105 / pi) * z * (x2 - y2),
+            0.25 * math.sqrt(35 / (2 * pi)) * x * (x2 - 3 * y2),
+        ],
+        4: lambda: [
+            0.75 * math.sqrt(35 / pi) * x * y * (x2 - y2),
+            0.75 * math.sqrt(35 / (2 * pi)) * y * z * (3 * x2 - y2),
+            0.75 * math.sqrt(5 / pi) * x * y * (7 * z2 - r2),
+            0.75 * math.sqrt(5 / (2 * pi)) * y * z * (7 * z2 - 3 * r2),
+            3 / 16 * math.sqrt(1 / pi) * (35 * z2 * z2 - 30 * z2 * r2 + 3 * r2 * r2),
+            0.75 * math.sqrt(5 / (2 * pi)) * x * z * (7 * z2 - 3 * r2),
+            3 / 8 * math.sqrt(5 / pi) * (x2 - y2) * (7 * z2 - r2),
+            0.75 * math.sqrt(35 / (2 * pi)) * x * z * (x2 - 3 * y2),
+            3 / 16 * math.sqrt(35 / pi) * (x2 * (x2 - 3 * y2) - y2 * (3 * x2 - y2)),
+        ],
+    }
+    return jnp.stack([component for l in degrees for component in blocks[l]()], axis=-1)
 
 
 def degree_matrices(degrees: tuple[int, ...], dtype) -> tuple[Float[Array, "m d"], Float[Array, "d m"]]:

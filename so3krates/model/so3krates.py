@@ -204,6 +204,7 @@ class SO3krates(nn.Module):
                 h = ResidualMLP(name=f"residual_mlp_2_{layer}")(h)
             if cfg.layer_normalization_2:
                 h = nn.LayerNorm(epsilon=1e-6, name=f"layer_norm_2_{layer}")(h)
+            self.sow("intermediates", "euclidean_variables", x)  # for equivariance checks
 
         hidden = _activation(cfg.energy_activation_fn)(nn.Dense(cfg.energy_regression_dim, name="readout_hidden")(h))
         last_init = nn.initializers.zeros if cfg.output_is_zero_at_init else nn.initializers.lecun_normal()

@@ -1,0 +1,64 @@
+"""Shared fixtures: small molecules, random rotations, models with non-trivial parameters."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from ase.build import molecule
+
+import so3krates  # noqa: F401  (enables float64)
+from so3krates import ModelConfig, init_model
+from so3krates.potential import Potential
+
+SMALL = dict(num_features=24, num_heads=2, num_radial_basis_fn=8, energy_regression_dim=16, output_is_zero_at_init=False)
+
+CONFIGS = {
+    # the paper's layout (degrees 1-3, PhysNet, cosine), narrow for speed
+    "paper": ModelConfig(**SMALL, num_layers=2, degrees=(1, 2, 3)),
+    # the reference code's v1.0 layout: degrees 1-4 and ZBL inside the energy
+    "reference": ModelConfig(
+        **SMALL, num_layers=2, degrees=(1, 2, 3, 4), zbl_repulsion=True
+    ),
+    # every optional block switched on
+    "all_options": ModelConfig(
+        **SMALL, num_layers=2, degrees=(1, 2), radial_basis_fn="bernstein", cutoff_fn="phys",
+        qk_non_linearity="silu", message_normalization="avg_num_neighbors", avg_num_neighbors=6.0,
+        ev_initialization="neighbor_average", residual_mlp_1=True, residual_mlp_2=True,
+        layer_normalization_1=True, layer_normalization_2=True, learn_atomic_type_scales=True,
+        learn_atomic_type_shifts=True, energy_activation_fn="identity",
+    ),
+}
+
+MOLECULES = ["CH3CH2OH", "C6H6", "CH3CONH2"]
+
+
+def scrambled(potential: Potential, seed: int = 1, scale: float = 0.3) -> Potential:
+    """Perturb every parameter so that no symmetry or zero initialisation hides a bug."""
+    leaves, treedef = jax.tree.flatten(potential.params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    noisy = [leaf + scale * jax.random.normal(key, leaf.shape, leaf.dtype) for leaf, key in zip(leaves, keys)]
+    import dataclasses
+
+    return dataclasses.replace(potential, params=jax.tree.unflatten(treedef, noisy))
+
+
+@pytest.fixture(scope="session")
+def potentials():
+    return {name: scrambled(init_model(config, ["H", "C", "N", "O"], seed=0)) for name, config in CONFIGS.items()}
+
+
+def random_orthogonal(rng: np.random.Generator, reflect: bool) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    if reflect:
+        q = -q
+    return q
+
+
+def rattled_molecule(name: str, seed: int = 0, amount: float = 0.05):
+    atoms = molecule(name)
+    atoms.rattle(amount, seed=seed)
+    return atoms
