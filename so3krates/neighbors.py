@@ -234,7 +234,7 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
             graph, positions=positions, pair_first=first, pair_second=second,
             pair_offsets=offsets, pair_mask=mask,
         )
-        return new_graph, positions, count > first.shape[0] + 5, nl.num_rebuilds + 1
+        return new_graph, positions, count > first.shape[0], nl.num_rebuilds + 1
 
     def keep(_):
         return dataclasses.replace(graph, positions=positions), nl.reference_positions, jnp.array(False), nl.num_rebuilds
