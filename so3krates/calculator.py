@@ -22,7 +22,7 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from so3krates.neighbors import build_graph
-from so3krates.potential import DTYPES, Potential, evaluate
+from so3krates.potential import DTYPES, Potential, evaluate, tabulate_radial_filters
 from so3krates.system import StructureError, System
 
 
@@ -34,9 +34,14 @@ class SO3kratesCalculator(Calculator):
         model: Potential | str | os.PathLike,
         dtype: str = "float32",
         min_distance: float = 0.5,
+        radial_table_spacing: float | None = None,
         **kwargs,
     ):
-        """``model`` is a Potential or a checkpoint directory; ``min_distance`` in Å."""
+        """``model`` is a Potential or a checkpoint directory; ``min_distance`` in Å.
+
+        ``radial_table_spacing`` (Å) evaluates SO3krates' radial filters from a spline table
+        (so3krates.potential.tabulate_radial_filters); None keeps the exact filters.
+        """
         super().__init__(**kwargs)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -44,6 +49,8 @@ class SO3kratesCalculator(Calculator):
             from so3krates.checkpoint import load_model
 
             model = load_model(model)
+        if radial_table_spacing is not None:
+            model = tabulate_radial_filters(model, radial_table_spacing)
         self.potential = model
         self.dtype = dtype
         self.min_distance = float(min_distance)

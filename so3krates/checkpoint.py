@@ -20,7 +20,7 @@ from flax import serialization
 
 from so3krates.model import ConfigError, ModelConfig
 from so3krates.model.so3krates import NUM_ELEMENT_ROWS
-from so3krates.potential import Potential, SO3kratesEnergy
+from so3krates.potential import Potential, SO3kratesEnergy, exact_potential
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -51,6 +51,7 @@ def save_model(potential: Potential, directory: str | os.PathLike, provenance: d
     """Save an SO3krates Potential; existing files in ``directory`` are replaced atomically."""
     if not isinstance(potential.model, SO3kratesEnergy):
         raise TypeError(f"only SO3krates potentials can be saved, not {type(potential.model).__name__}")
+    potential = exact_potential(potential)  # a radial table is derived data: never saved
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shifts = np.asarray(potential.energy_shifts, dtype=np.float64)

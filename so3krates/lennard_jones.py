@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from so3krates.model.basis import safe_norm
 from so3krates.model.so3krates import NUM_ELEMENT_ROWS
+from so3krates.ops import scatter_sum
 from so3krates.potential import Potential
 
 
@@ -42,7 +42,7 @@ class LennardJones:
         switch = jnp.where(r2 < ro2, 1.0, (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ro2) / (rc2 - ro2) ** 3)
         half = jnp.where(inside, 2.0 * self.epsilon * (c6 * c6 - c6) * switch, 0.0)
         n = graph.numbers.shape[0]
-        return jax.ops.segment_sum(half, graph.pair_first, n) + jax.ops.segment_sum(half, graph.pair_second, n)
+        return scatter_sum(half, graph.pair_first, n) + scatter_sum(half, graph.pair_second, n)
 
 
 def lennard_jones_potential(sigma=1.0, epsilon=1.0, cutoff=3.0, onset=None) -> Potential:

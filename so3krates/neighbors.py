@@ -32,6 +32,7 @@ import numpy as np
 from ase.neighborlist import primitive_neighbor_list
 from jaxtyping import Array, Bool, Float, Int
 
+from so3krates.ops import gather
 from so3krates.system import System
 
 ALL_PAIRS_MAX_ATOMS = 256
@@ -67,9 +68,9 @@ class Graph:
         """r = R[second] - R[first] + offset @ cell (positions and cells may be strained)."""
         positions = self.positions if positions is None else positions
         cells = self.cells if cells is None else cells
-        pair_cells = cells[self.structure_index[self.pair_first]]
+        pair_cells = gather(cells, gather(self.structure_index, self.pair_first))
         shift = jnp.einsum("pa,pab->pb", self.pair_offsets.astype(positions.dtype), pair_cells)
-        return positions[self.pair_second] - positions[self.pair_first] + shift
+        return gather(positions, self.pair_second) - gather(positions, self.pair_first) + shift
 
 
 def find_pairs(

@@ -27,8 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from so3krates.model import ModelConfig, SO3krates
+from so3krates.model import ModelConfig, SO3krates, tabulation
+from so3krates.model.basis import safe_norm
 from so3krates.model.so3krates import NUM_ELEMENT_ROWS
+from so3krates.ops import gather
 from so3krates.neighbors import Graph, build_graph, find_pairs, unbatch
 from so3krates.system import System
 
@@ -48,9 +50,14 @@ class AtomicEnergyModel(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class SO3kratesEnergy:
-    """Adapter: the SO3krates Flax module as an AtomicEnergyModel."""
+    """Adapter: the SO3krates Flax module as an AtomicEnergyModel.
+
+    With ``radial_table_spacing`` set, ``params`` also holds ``"radial_table"`` and the radial
+    filters are interpolated from it (see :func:`tabulate_radial_filters`).
+    """
 
     config: ModelConfig
+    radial_table_spacing: float | None = None
 
     @property
     def cutoff(self) -> float:
@@ -61,7 +68,11 @@ class SO3kratesEnergy:
         return self.config.num_layers * self.config.cutoff
 
     def __call__(self, params, graph, pair_vectors):
-        return SO3krates(self.config).apply(params, graph, pair_vectors)
+        if self.radial_table_spacing is None:
+            return SO3krates(self.config).apply(params, graph, pair_vectors)
+        distances = safe_norm(pair_vectors)
+        radial = tabulation.interpolate(self.config, params["radial_table"], distances, self.radial_table_spacing)
+        return SO3krates(self.config).apply({"params": params["params"]}, graph, pair_vectors, radial)
 
     def init(self, key: jax.Array):
         example = build_graph(
@@ -129,7 +140,7 @@ def atomic_energies(
 ) -> Float[Array, " n"]:
     """Per-atom energies (shifts included, zero on padding) at the given positions and cells."""
     vectors = graph.pair_vectors(positions, cells)
-    energies = potential.model(potential.params, graph, vectors) + potential.energy_shifts[graph.numbers]
+    energies = potential.model(potential.params, graph, vectors) + gather(potential.energy_shifts, graph.numbers)
     return jnp.where(graph.atom_mask, energies, 0.0)
 
 
@@ -143,7 +154,7 @@ def evaluate(potential: Potential, graph: Graph, dtype: str = "float32", stress:
     def total_energy(positions, strain):
         symmetric = 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
         deformation = jnp.eye(3, dtype=dtype) + symmetric
-        strained_positions = jnp.einsum("na,nab->nb", positions, deformation[graph.structure_index])
+        strained_positions = jnp.einsum("na,nab->nb", positions, gather(deformation, graph.structure_index))
         strained_cells = jnp.einsum("gia,gab->gib", graph.cells, deformation)
         energies = atomic_energies(potential, graph, strained_positions, strained_cells)
         return jnp.sum(energies), energies
@@ -230,6 +241,32 @@ def heat_flux(
     masses[: len(unfolded.replica_of)] = np.asarray(system.masses)[unfolded.replica_of]
     out = _heat_flux(potential, graph, padded, masses, unfolded.num_cell_atoms, dtype)
     return {key: np.asarray(value) for key, value in out.items()}
+
+
+def tabulate_radial_filters(potential: Potential, spacing: float = 0.01) -> Potential:
+    """An inference copy of an SO3krates potential with its radial filters tabulated.
+
+    The spline error shrinks like spacing^4; at the default 0.01 Å energies and forces agree
+    with the exact model to about 1e-6 relative (tested). Use :func:`exact_potential` to undo.
+    """
+    model = potential.model
+    if not isinstance(model, SO3kratesEnergy):
+        raise TypeError("only SO3krates potentials have radial filters to tabulate")
+    exact = exact_potential(potential)
+    table = tabulation.build_table(model.config, exact.params, spacing)
+    return dataclasses.replace(
+        exact,
+        model=SO3kratesEnergy(model.config, radial_table_spacing=float(spacing)),
+        params={"params": exact.params["params"], "radial_table": np.asarray(table)},
+    )
+
+
+def exact_potential(potential: Potential) -> Potential:
+    """The potential with exact (untabulated) radial filters."""
+    model = potential.model
+    if not isinstance(model, SO3kratesEnergy) or model.radial_table_spacing is None:
+        return potential
+    return dataclasses.replace(potential, model=SO3kratesEnergy(model.config), params={"params": potential.params["params"]})
 
 
 # --- construction -----------------------------------------------------------------------------

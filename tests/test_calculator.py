@@ -28,6 +28,13 @@ def test_forces_match_ase_numerical_forces(potentials):
     assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
 
 
+def test_tabulated_calculator_agrees_with_the_exact_one(potentials):
+    atoms = rattled_molecule("CH3CH2OH", seed=2)
+    exact = SO3kratesCalculator(potentials["paper"], dtype="float64").get_forces(atoms)
+    tabulated = SO3kratesCalculator(potentials["paper"], dtype="float64", radial_table_spacing=0.01).get_forces(atoms)
+    assert np.abs(tabulated - exact).max() < 1e-6 * np.abs(exact).max()
+
+
 def test_stress_matches_ase_numerical_stress_on_a_strained_triclinic_cell(potentials):
     atoms = periodic_cell(seed=2).to_atoms()
     calculator = SO3kratesCalculator(potentials["paper"], dtype="float64")

@@ -26,6 +26,7 @@ from so3krates.model import basis
 from so3krates.model.config import ModelConfig
 from so3krates.model.zbl import ZBLRepulsion
 from so3krates.neighbors import Graph
+from so3krates.ops import gather, scatter_sum
 
 NUM_ELEMENT_ROWS = 119  # atomic numbers 0 (padding) .. 118
 
@@ -36,7 +37,6 @@ class PairGeometry:
 
     first: Int[Array, " p"]
     second: Int[Array, " p"]
-    radial: Float[Array, "p k"]
     cutoffs: Float[Array, " p"]  # cutoff function times the pair mask
     harmonics: Float[Array, "p m"]  # Y(r̂) for the direction first -> second
     parity: Float[Array, " m"]  # (-1)^l: Y of the reversed direction is parity * Y
@@ -44,28 +44,47 @@ class PairGeometry:
     expand: Float[Array, "d m"]
     num_atoms: int
 
-    def directions(self):
-        """(receivers, senders, sign of Y) for both directions of every pair."""
-        return ((self.first, self.second, 1.0), (self.second, self.first, self.parity))
+    @property
+    def receivers(self) -> Int[Array, " 2p"]:
+        """Receiving atom of every directed edge: the pairs forwards, then backwards."""
+        return jnp.concatenate([self.first, self.second])
+
+    def directed_harmonics(self) -> Float[Array, "2p m"]:
+        return jnp.concatenate([self.harmonics, self.parity * self.harmonics])
 
 
 def _activation(name: str):
     return {"identity": lambda v: v, "silu": nn.silu}[name]
 
 
-class PairFilter(nn.Module):
-    """w_ij = radial MLP(e(d_ij)) + spherical MLP(c_ij): K->F->F and n_L->F/4->F, SiLU inside."""
+def _mlp(inputs, hidden: int, features: int, name: str):
+    """Dense -> SiLU -> Dense, both with bias, no output activation."""
+    return nn.Dense(features, name=f"{name}_out")(nn.silu(nn.Dense(hidden, name=f"{name}_in")(inputs)))
 
-    num_features: int
+
+BRANCHES = ("invariant", "ev")
+
+# per layer: (radial filter of the invariant branch, of the EV branch), each (p, F)
+RadialFilters = list[tuple[Float[Array, "p f"], Float[Array, "p f"]]]
+
+
+class RadialFilterBank(nn.Module):
+    """The radial halves of all filters, every layer and both branches: e(d) -> T x 2 x (p, F).
+
+    Each (layer, branch) has its own MLP K -> F -> F. Being a function of the distance alone,
+    the bank can be tabulated for inference (so3krates.model.tabulation). Plain separate
+    matmuls: on XLA:CPU they beat one wide or batched matmul (measured).
+    """
+
+    config: ModelConfig
 
     @nn.compact
-    def __call__(self, radial, ev_invariants):
-        F = self.num_features
-        radial_part = nn.Dense(F, name="radial_out")(nn.silu(nn.Dense(F, name="radial_in")(radial)))
-        spherical_part = nn.Dense(F, name="spherical_out")(
-            nn.silu(nn.Dense(F // 4, name="spherical_in")(ev_invariants))
-        )
-        return radial_part + spherical_part
+    def __call__(self, radial: Float[Array, "p k"]) -> RadialFilters:
+        F = self.config.num_features
+        return [
+            tuple(_mlp(radial, F, F, f"layer_{layer}_{branch}") for branch in BRANCHES)
+            for layer in range(self.config.num_layers)
+        ]
 
 
 class HeadProjection(nn.Module):
@@ -99,7 +118,7 @@ class EuclideanAttention(nn.Module):
         return 1.0
 
     @nn.compact
-    def __call__(self, h, x, geometry: PairGeometry):
+    def __call__(self, h, x, radial_filters: tuple[Float[Array, "p f"], Float[Array, "p f"]], geometry: PairGeometry):
         cfg = self.config
         F, H, n_degrees = cfg.num_features, cfg.num_heads, len(cfg.degrees)
         head_dim, ev_head_dim = F // H, F // n_degrees
@@ -107,10 +126,13 @@ class EuclideanAttention(nn.Module):
         n = geometry.num_atoms
 
         # per-degree squared norms of EV differences: symmetric in i, j
-        difference = x[geometry.second] - x[geometry.first]
+        difference = gather(x, geometry.second) - gather(x, geometry.first)
         ev_invariants = (difference * difference) @ geometry.contract
-        w_invariant = PairFilter(F, name="filter_invariant")(geometry.radial, ev_invariants)
-        w_ev = PairFilter(F, name="filter_ev")(geometry.radial, ev_invariants)
+        # filter = radial MLP(e(d)) + spherical MLP(c): n_L -> F/4 -> F, per branch
+        w_invariant, w_ev = (
+            radial + _mlp(ev_invariants, F // 4, F, f"spherical_{branch}")
+            for radial, branch in zip(radial_filters, BRANCHES)
+        )
 
         # invariant branch: H heads with q, k, v
         heads = h.reshape(n, H, head_dim)
@@ -119,7 +141,7 @@ class EuclideanAttention(nn.Module):
         v = HeadProjection(H, head_dim, name="value")(heads)
         w_invariant = w_invariant.reshape(-1, H, head_dim)
 
-        # EV branch: one head per degree, values are the spherical harmonics of the bond
+        # EV branch: one head per degree; its values are the bond's spherical harmonics
         ev_heads = h.reshape(n, n_degrees, ev_head_dim)
         q_ev = psi(HeadProjection(n_degrees, ev_head_dim, name="query_ev")(ev_heads))
         k_ev = psi(HeadProjection(n_degrees, ev_head_dim, name="key_ev")(ev_heads))
@@ -129,11 +151,13 @@ class EuclideanAttention(nn.Module):
         scale, ev_scale = self._scale(head_dim), self._scale(ev_head_dim)
         dh = jnp.zeros((n, H, head_dim), h.dtype)
         dx = jnp.zeros_like(x)
-        for receivers, senders, sign in geometry.directions():
-            alpha = weight * jnp.sum(q[receivers] * w_invariant * k[senders], axis=-1) / scale
-            dh = dh + jax.ops.segment_sum(alpha[..., None] * v[senders], receivers, n)
-            beta = weight * jnp.sum(q_ev[receivers] * w_ev * k_ev[senders], axis=-1) / ev_scale
-            dx = dx + jax.ops.segment_sum((beta @ geometry.expand) * (sign * geometry.harmonics), receivers, n)
+        # both directions of every pair share its filters; concatenating the two directions
+        # into one gather/scatter was measured slower on XLA:CPU than this loop
+        for receivers, senders, sign in ((geometry.first, geometry.second, 1.0), (geometry.second, geometry.first, geometry.parity)):
+            alpha = weight * jnp.sum(gather(q, receivers) * w_invariant * gather(k, senders), axis=-1) / scale
+            dh = dh + scatter_sum(alpha[..., None] * gather(v, senders), receivers, n)
+            beta = weight * jnp.sum(gather(q_ev, receivers) * w_ev * gather(k_ev, senders), axis=-1) / ev_scale
+            dx = dx + scatter_sum((beta @ geometry.expand) * (sign * geometry.harmonics), receivers, n)
         return dh.reshape(n, F), dx
 
 
@@ -164,7 +188,10 @@ class SO3krates(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, graph: Graph, pair_vectors: Float[Array, "p 3"]) -> Float[Array, " n"]:
+    def __call__(
+        self, graph: Graph, pair_vectors: Float[Array, "p 3"], radial_filters: RadialFilters | None = None
+    ) -> Float[Array, " n"]:
+        """Per-atom energies; ``radial_filters`` replaces the radial filter bank (tabulation)."""
         cfg = self.config
         dtype = pair_vectors.dtype
         n = graph.numbers.shape[0]
@@ -176,7 +203,6 @@ class SO3krates(nn.Module):
         geometry = PairGeometry(
             first=graph.pair_first,
             second=graph.pair_second,
-            radial=basis.radial_basis(cfg.radial_basis_fn, distances, cfg.num_radial_basis_fn, cfg.cutoff),
             cutoffs=cutoffs,
             harmonics=basis.spherical_harmonics(units, cfg.degrees),
             parity=basis.parity_signs(cfg.degrees, dtype),
@@ -188,12 +214,14 @@ class SO3krates(nn.Module):
         h = nn.Embed(NUM_ELEMENT_ROWS, cfg.num_features, name="embedding")(graph.numbers).astype(dtype)
         x = jnp.zeros((n, expand.shape[1]), dtype)
         if cfg.ev_initialization == "neighbor_average":
-            for receivers, _, sign in geometry.directions():
-                x = x + jax.ops.segment_sum(cutoffs[:, None] * sign * geometry.harmonics, receivers, n)
-            x = x / cfg.avg_num_neighbors
+            directed_cutoffs = jnp.concatenate([cutoffs, cutoffs])[:, None]
+            x = scatter_sum(directed_cutoffs * geometry.directed_harmonics(), geometry.receivers, n) / cfg.avg_num_neighbors
 
+        if radial_filters is None:
+            radial = basis.radial_basis(cfg.radial_basis_fn, distances, cfg.num_radial_basis_fn, cfg.cutoff)
+            radial_filters = RadialFilterBank(cfg, name="radial_filters")(radial)
         for layer in range(cfg.num_layers):
-            dh, dx = EuclideanAttention(cfg, name=f"attention_{layer}")(h, x, geometry)
+            dh, dx = EuclideanAttention(cfg, name=f"attention_{layer}")(h, x, radial_filters[layer], geometry)
             h, x = h + dh, x + dx
             if cfg.layer_normalization_1:
                 h = nn.LayerNorm(epsilon=1e-6, name=f"layer_norm_1_{layer}")(h)
@@ -211,10 +239,10 @@ class SO3krates(nn.Module):
         energies = nn.Dense(1, kernel_init=last_init, name="readout_out")(hidden)[:, 0]
         if cfg.learn_atomic_type_scales:
             scales = self.param("atomic_type_scales", nn.initializers.ones, (NUM_ELEMENT_ROWS,), jnp.float32)
-            energies = energies * scales.astype(dtype)[graph.numbers]
+            energies = energies * gather(scales.astype(dtype), graph.numbers)
         if cfg.learn_atomic_type_shifts:
             shifts = self.param("atomic_type_shifts", nn.initializers.zeros, (NUM_ELEMENT_ROWS,), jnp.float32)
-            energies = energies + shifts.astype(dtype)[graph.numbers]
+            energies = energies + gather(shifts.astype(dtype), graph.numbers)
         if cfg.zbl_repulsion:
             energies = energies + ZBLRepulsion(name="zbl")(
                 graph.numbers, distances, cutoffs, graph.pair_first, graph.pair_second, n

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.ops import gather, scatter_sum
+
 COULOMB_CONSTANT = 14.399645  # eV Å / e^2
 SWITCH_OFF = 1.5  # Å
 _A = (3.2, 0.9423, 0.4028, 0.2016)
@@ -56,12 +58,12 @@ class ZBLRepulsion(nn.Module):
         p = positive_param("p", (_P,))[0]
         delta = positive_param("delta", (_DELTA,))[0]
 
-        z_i = numbers[first].astype(dtype)
-        z_j = numbers[second].astype(dtype)
+        z_i = gather(numbers, first).astype(dtype)
+        z_j = gather(numbers, second).astype(dtype)
         positive = distances > 0  # padding pairs have zero length; coincident atoms are rejected upstream
         d = jnp.where(positive, distances, 1.0)
         screening = jnp.exp(-a[None, :] * (d * (z_i**p + z_j**p) * delta)[:, None]) @ c
         pair_energy = COULOMB_CONSTANT * z_i * z_j / d * screening * short_range_switch(d) * cutoffs
         pair_energy = jnp.where(positive, pair_energy, 0.0)
         half = 0.5 * pair_energy
-        return jax.ops.segment_sum(half, first, num_atoms) + jax.ops.segment_sum(half, second, num_atoms)
+        return scatter_sum(half, first, num_atoms) + scatter_sum(half, second, num_atoms)
