@@ -99,7 +99,10 @@ def load_model(directory: str | os.PathLike) -> Potential:
     except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{config_path}: invalid checkpoint configuration ({error})") from None
 
-    template = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(0)))
+    # shapes only: eval_shape traces init without compiling or running it
+    template = jax.tree.map(
+        lambda leaf: np.zeros(leaf.shape, leaf.dtype), jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    )
     try:
         state = serialization.msgpack_restore(params_path.read_bytes())
     except Exception as error:  # msgpack raises several unrelated types for damaged files

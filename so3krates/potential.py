@@ -152,10 +152,12 @@ def evaluate(potential: Potential, graph: Graph, dtype: str = "float32", stress:
     g = graph.num_structures
 
     def total_energy(positions, strain):
-        symmetric = 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
-        deformation = jnp.eye(3, dtype=dtype) + symmetric
-        strained_positions = jnp.einsum("na,nab->nb", positions, gather(deformation, graph.structure_index))
-        strained_cells = jnp.einsum("gia,gab->gib", graph.cells, deformation)
+        strained_positions, strained_cells = positions, graph.cells
+        if stress:  # static: without stress the strain never enters the program
+            symmetric = 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
+            deformation = jnp.eye(3, dtype=dtype) + symmetric
+            strained_positions = jnp.einsum("na,nab->nb", positions, gather(deformation, graph.structure_index))
+            strained_cells = jnp.einsum("gia,gab->gib", graph.cells, deformation)
         energies = atomic_energies(potential, graph, strained_positions, strained_cells)
         return jnp.sum(energies), energies
 

@@ -107,13 +107,13 @@ def test_energy_and_forces_continuous_across_the_cutoff(potentials, config_name)
         return energy_and_forces(potential, probe, "float64")
 
     jumps = []
-    for delta in [1e-3, 1e-4]:
+    for delta in [1e-2, 1e-3]:  # large enough that float64 round-off does not blur the trend
         e_in, f_in = at(cutoff - delta)
         e_out, f_out = at(cutoff + delta)
         jumps.append((abs(e_in - e_out), np.abs(f_in - f_out).max()))
     force_scale = np.abs(f_out).max()
     # the cutoff is C^1 at r_c: the energy gap closes like delta^2, the force gap like delta
-    assert jumps[1][0] < 1e-9 * abs(e_out) and jumps[1][0] < jumps[0][0] / 50
+    assert jumps[1][0] < 1e-8 * abs(e_out) and jumps[1][0] < jumps[0][0] / 50
     assert jumps[1][1] < 1e-4 * force_scale and jumps[1][1] < jumps[0][1] / 5
 
 
