@@ -23,7 +23,8 @@ test-fast: $(INSTALLED)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 app: $(INSTALLED)
-	$(BIN)/panel serve app/ --address $(HOST) --port $(PORT) --allow-websocket-origin=$(HOST):$(PORT)
+	$(BIN)/panel serve app/ --address $(HOST) --port $(PORT) \
+		--allow-websocket-origin=$(HOST):$(PORT) --allow-websocket-origin=localhost:$(PORT)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/potential.py
