@@ -67,9 +67,11 @@ def structure_plot(table: pd.DataFrame, show_forces: bool) -> hv.Overlay:
             )
         )
     if show_forces:
-        angle = np.arctan2(table["fy"], table["fx"])
-        arrows = hv.VectorField((table["x"], table["y"], angle, table["|F|"]), vdims=["angle", "|F|"])
-        layers.append(arrows.opts(magnitude="|F|", pivot="tail", color="crimson", line_width=2))
+        # in-plane force components, drawn from each atom; the largest arrow is 0.8 Å long
+        scale = 0.8 / max(float(table["|F|"].max()), 1e-12)
+        ends = table[["x", "y"]].to_numpy() + scale * table[["fx", "fy"]].to_numpy()
+        segments = hv.Segments((table["x"], table["y"], ends[:, 0], ends[:, 1]), ["x0", "y0", "x1", "y1"])
+        layers.append(segments.opts(color="crimson", line_width=3))
     return hv.Overlay(layers).opts(
         width=520, height=460, data_aspect=1, padding=0.25, xlabel="x (Å)", ylabel="y (Å)",
         legend_position="right", title="positions (x/y projection)",

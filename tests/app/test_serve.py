@@ -113,3 +113,19 @@ def test_report_view_renders(app_module):
     root = pn.panel(view).get_root()
     assert root is not None
     assert app_module.potential() is app_module.potential()  # one model per process
+
+
+def test_force_arrows_point_along_the_in_plane_forces(app_module):
+    import holoviews as hv
+
+    _, table = app_module.molecule_report("ethanol")
+    overlay = app_module.structure_plot(table, show_forces=True)
+    segments = [layer for layer in overlay if isinstance(layer, hv.Segments)]
+    assert len(segments) == 1
+    data = segments[0].dframe()
+    arrows = np.column_stack([data["x1"] - data["x0"], data["y1"] - data["y0"]])
+    assert np.max(np.linalg.norm(arrows, axis=1)) == pytest.approx(0.8)
+    forces = table[["fx", "fy"]].to_numpy()
+    np.testing.assert_allclose(np.cross(arrows, forces), 0.0, atol=1e-9)  # parallel to F
+    assert np.all(np.sum(arrows * forces, axis=1) >= 0)  # and pointing the same way
+    assert not any(isinstance(layer, hv.Segments) for layer in app_module.structure_plot(table, show_forces=False))
