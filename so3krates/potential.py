@@ -107,6 +107,8 @@ class Potential:
         """Host-side convenience: numpy results for one structure or a list (one batch)."""
         single = isinstance(structures, (ase.Atoms, System))
         systems = [_as_system(s) for s in ([structures] if single else structures)]
+        if "stress" in properties and not all(np.all(s.pbc) for s in systems):
+            raise ValueError("stress needs cells that are periodic in all three directions")
         graph = build_graph(systems, self.cutoff)
         out = evaluate(self, graph, dtype=dtype, stress="stress" in properties)
         results = []

@@ -123,6 +123,8 @@ def test_calculate_convenience_returns_per_structure_results(potentials):
     molecules = [rattled_molecule(name) for name in MOLECULES]
     results = potential.calculate(molecules, properties=("energy", "forces"), dtype="float64")
     assert [r["forces"].shape for r in results] == [(len(m), 3) for m in molecules]
+    with pytest.raises(ValueError, match="stress needs cells that are periodic"):
+        potential.calculate(molecules[0], properties=("energy", "stress"))
     one = potential.calculate(molecules[1], dtype="float64")
     np.testing.assert_allclose(one["energy"], results[1]["energy"], rtol=1e-12)
     np.testing.assert_allclose(np.sum(one["energies"]), one["energy"], rtol=1e-12)
