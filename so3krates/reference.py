@@ -10,9 +10,11 @@ Units follow the project's conventions: energies in eV, forces in eV/Å, positio
 (tblite works in Hartree and Bohr; the conversion uses `ase.units`). Charge is the total
 charge in e, multiplicity is 2S + 1.
 
+The settings (method, accuracy, SCF iterations, electronic temperature, charge, multiplicity,
+whether periodic structures are allowed) are declared once, in the frozen `XTBReference`.
 Three entry points:
 
-- `xtb_calculator(...)`: a configured tblite ASE calculator (attach it to `atoms.calc`);
+- `xtb_calculator(reference)`: a configured tblite ASE calculator (attach it to `atoms.calc`);
 - `label(atoms_or_list, ...)`: energies and forces as numpy arrays, with tblite's failures
   (SCF not converged, unsupported element, periodic flag on a gas-phase molecule) turned into
   a `ReferenceError` that says what failed, or, for a list with `skip_failures=True`, skipped
@@ -49,32 +51,18 @@ class ReferenceError(RuntimeError):
     """A reference (xTB) calculation that could not be done; the message says what failed."""
 
 
-def xtb_calculator(
-    method: str = "GFN2-xTB",
-    accuracy: float = 1.0,
-    max_iterations: int = 250,
-    electronic_temperature: float = 300.0,
-    charge: int = 0,
-    multiplicity: int = 1,
-):
-    """A tblite ASE calculator (energy in eV, forces in eV/Å, as ASE gives them), silent.
-
-    `accuracy` scales tblite's SCF and integral thresholds (smaller is tighter);
-    `electronic_temperature` (K) is the Fermi smearing; `multiplicity` is 2S + 1.
-    """
+def xtb_calculator(reference: XTBReference | None = None):
+    """A tblite ASE calculator with ``reference``'s settings (eV and eV/Å, as ASE gives them), silent."""
     from tblite.ase import TBLite
 
-    if method not in MAX_ATOMIC_NUMBER:
-        raise ValueError(f"unknown xTB method {method!r}; choose one of {sorted(MAX_ATOMIC_NUMBER)}")
-    if multiplicity < 1:
-        raise ValueError(f"multiplicity must be >= 1, got {multiplicity}")
+    reference = XTBReference() if reference is None else reference
     return TBLite(
-        method=method,
-        accuracy=accuracy,
-        max_iterations=max_iterations,
-        electronic_temperature=electronic_temperature,
-        charge=charge,
-        multiplicity=multiplicity,
+        method=reference.method,
+        accuracy=reference.accuracy,
+        max_iterations=reference.max_iterations,
+        electronic_temperature=reference.electronic_temperature,
+        charge=reference.charge,
+        multiplicity=reference.multiplicity,
         verbosity=0,
     )
 
@@ -127,13 +115,11 @@ def _check(atoms: ase.Atoms, method: str, allow_periodic: bool) -> None:
         )
 
 
-def _single_point(structure, settings: dict, allow_periodic: bool) -> dict[str, Any]:
+def _single_point(structure, reference: XTBReference) -> dict[str, Any]:
     atoms = _as_atoms(structure)
-    method = settings.get("method", "GFN2-xTB")
-    if method not in MAX_ATOMIC_NUMBER:
-        raise ValueError(f"unknown xTB method {method!r}; choose one of {sorted(MAX_ATOMIC_NUMBER)}")
-    _check(atoms, method, allow_periodic)
-    atoms.calc = xtb_calculator(**settings)
+    method = reference.method
+    _check(atoms, method, reference.allow_periodic)
+    atoms.calc = xtb_calculator(reference)
     try:
         energy = atoms.get_potential_energy()
         forces = atoms.get_forces()
@@ -141,7 +127,7 @@ def _single_point(structure, settings: dict, allow_periodic: bool) -> dict[str, 
     except CalculationFailed as error:  # tblite's RuntimeError during the SCF
         message = str(error)
         if "not converged" in message.lower():
-            message = f"{message} (raise max_iterations={settings.get('max_iterations', 250)} or the electronic temperature)"
+            message = f"{message} (raise max_iterations={reference.max_iterations} or the electronic temperature)"
         raise ReferenceError(f"{method} calculation failed for {atoms.get_chemical_formula()}: {message}") from error
     except InputError as error:  # tblite rejected the input (element, charge/spin, geometry)
         raise ReferenceError(f"{method} rejected {atoms.get_chemical_formula()}: {error}") from error
@@ -154,34 +140,31 @@ def _single_point(structure, settings: dict, allow_periodic: bool) -> dict[str, 
 
 def label(
     structures: ase.Atoms | System | Sequence[ase.Atoms | System],
+    reference: XTBReference | None = None,
     *,
-    method: str = "GFN2-xTB",
-    accuracy: float = 1.0,
-    max_iterations: int = 250,
-    electronic_temperature: float = 300.0,
-    charge: int = 0,
-    multiplicity: int = 1,
-    allow_periodic: bool = False,
     skip_failures: bool = False,
+    **settings,
 ) -> Labels:
     """Label one structure or a list with xTB energies (eV) and forces (eV/Å).
 
-    Raises `ReferenceError` naming what failed (SCF not converged, unsupported element,
-    periodic structure without `allow_periodic=True`). For a list with `skip_failures=True`,
-    failed frames are left out instead and reported in `Labels.skipped` / `num_skipped`.
+    Settings come from ``reference`` (an :class:`XTBReference`), or as keyword arguments
+    for one (``label(atoms, accuracy=0.01)``). Raises `ReferenceError` naming what failed
+    (SCF not converged, unsupported element, periodic structure without
+    ``allow_periodic=True``). For a list with `skip_failures=True`, failed frames are left out
+    instead and reported in `Labels.skipped` / `num_skipped`.
     """
-    settings = dict(
-        method=method, accuracy=accuracy, max_iterations=max_iterations,
-        electronic_temperature=electronic_temperature, charge=charge, multiplicity=multiplicity,
-    )
+    if reference is None:
+        reference = XTBReference(**settings)
+    elif settings:
+        reference = dataclasses.replace(reference, **settings)
     if isinstance(structures, (ase.Atoms, System)):
-        result = _single_point(structures, settings, allow_periodic)
+        result = _single_point(structures, reference)
         return Labels(energies=np.asarray(result["energy"]), forces=result["forces"], kept=(0,))
 
     energies, forces, kept, skipped, errors = [], [], [], [], []
     for index, structure in enumerate(structures):
         try:
-            result = _single_point(structure, settings, allow_periodic)
+            result = _single_point(structure, reference)
         except ReferenceError as error:
             if not skip_failures:
                 raise ReferenceError(f"frame {index}: {error}") from error
@@ -219,14 +202,8 @@ class XTBReference:
     def __post_init__(self):
         if self.method not in MAX_ATOMIC_NUMBER:
             raise ValueError(f"unknown xTB method {self.method!r}; choose one of {sorted(MAX_ATOMIC_NUMBER)}")
-
-    @property
-    def settings(self) -> dict:
-        return dict(
-            method=self.method, accuracy=self.accuracy, max_iterations=self.max_iterations,
-            electronic_temperature=self.electronic_temperature, charge=self.charge,
-            multiplicity=self.multiplicity,
-        )
+        if self.multiplicity < 1:
+            raise ValueError(f"multiplicity must be >= 1, got {self.multiplicity}")
 
     def calculate(
         self,
@@ -237,9 +214,9 @@ class XTBReference:
         if unknown:
             raise ValueError(f"XTBReference computes energy, forces and energies, not {sorted(unknown)}")
         if isinstance(structures, (ase.Atoms, System)):
-            return _single_point(structures, self.settings, self.allow_periodic)
-        return [_single_point(s, self.settings, self.allow_periodic) for s in structures]
+            return _single_point(structures, self)
+        return [_single_point(s, self) for s in structures]
 
     def ase_calculator(self):
         """The same settings as a tblite ASE calculator."""
-        return xtb_calculator(**self.settings)
+        return xtb_calculator(self)
