@@ -21,6 +21,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from so3krates.checkpoint import load_model
 from so3krates.neighbors import build_graph
 from so3krates.potential import DTYPES, Potential, evaluate, tabulate_radial_filters
 from so3krates.system import StructureError, System
@@ -46,8 +47,6 @@ class SO3kratesCalculator(Calculator):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if not isinstance(model, Potential):
-            from so3krates.checkpoint import load_model
-
             model = load_model(model)
         if radial_table_spacing is not None:
             model = tabulate_radial_filters(model, radial_table_spacing)

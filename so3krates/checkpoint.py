@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from so3krates.files import atomic_write
 from so3krates.model import ConfigError, ModelConfig
 from so3krates.model.so3krates import NUM_ELEMENT_ROWS
 from so3krates.potential import Potential, SO3kratesEnergy, exact_potential
@@ -30,21 +30,6 @@ UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the problem."""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_model(potential: Potential, directory: str | os.PathLike, provenance: dict[str, Any] | None = None) -> Path:

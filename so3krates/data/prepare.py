@@ -8,12 +8,14 @@ JSON) and never overwrite an existing file unless asked.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
 from so3krates.data.dataset import NUM_ELEMENT_ROWS, DataError, Dataset
+from so3krates.files import atomic_write
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -46,15 +48,15 @@ def save_split(path, indices: dict[str, np.ndarray], overwrite: bool = False, **
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
     payload = {k: np.asarray(v, np.int64) for k, v in indices.items()}
-    tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".json":
-        tmp.write_text(json.dumps({"indices": {k: v.tolist() for k, v in payload.items()}, "metadata": metadata}, indent=1))
+        data = json.dumps({"indices": {k: v.tolist() for k, v in payload.items()}, "metadata": metadata}, indent=1).encode()
     elif path.suffix == ".npz":
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **payload, __metadata__=np.array(json.dumps(metadata)))
+        buffer = io.BytesIO()
+        np.savez(buffer, **payload, __metadata__=np.array(json.dumps(metadata)))
+        data = buffer.getvalue()
     else:
         raise ValueError(f"{path}: a split is saved as .npz or .json")
-    tmp.replace(path)  # write then rename: no half-written split
+    atomic_write(path, data)  # no half-written split
     return path
 
 
