@@ -126,6 +126,7 @@ def test_force_arrows_point_along_the_in_plane_forces(app_module):
     arrows = np.column_stack([data["x1"] - data["x0"], data["y1"] - data["y0"]])
     assert np.max(np.linalg.norm(arrows, axis=1)) == pytest.approx(0.8)
     forces = table[["fx", "fy"]].to_numpy()
-    np.testing.assert_allclose(np.cross(arrows, forces), 0.0, atol=1e-9)  # parallel to F
+    cross = arrows[:, 0] * forces[:, 1] - arrows[:, 1] * forces[:, 0]
+    np.testing.assert_allclose(cross, 0.0, atol=1e-9)  # parallel to F
     assert np.all(np.sum(arrows * forces, axis=1) >= 0)  # and pointing the same way
     assert not any(isinstance(layer, hv.Segments) for layer in app_module.structure_plot(table, show_forces=False))
