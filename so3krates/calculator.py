@@ -18,7 +18,6 @@ import os
 
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
-from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from so3krates.checkpoint import load_model
@@ -57,7 +56,7 @@ class SO3kratesCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         system = System.from_atoms(self.atoms)
-        self._check_elements(system)
+        self.potential.check_elements(system.numbers)
         want_stress = "stress" in properties
         if want_stress and not system.pbc.all():
             raise PropertyNotImplementedError("stress needs a cell that is periodic in all three directions")
@@ -77,17 +76,6 @@ class SO3kratesCalculator(Calculator):
         for key, value in self.results.items():
             if not np.all(np.isfinite(value)):
                 raise FloatingPointError(f"the model returned non-finite {key} for this structure")
-
-    def _check_elements(self, system: System) -> None:
-        known = set(self.potential.elements)
-        if not known:
-            return
-        unknown = sorted(set(np.asarray(system.numbers).tolist()) - known)
-        if unknown:
-            raise StructureError(
-                f"elements {[chemical_symbols[z] for z in unknown]} are not in the model's training elements "
-                f"{[chemical_symbols[z] for z in sorted(known)]}"
-            )
 
     def _check_distances(self, graph) -> None:
         mask = np.asarray(graph.pair_mask)

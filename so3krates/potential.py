@@ -25,6 +25,7 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase.data import chemical_symbols
 from jaxtyping import Array, Float
 
 from so3krates.model import ModelConfig, SO3krates, tabulation
@@ -32,7 +33,7 @@ from so3krates.model.basis import safe_norm
 from so3krates.model.so3krates import NUM_ELEMENT_ROWS
 from so3krates.ops import gather
 from so3krates.neighbors import Graph, build_graph, find_pairs, unbatch
-from so3krates.system import System
+from so3krates.system import StructureError, System
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
@@ -98,6 +99,17 @@ class Potential:
     def interaction_range(self) -> float:
         return self.model.interaction_range
 
+    def check_elements(self, numbers) -> None:
+        """Raise StructureError for elements outside the model's training elements."""
+        if not self.elements:
+            return
+        unknown = sorted(set(np.asarray(numbers).tolist()) - set(self.elements))
+        if unknown:
+            raise StructureError(
+                f"elements {[chemical_symbols[z] for z in unknown]} are not in the model's training elements "
+                f"{[chemical_symbols[z] for z in self.elements]}"
+            )
+
     def calculate(
         self,
         structures: ase.Atoms | System | Sequence[ase.Atoms | System],
@@ -107,6 +119,8 @@ class Potential:
         """Host-side convenience: numpy results for one structure or a list (one batch)."""
         single = isinstance(structures, (ase.Atoms, System))
         systems = [_as_system(s) for s in ([structures] if single else structures)]
+        for system in systems:
+            self.check_elements(system.numbers)
         if "stress" in properties and not all(np.all(s.pbc) for s in systems):
             raise ValueError("stress needs cells that are periodic in all three directions")
         graph = build_graph(systems, self.cutoff)

@@ -123,6 +123,12 @@ def test_calculate_convenience_returns_per_structure_results(potentials):
     molecules = [rattled_molecule(name) for name in MOLECULES]
     results = potential.calculate(molecules, properties=("energy", "forces"), dtype="float64")
     assert [r["forces"].shape for r in results] == [(len(m), 3) for m in molecules]
+    from ase.build import molecule
+
+    from so3krates import StructureError
+
+    with pytest.raises(StructureError, match=r"\['Si'\] are not in the model's training elements"):
+        potential.calculate(molecule("SiH4"))
     with pytest.raises(ValueError, match="stress needs cells that are periodic"):
         potential.calculate(molecules[0], properties=("energy", "stress"))
     one = potential.calculate(molecules[1], dtype="float64")
