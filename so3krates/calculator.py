@@ -79,13 +79,16 @@ class SO3kratesCalculator(Calculator):
 
     def _check_distances(self, graph) -> None:
         mask = np.asarray(graph.pair_mask)
-        vectors = np.asarray(graph.pair_vectors())[mask]
+        # on the host in numpy: this runs at every ASE step, before the compiled call
+        first, second = np.asarray(graph.pair_first)[mask], np.asarray(graph.pair_second)[mask]
+        positions = np.asarray(graph.positions)
+        vectors = positions[second] - positions[first] + np.asarray(graph.pair_offsets)[mask] @ np.asarray(graph.cells[0])
         if len(vectors) == 0:
             return
         distances = np.linalg.norm(vectors, axis=1)
         closest = int(np.argmin(distances))
         if distances[closest] < self.min_distance:
-            i, j = np.asarray(graph.pair_first)[mask][closest], np.asarray(graph.pair_second)[mask][closest]
+            i, j = first[closest], second[closest]
             raise StructureError(
                 f"atoms {i} and {j} are {distances[closest]:.3f} Å apart, closer than min_distance="
                 f"{self.min_distance} Å (overlapping atoms; lower min_distance to allow it)"
