@@ -19,7 +19,7 @@ from flax import serialization
 
 from so3krates.files import atomic_write
 from so3krates.model import ConfigError, ModelConfig
-from so3krates.model.so3krates import NUM_ELEMENT_ROWS
+from so3krates.system import NUM_ELEMENT_ROWS
 from so3krates.potential import Potential, SO3kratesEnergy, exact_potential
 
 FORMAT_VERSION = 1

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from so3krates.model.basis import safe_norm
-from so3krates.model.so3krates import NUM_ELEMENT_ROWS
+from so3krates.system import NUM_ELEMENT_ROWS
 from so3krates.ops import scatter_sum
 from so3krates.potential import Potential
 

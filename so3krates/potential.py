@@ -30,10 +30,9 @@ from jaxtyping import Array, Float
 
 from so3krates.model import ModelConfig, SO3krates, tabulation
 from so3krates.model.basis import safe_norm
-from so3krates.model.so3krates import NUM_ELEMENT_ROWS
-from so3krates.ops import gather
 from so3krates.neighbors import Graph, build_graph, find_pairs, unbatch
-from so3krates.system import StructureError, System
+from so3krates.ops import gather
+from so3krates.system import NUM_ELEMENT_ROWS, StructureError, System
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 

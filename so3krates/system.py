@@ -15,10 +15,28 @@ from ase.data import atomic_masses, chemical_symbols
 from jaxtyping import Bool, Float, Int
 
 MAX_ATOMIC_NUMBER = 118
+NUM_ELEMENT_ROWS = MAX_ATOMIC_NUMBER + 1  # per-element tables: row 0 (padding) .. 118
 
 
 class StructureError(ValueError):
     """A structure that no calculation should run on (unknown element, NaN, bad cell, ...)."""
+
+
+def validated_atomic_numbers(numbers) -> np.ndarray:
+    """Atomic numbers as int32, or StructureError for non-integers or values outside 1..118.
+
+    The values are checked before any cast: 6.5 must not become carbon, nor 2**32 + 1 hydrogen.
+    """
+    numbers = np.asarray(numbers)
+    if numbers.dtype.kind not in "iuf":
+        raise StructureError(f"atomic numbers must be integers, got dtype {numbers.dtype}")
+    integral = np.isfinite(numbers) & (numbers == np.round(numbers))
+    if not np.all(integral):
+        raise StructureError(f"atomic numbers must be integers, got {numbers[~integral].tolist()}")
+    unknown = sorted({z.item() for z in numbers if not 1 <= z <= MAX_ATOMIC_NUMBER})
+    if unknown:
+        raise StructureError(f"unknown atomic numbers {unknown} outside 1..{MAX_ATOMIC_NUMBER}")
+    return numbers.astype(np.int32)
 
 
 @jax.tree_util.register_dataclass
@@ -53,16 +71,7 @@ class System:
             )
         if len(numbers) == 0:
             raise StructureError("a structure needs at least one atom")
-        # check the values before any cast: 6.5 must not become carbon, nor 2**32 + 1 hydrogen
-        if numbers.dtype.kind not in "iuf":
-            raise StructureError(f"atomic numbers must be integers, got dtype {numbers.dtype}")
-        integral = np.isfinite(numbers) & (numbers == np.round(numbers))
-        if not np.all(integral):
-            raise StructureError(f"atomic numbers must be integers, got {numbers[~integral].tolist()}")
-        unknown = sorted({z.item() for z in numbers if not 1 <= z <= MAX_ATOMIC_NUMBER})
-        if unknown:
-            raise StructureError(f"unknown atomic numbers {unknown} (valid: 1..{MAX_ATOMIC_NUMBER})")
-        numbers = numbers.astype(np.int32)
+        numbers = validated_atomic_numbers(numbers)
         if not np.all(np.isfinite(positions)):
             bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
             raise StructureError(f"non-finite positions for atoms {bad.tolist()}")

@@ -18,9 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from so3krates.system import MAX_ATOMIC_NUMBER, System
+from so3krates.system import NUM_ELEMENT_ROWS, StructureError, System, validated_atomic_numbers
 
-NUM_ELEMENT_ROWS = MAX_ATOMIC_NUMBER + 1  # atomic numbers 0 (padding) .. 118
 
 
 class DataError(ValueError):
@@ -197,15 +196,10 @@ def _check_numbers(z, where: str) -> np.ndarray:
     z = np.asarray(z)
     if z.ndim != 1 or len(z) == 0:
         raise DataError(f"{where} atomic numbers must be a non-empty 1-d array, got shape {z.shape}")
-    if z.dtype.kind not in "iuf":
-        raise DataError(f"{where} atomic numbers must be integers, got dtype {z.dtype}")
-    integral = np.isfinite(z) & (z == np.round(z))
-    if not np.all(integral):
-        raise DataError(f"{where} atomic numbers must be integers, got {z[~integral].tolist()}")
-    bad = sorted({v.item() for v in z if not 1 <= v <= MAX_ATOMIC_NUMBER})
-    if bad:
-        raise DataError(f"{where} atomic numbers {bad} outside 1..{MAX_ATOMIC_NUMBER}")
-    return z.astype(np.int32)
+    try:
+        return validated_atomic_numbers(z)
+    except StructureError as error:
+        raise DataError(f"{where} {error}") from None
 
 
 def concatenate(datasets: Sequence[Dataset]) -> Dataset:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from so3krates.data.dataset import NUM_ELEMENT_ROWS, DataError, Dataset
+from so3krates.data.dataset import DataError, Dataset
 from so3krates.files import atomic_write
+from so3krates.system import NUM_ELEMENT_ROWS
 
 SPLIT_NAMES = ("train", "valid", "test")
 

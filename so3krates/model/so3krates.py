@@ -27,8 +27,7 @@ from so3krates.model.config import ModelConfig
 from so3krates.model.zbl import ZBLRepulsion
 from so3krates.neighbors import Graph
 from so3krates.ops import gather, scatter_sum
-
-NUM_ELEMENT_ROWS = 119  # atomic numbers 0 (padding) .. 118
+from so3krates.system import NUM_ELEMENT_ROWS
 
 
 @dataclasses.dataclass(frozen=True)
