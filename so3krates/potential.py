@@ -25,7 +25,7 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.data import chemical_symbols
+from ase.data import atomic_numbers, chemical_symbols
 from jaxtyping import Array, Float
 
 from so3krates.model import ModelConfig, SO3krates, tabulation
@@ -290,8 +290,6 @@ def exact_potential(potential: Potential) -> Potential:
 
 
 def element_numbers(elements: Sequence[int | str]) -> tuple[int, ...]:
-    from ase.data import atomic_numbers
-
     numbers = []
     for element in elements:
         if isinstance(element, str):

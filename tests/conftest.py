@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -42,8 +44,6 @@ def scrambled(potential: Potential, seed: int = 1, scale: float = 0.1) -> Potent
     leaves, treedef = jax.tree.flatten(potential.params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     noisy = [leaf + scale * jax.random.normal(key, leaf.shape, leaf.dtype) for leaf, key in zip(leaves, keys)]
-    import dataclasses
-
     return dataclasses.replace(potential, params=jax.tree.unflatten(treedef, noisy))
 
 
