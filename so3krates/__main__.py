@@ -1,0 +1,5 @@
+import sys
+
+from so3krates.cli import main
+
+sys.exit(main())
