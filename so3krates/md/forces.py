@@ -1,0 +1,188 @@
+"""Force fields for MD: (positions, neighbour list) -> (energy, forces), inside jit.
+
+Every force field has three methods:
+
+* ``allocate(system) -> neighbors`` on the host (None when no list is needed),
+* ``update(neighbors, positions) -> neighbors`` inside jit (rebuilds past half the skin),
+* ``__call__(positions, neighbors) -> (energy, forces)`` inside jit, eV and eV/Å,
+
+and is a pytree (its parameters are traced arguments of the jitted chunk, not baked-in
+constants). Positions hold the real atoms only; the padding atoms the graph needs are added here.
+
+* :class:`PotentialForces` any :class:`so3krates.Potential` (SO3krates, Lennard-Jones) with
+  the in-jit :class:`so3krates.neighbors.NeighborList`;
+* :class:`CallbackForces` the reference method (:class:`so3krates.reference.XTBReference`,
+  GFN2-xTB) on the host through ``jax.pure_callback``: slow, but the same MD loop. A failed SCF
+  returns NaN, which the non-finite guard turns into a stop, with tblite's message kept in
+  :data:`CALLBACK_ERRORS`;
+* :class:`EnergyFunction` any jax-traceable ``energy(positions)`` (harmonic wells in tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import ase
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from so3krates.neighbors import NeighborList, allocate_neighbor_list, update_neighbor_list
+from so3krates.potential import Potential, atomic_energies, with_dtype
+from so3krates.reference import ReferenceError, XTBReference
+from so3krates.system import System
+
+CALLBACK_ERRORS: list[str] = []  # messages of failed reference calculations, newest last
+
+
+def _pad(positions, num_padded: int):
+    extra = num_padded - positions.shape[0]
+    return jnp.concatenate([positions, jnp.zeros((extra, 3), positions.dtype)])
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PotentialForces:
+    potential: Potential
+    skin: float = dataclasses.field(default=0.5, metadata=dict(static=True))  # Å
+    capacity_factor: float = dataclasses.field(default=1.25, metadata=dict(static=True))
+    dtype: str = dataclasses.field(default="float32", metadata=dict(static=True))
+
+    def allocate(self, system: System) -> NeighborList:
+        nl = allocate_neighbor_list(system, self.potential.cutoff, self.skin, self.capacity_factor)
+        return cast_neighbor_list(nl, self.dtype)
+
+    def update(self, neighbors: NeighborList, positions):
+        return update_neighbor_list(neighbors, _pad(positions, neighbors.graph.positions.shape[0]))
+
+    def __call__(self, positions, neighbors: NeighborList):
+        graph = neighbors.graph
+        num_padded = graph.positions.shape[0]
+
+        def energy(x):
+            return jnp.sum(atomic_energies(self.potential, graph, _pad(x, num_padded), graph.cells))
+
+        value, gradient = jax.value_and_grad(energy)(positions)
+        return value, -gradient
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CallbackForces:
+    reference: XTBReference = dataclasses.field(metadata=dict(static=True))
+    numbers: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+    cell: tuple[float, ...] = dataclasses.field(default=(0.0,) * 9, metadata=dict(static=True))
+    pbc: tuple[bool, bool, bool] = dataclasses.field(default=(False,) * 3, metadata=dict(static=True))
+
+    def allocate(self, system: System):
+        return None
+
+    def update(self, neighbors, positions):
+        return neighbors
+
+    def _host(self, positions):
+        positions = np.asarray(positions)
+        atoms = ase.Atoms(
+            numbers=self.numbers, positions=positions.astype(np.float64),
+            cell=np.reshape(self.cell, (3, 3)), pbc=self.pbc,
+        )
+        try:
+            result = self.reference.calculate(atoms)
+            energy, forces = result["energy"], result["forces"]
+        except ReferenceError as error:
+            CALLBACK_ERRORS.append(str(error))
+            energy, forces = np.nan, np.full(positions.shape, np.nan)
+        return np.asarray(energy, positions.dtype), np.asarray(forces, positions.dtype)
+
+    def __call__(self, positions, neighbors):
+        shapes = (
+            jax.ShapeDtypeStruct((), positions.dtype),
+            jax.ShapeDtypeStruct(positions.shape, positions.dtype),
+        )
+        return jax.pure_callback(self._host, shapes, positions, vmap_method="sequential")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class EnergyFunction:
+    """``energy(positions) -> eV`` (jax-traceable, hashable) as a force field without neighbours."""
+
+    energy: Callable = dataclasses.field(metadata=dict(static=True))
+
+    def allocate(self, system: System):
+        return None
+
+    def update(self, neighbors, positions):
+        return neighbors
+
+    def __call__(self, positions, neighbors):
+        value, gradient = jax.value_and_grad(self.energy)(positions)
+        return value, -gradient
+
+
+def make_force_field(model, system: System, dtype: str = "float32", skin: float = 0.5, capacity_factor: float = 1.25):
+    """The force field for ``model`` (Potential, XTBReference, or ``energy(positions)``) on ``system``."""
+    if isinstance(model, Potential):
+        model.check_elements(system.numbers)
+        return PotentialForces(with_dtype(model, jnp.dtype(dtype)), float(skin), float(capacity_factor), dtype)
+    if isinstance(model, XTBReference):
+        return CallbackForces(
+            model, tuple(int(z) for z in system.numbers),
+            tuple(float(x) for x in np.asarray(system.cell).ravel()), tuple(bool(p) for p in system.pbc),
+        )
+    if isinstance(model, (PotentialForces, CallbackForces, EnergyFunction)):
+        return model
+    if callable(model):
+        return EnergyFunction(model)
+    raise TypeError(f"cannot run MD with a {type(model).__name__}: expected a Potential, XTBReference or energy function")
+
+
+def cast_neighbor_list(nl: NeighborList, dtype) -> NeighborList:
+    """The list with its floating arrays in ``dtype`` (a float32 run keeps float32 carries)."""
+    dtype = jnp.dtype(dtype)
+    graph = nl.graph
+    graph = dataclasses.replace(
+        graph,
+        positions=np.asarray(graph.positions, dtype), pair_offsets=np.asarray(graph.pair_offsets, dtype),
+        cells=np.asarray(graph.cells, dtype),
+    )
+    return dataclasses.replace(
+        nl, graph=graph, reference_positions=np.asarray(nl.reference_positions, dtype),
+        image_offsets=np.asarray(nl.image_offsets, dtype),
+    )
+
+
+def neighbor_capacity(neighbors) -> int | None:
+    if not isinstance(neighbors, NeighborList):
+        return None
+    return int(neighbors.graph.pair_first.shape[-1])
+
+
+def grow_neighbor_list(neighbors, capacity: int):
+    """The same list (same pairs, same reference positions) with room for ``capacity`` pairs.
+
+    Growing keeps the rebuild schedule untouched, so a run that reallocates computes exactly
+    what a run with this capacity from the start computes. Works on a leading replica axis too.
+    """
+    if not isinstance(neighbors, NeighborList):
+        return neighbors
+    graph = neighbors.graph
+    old = graph.pair_first.shape[-1]
+    extra = capacity - old
+    if extra <= 0:
+        return neighbors
+    dummy = graph.positions.shape[-2] - 1
+
+    def pad(array, fill, axis=-1):  # the pair axis: last, or second to last for offsets
+        array = np.asarray(array)
+        widths = [(0, 0)] * array.ndim
+        widths[array.ndim + axis] = (0, extra)
+        return np.pad(array, widths, constant_values=fill)
+
+    graph = dataclasses.replace(
+        graph,
+        pair_first=pad(graph.pair_first, dummy), pair_second=pad(graph.pair_second, dummy),
+        pair_offsets=pad(graph.pair_offsets, 0, axis=-2), pair_mask=pad(graph.pair_mask, False),
+    )
+    return dataclasses.replace(neighbors, graph=graph, overflow=np.zeros_like(np.asarray(neighbors.overflow)))
