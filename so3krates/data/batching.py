@@ -1,0 +1,178 @@
+"""Batching a Dataset into padded buckets: labelled Graphs of a few fixed shapes.
+
+Neighbour pairs are found once per frame (:class:`PairCache`, on the host, at the start of a
+run); assembling a batch is then a handful of NumPy concatenations, so the per-step cost of a
+training run is the model's, not Python's. The packed layout is exactly that of
+:func:`so3krates.neighbors.build_graph` (one dummy atom at the end, padding pairs on it, masks),
+with two additions for fixed shapes:
+
+* every batch holds ``batch_size`` structure slots; slots without a frame (the last, partial
+  batch of an evaluation) are empty: no atoms, zero cell, ``structure_mask == False``;
+* the padded sizes come from :func:`batch_shape`, a function of the number of atoms in the batch
+  only, with pair capacities that bound every batch of that many atoms. A dataset of one molecule
+  therefore compiles exactly one shape (``uniform=True`` also folds a partial last batch into it);
+  a dataset of mixed sizes a few (the quarter-octave grid of :func:`so3krates.neighbors.bucket`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from so3krates.data.dataset import Dataset
+from so3krates.neighbors import Graph, bucket, find_pairs
+from so3krates.system import NUM_ELEMENT_ROWS
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """A padded graph of up to ``g`` structures with their labels (eV, eV/Å)."""
+
+    graph: Graph
+    energies: Float[Array, " g"]  # reference energy minus the per-element shifts (0 on empty slots)
+    forces: Float[Array, "n 3"]  # 0 on padding atoms
+    num_atoms: Int[Array, " g"]  # real atoms per structure (0 on empty slots)
+    structure_mask: Bool[Array, " g"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairCache:
+    """Each frame's neighbour pairs within ``cutoff``, found once on the host."""
+
+    dataset: Dataset
+    cutoff: float
+    first: tuple[np.ndarray, ...]
+    second: tuple[np.ndarray, ...]
+    offsets: tuple[np.ndarray, ...]
+    energy_shifts: np.ndarray  # (119,) eV per atom, subtracted from the energies in float64
+    # energies minus the shifts, in float64: a float32 total energy of a thousand eV would lose
+    # the meV that training is about
+    residual_energies: np.ndarray
+
+    @classmethod
+    def build(cls, dataset: Dataset, cutoff: float, energy_shifts: np.ndarray | None = None) -> PairCache:
+        first, second, offsets = [], [], []
+        for i in range(len(dataset)):
+            frame = dataset[i]
+            f, s, o = find_pairs(frame.positions, frame.cell, frame.pbc, cutoff)
+            first.append(f.astype(np.int32))
+            second.append(s.astype(np.int32))
+            offsets.append(o.astype(np.float64))
+        shifts = np.zeros(NUM_ELEMENT_ROWS) if energy_shifts is None else np.asarray(energy_shifts, np.float64)
+        residuals = dataset.energies - dataset.element_counts() @ shifts
+        return cls(dataset, float(cutoff), tuple(first), tuple(second), tuple(offsets), shifts, residuals)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def num_atoms(self) -> np.ndarray:
+        return self.dataset.num_atoms
+
+    @property
+    def num_pairs(self) -> np.ndarray:
+        return np.array([len(f) for f in self.first], dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapePlan:
+    """The padded sizes every batch of a PairCache gets, as a function of its atom count."""
+
+    batch_size: int
+    pairs_per_atom: float  # the largest pairs / atoms ratio of any frame
+    max_pairs: int  # pairs in the batch_size frames with the most pairs: a bound for any batch
+
+    @classmethod
+    def for_cache(cls, cache: PairCache, batch_size: int) -> ShapePlan:
+        atoms, pairs = cache.num_atoms, cache.num_pairs
+        top = np.sort(pairs)[::-1][:batch_size]
+        return cls(int(batch_size), float(np.max(pairs / atoms)), int(top.sum()))
+
+    def shape(self, atoms_in_batch: int) -> tuple[int, int]:
+        """(num_atoms, num_pairs) padded sizes for a batch of ``atoms_in_batch`` real atoms."""
+        num_atoms = bucket(atoms_in_batch + 1)
+        # both are upper bounds of the pairs of any batch with fewer than num_atoms atoms
+        by_density = int(np.floor(self.pairs_per_atom * (num_atoms - 1) + 1e-9))
+        return num_atoms, bucket(min(by_density, self.max_pairs), minimum=1)
+
+
+def pack(cache: PairCache, indices: Sequence[int], shape: tuple[int, int], batch_size: int, dtype=np.float32) -> Batch:
+    """The frames ``indices`` of ``cache`` as one padded Batch of ``batch_size`` slots."""
+    indices = [int(i) for i in indices]
+    if not 0 < len(indices) <= batch_size:
+        raise ValueError(f"a batch holds 1 to {batch_size} frames, got {len(indices)}")
+    num_atoms, num_pairs = shape
+    ds = cache.dataset
+    sizes = np.array([len(ds.numbers[i]) for i in indices])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    real_atoms = int(sizes.sum())
+    real_pairs = sum(len(cache.first[i]) for i in indices)
+    if num_atoms <= real_atoms or num_pairs < real_pairs:
+        raise ValueError(f"shape {shape} too small for {real_atoms} atoms and {real_pairs} pairs")
+    dummy = num_atoms - 1
+
+    def padded(parts, size, fill, dtype_):
+        joined = np.concatenate(parts).astype(dtype_, copy=False)
+        out = np.full((size,) + joined.shape[1:], fill, dtype=dtype_)
+        out[: len(joined)] = joined
+        return out
+
+    slots = batch_size
+    cells = np.zeros((slots, 3, 3), dtype)
+    if ds.cells is not None:
+        cells[: len(indices)] = [ds.cells[i] for i in indices]
+    energies = np.zeros(slots, dtype)
+    energies[: len(indices)] = cache.residual_energies[indices]
+    counts = np.zeros(slots, np.int32)
+    counts[: len(indices)] = sizes
+    graph = Graph(
+        positions=padded([ds.positions[i] for i in indices], num_atoms, 0.0, dtype),
+        numbers=padded([ds.numbers[i] for i in indices], num_atoms, 0, np.int32),
+        atom_mask=np.arange(num_atoms) < real_atoms,
+        structure_index=padded([np.full(n, k) for k, n in enumerate(sizes)], num_atoms, 0, np.int32),
+        pair_first=padded([cache.first[i] + s for i, s in zip(indices, starts)], num_pairs, dummy, np.int32),
+        pair_second=padded([cache.second[i] + s for i, s in zip(indices, starts)], num_pairs, dummy, np.int32),
+        pair_offsets=padded([cache.offsets[i] for i in indices], num_pairs, 0.0, dtype),
+        pair_mask=np.arange(num_pairs) < real_pairs,
+        cells=cells,
+    )
+    return Batch(
+        graph=graph,
+        energies=energies,
+        forces=padded([ds.forces[i] for i in indices], num_atoms, 0.0, dtype),
+        num_atoms=counts,
+        structure_mask=np.arange(slots) < len(indices),
+    )
+
+
+def batches(
+    cache: PairCache,
+    order: Sequence[int],
+    batch_size: int,
+    drop_remainder: bool = False,
+    uniform: bool = False,
+    dtype=np.float32,
+    plan: ShapePlan | None = None,
+) -> Iterator[Batch]:
+    """Pack the frames of ``cache`` in ``order`` into Batches of ``batch_size`` slots.
+
+    ``drop_remainder`` skips a last, partial batch (training: every step sees as many frames);
+    ``uniform`` gives every batch the largest shape of the lot (evaluation: one compiled shape).
+    """
+    plan = plan or ShapePlan.for_cache(cache, batch_size)
+    order = np.asarray(order, dtype=np.int64)
+    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_remainder and groups and len(groups[-1]) < batch_size:
+        groups = groups[:-1]
+    atoms = cache.num_atoms
+    shapes = [plan.shape(int(atoms[g].sum())) for g in groups]
+    if uniform and shapes:
+        largest = max(shapes)
+        shapes = [largest] * len(shapes)
+    for group, shape in zip(groups, shapes):
+        yield pack(cache, group, shape, batch_size, dtype)
