@@ -1,0 +1,329 @@
+"""The training loop: a run directory, a generator of validation records, the best model kept.
+
+A run lives in one directory ``OUT``::
+
+    OUT/train_config.json   the TrainConfig and where the data came from (the run's identity)
+    OUT/split.npz           the seeded train/valid/test split of the (filtered) data
+    OUT/state.msgpack       the resumable training state (saved at every validation)
+    OUT/log.jsonl           one JSON line per validation
+    OUT/best/               the best model so far: so3krates.load_model(OUT/best), with split.npz
+
+Everything is written to a temporary file and renamed. Calling :func:`train` again on the same
+directory resumes from the last saved state and, training being deterministic, ends with the
+same parameters as an uninterrupted run. A directory holding a different run (config or data),
+or a finished one, is refused unless ``overwrite=True``; a finished run whose stopping limits
+(max_steps, max_epochs, max_time) were raised continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import shutil
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from so3krates.checkpoint import CONFIG_FILE, PARAMS_FILE, load_model, save_model
+from so3krates.data import Dataset, fit_energy_shifts, save_split, split
+from so3krates.data.batching import PairCache, ShapePlan, batches, pack
+from so3krates.evaluation import SPLIT_FILE, compute_metrics, fingerprint, predict_batches
+from so3krates.files import atomic_write
+from so3krates.potential import Potential, init_model
+from so3krates.train.config import TrainConfig
+from so3krates.train.state import TrainState, load_state, save_state
+from so3krates.train.step import learning_rate_schedule, make_optimizer, make_train_step
+
+RUN_CONFIG = "train_config.json"
+STATE_FILE = "state.msgpack"
+LOG_FILE = "log.jsonl"
+BEST_DIR = "best"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    model_dir: Path  # OUT/best: load with so3krates.load_model
+    best_step: int
+    best_valid: dict[str, Any]  # validation metrics of the best model (Metrics.to_dict())
+    steps: int
+    epochs: int
+    stop_reason: str
+    elapsed: float  # seconds of training, all sessions
+
+    def load(self) -> Potential:
+        return load_model(self.model_dir)
+
+
+def train(
+    config: TrainConfig,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data_info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train an SO3krates model on ``dataset`` into ``out_dir`` (see the module docstring).
+
+    ``resume=True`` requires a saved state to continue from (by default one is used if present).
+    ``data_info`` (where the data came from: path, units, filter settings) is recorded in the
+    run's config and the model's provenance; ``data_info["filter"]`` (the keyword arguments of
+    :func:`so3krates.data.filter_frames` that made ``dataset``) lets ``so3krates evaluate``
+    find the held-out frames again.
+    """
+    run = iterate(config, dataset, out_dir, resume=resume, overwrite=overwrite, data_info=data_info, progress=progress)
+    while True:
+        try:
+            next(run)
+        except StopIteration as stop:
+            return stop.value
+
+
+def iterate(
+    config: TrainConfig,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data_info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Generator[dict[str, Any], None, TrainResult]:
+    """:func:`train` as a generator: yields each validation record (as written to the log) and
+    returns the :class:`TrainResult`. Stopping the iteration between records is exactly what a
+    killed process leaves behind."""
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
+    out = Path(out_dir)
+    data_info = {**(data_info or {}), "source": (data_info or {}).get("source", dataset.source),
+                 "num_frames": len(dataset), "fingerprint": fingerprint(dataset)}
+    run_record = {"train_config": config.to_dict(), "data": data_info}
+    indices = split(len(dataset), config.n_train, config.n_valid, config.n_test, seed=config.split_seed)
+    has_state = _prepare_directory(out, config, data_info, resume, overwrite)
+    train_set, valid_set = dataset.subset(indices["train"]), dataset.subset(indices["valid"])
+    shifts = fit_energy_shifts(train_set)
+    cutoff = config.model.cutoff
+    train_cache = PairCache.build(train_set, cutoff, shifts)
+    valid_cache = PairCache.build(valid_set, cutoff, shifts)
+    plan = ShapePlan.for_cache(train_cache, config.batch_size)
+    np_dtype = np.float32 if config.dtype == "float32" else np.float64
+    valid_batches = [jax.device_put(b) for b in batches(
+        valid_cache, np.arange(len(valid_set)), min(config.batch_size, len(valid_set)), uniform=True, dtype=np_dtype)]
+    split_metadata = dict(seed=config.split_seed, source=data_info["source"], fingerprint=data_info["fingerprint"],
+                          filter=data_info.get("filter"), num_frames=len(dataset))
+
+    template = _fresh_state(config, dataset)
+    model, elements = template[1], dataset.elements
+    optimizer = make_optimizer(config)
+    state = template[0]
+    if has_state:
+        state = load_state(out / STATE_FILE, state, config)
+        reason = _stop_reason(config, state, len(train_set) // config.batch_size)
+        if reason:
+            raise FileExistsError(
+                f"{out}: holds a finished run ({state.stop_reason}; {reason}); pass --overwrite to start over, "
+                "or raise --max-steps / --max-epochs / --max-time to continue it")
+        state = dataclasses.replace(state, stop_reason="")
+        _truncate_log(out / LOG_FILE, state.step)
+    else:
+        atomic_write(out / RUN_CONFIG, json.dumps(run_record, indent=2).encode())
+        save_split(out / SPLIT_FILE, indices, overwrite=True, **split_metadata)
+        save_state(out / STATE_FILE, state, config)
+        atomic_write(out / LOG_FILE, b"")
+    atomic_write(out / RUN_CONFIG, json.dumps(run_record, indent=2).encode())  # new stopping limits
+
+    step_fn = make_train_step(model, config, optimizer)
+    schedule = learning_rate_schedule(config)
+    batches_per_epoch = len(train_set) // config.batch_size
+    atoms = train_cache.num_atoms
+    params, opt_state = jax.device_put(state.params), jax.device_put(state.opt_state)
+    loss_sum = jax.device_put(state.loss_sum)
+    session_start, elapsed_before = time.monotonic(), state.elapsed
+    bar = tqdm(total=config.max_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=f"training {out.name}")
+
+    def validate(state: TrainState, final: bool) -> tuple[TrainState, dict[str, Any]]:
+        potential = Potential(model=model, params=params, energy_shifts=shifts, elements=elements)
+        predictions = predict_batches(potential, valid_cache, valid_batches, config.dtype)
+        metrics = compute_metrics(predictions)
+        valid_loss = _loss(predictions, config)
+        improved = valid_loss < state.best_loss
+        elapsed = elapsed_before + time.monotonic() - session_start
+        record = {
+            "step": state.step, "epoch": state.epoch, "wall_time": round(elapsed, 3),
+            "train_loss": float(loss_sum) / max(state.steps_since_validation, 1),
+            "valid_loss": valid_loss,
+            "valid_energy_mae": metrics.energy_mae, "valid_energy_rmse": metrics.energy_rmse,
+            "valid_energy_per_atom_mae": metrics.energy_per_atom_mae,
+            "valid_forces_mae": metrics.forces_mae, "valid_forces_rmse": metrics.forces_rmse,
+            "lr": float(schedule(state.step)), "best": bool(improved), "final": final,
+        }
+        bad = state.bad_validations
+        if improved:
+            provenance = {"training": {
+                "train_config": config.to_dict(), "data": data_info, "step": state.step, "epoch": state.epoch,
+                "valid_loss": valid_loss, "valid_metrics": metrics.to_dict(), "training_time_s": round(elapsed, 1),
+                "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "split": SPLIT_FILE,
+            }}
+            best_dir = out / BEST_DIR
+            save_model(potential, best_dir, provenance=provenance)
+            save_split(best_dir / SPLIT_FILE, indices, overwrite=True, **split_metadata)
+            bad = 0
+        elif not final:  # an extra validation at the stop does not count towards patience
+            bad += 1
+        state = dataclasses.replace(
+            state, best_loss=min(valid_loss, state.best_loss), best_step=state.step if improved else state.best_step,
+            bad_validations=bad, elapsed=elapsed, steps_since_validation=0)
+        with open(out / LOG_FILE, "a") as log:
+            log.write(json.dumps(record) + "\n")
+        bar.set_postfix_str(f"valid F MAE {metrics.forces_mae:.4f} eV/Å, E MAE {metrics.energy_mae:.4f} eV"
+                            f" (best step {state.best_step})", refresh=False)
+        return state, record
+
+    def snapshot(state: TrainState) -> TrainState:  # host copies: the device buffers are donated next step
+        copy = lambda tree: jax.tree.map(lambda x: np.array(x), tree)  # noqa: E731
+        return dataclasses.replace(state, params=copy(params), opt_state=copy(opt_state), loss_sum=np.array(loss_sum))
+
+    try:
+        while True:
+            state = dataclasses.replace(state, elapsed=elapsed_before + time.monotonic() - session_start)
+            reason = _stop_reason(config, state, batches_per_epoch)
+            if reason:
+                break
+            if state.batch_in_epoch == batches_per_epoch:
+                key, sub = jax.random.split(state.key)
+                order = np.asarray(jax.random.permutation(sub, len(train_set)), np.int64)
+                state = dataclasses.replace(state, epoch=state.epoch + 1, batch_in_epoch=0, order=order, key=np.asarray(key))
+            start = state.batch_in_epoch * config.batch_size
+            chosen = state.order[start:start + config.batch_size]
+            batch = pack(train_cache, chosen, plan.shape(int(atoms[chosen].sum())), config.batch_size, np_dtype)
+            previous = loss_sum
+            params, opt_state, loss_sum = step_fn(params, opt_state, loss_sum, batch)
+            previous.block_until_ready()  # run at most one step ahead of the device
+            state = dataclasses.replace(state, step=state.step + 1, batch_in_epoch=state.batch_in_epoch + 1,
+                                        steps_since_validation=state.steps_since_validation + 1)
+            bar.update(1)
+            if state.step % config.valid_every == 0:
+                state, record = validate(snapshot(state), final=False)
+                loss_sum = jax.device_put(np.zeros_like(state.loss_sum))
+                state = dataclasses.replace(state, loss_sum=np.zeros_like(state.loss_sum))
+                save_state(out / STATE_FILE, state, config)
+                yield record
+        state, record = snapshot(state), None
+        if state.steps_since_validation:
+            state, record = validate(state, final=True)
+        state = dataclasses.replace(state, loss_sum=np.zeros_like(state.loss_sum), stop_reason=reason)
+        save_state(out / STATE_FILE, state, config)
+        if record is not None:
+            yield record
+    finally:
+        bar.close()
+    best = _best_metrics(out)
+    return TrainResult(out_dir=out, model_dir=out / BEST_DIR, best_step=state.best_step, best_valid=best,
+                       steps=state.step, epochs=state.epoch, stop_reason=state.stop_reason, elapsed=state.elapsed)
+
+
+def _fresh_state(config: TrainConfig, dataset: Dataset):
+    potential = init_model(config.model, dataset.elements, seed=config.seed)
+    dtype = np.float32 if config.dtype == "float32" else np.float64
+    params = jax.tree.map(lambda x: np.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x),
+                          potential.params)
+    opt_state = jax.tree.map(np.asarray, make_optimizer(config).init(params))
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)  # not the initialisation's key
+    key, sub = jax.random.split(key)
+    order = np.asarray(jax.random.permutation(sub, config.n_train), np.int64)
+    state = TrainState(params=params, opt_state=opt_state, loss_sum=np.zeros((), dtype), step=0, epoch=1,
+                       batch_in_epoch=0, order=order, key=np.asarray(key))
+    return state, potential.model
+
+
+def _stop_reason(config: TrainConfig, state: TrainState, batches_per_epoch: int) -> str:
+    if config.max_steps is not None and state.step >= config.max_steps:
+        return f"reached max_steps={config.max_steps}"
+    if config.max_epochs is not None and state.epoch >= config.max_epochs and state.batch_in_epoch >= batches_per_epoch:
+        return f"reached max_epochs={config.max_epochs}"
+    if config.max_time is not None and state.elapsed >= config.max_time:
+        return f"reached max_time={config.max_time:g} s"
+    if config.patience is not None and state.bad_validations >= config.patience:
+        return f"no improvement in {config.patience} validations (early stopping)"
+    return ""
+
+
+def _loss(predictions, config: TrainConfig) -> float:
+    """The training loss over a whole set (per-atom energy MSE and force-component MSE)."""
+    per_atom = (predictions.energy_predicted - predictions.energy_reference) / predictions.num_atoms
+    forces = np.concatenate([p - r for p, r in zip(predictions.forces_predicted, predictions.forces_reference)])
+    return float(config.energy_weight * np.mean(per_atom**2) + config.forces_weight * np.mean(forces**2))
+
+
+def _prepare_directory(out: Path, config: TrainConfig, data_info: dict, resume: bool, overwrite: bool) -> bool:
+    """Check what ``out`` holds; return whether a training state is there to resume from."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory")
+    run_config, state = out / RUN_CONFIG, out / STATE_FILE
+    if overwrite and out.is_dir():
+        _remove_run(out)
+    elif resume and not state.is_file():
+        raise FileNotFoundError(f"{state}: no training state to resume from")
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        return False
+    if run_config.is_file():
+        try:
+            saved = json.loads(run_config.read_text())
+            saved_config = TrainConfig.from_dict(saved["train_config"])
+            saved_data = saved["data"]["fingerprint"]
+        except Exception as error:
+            raise FileExistsError(f"{run_config}: unreadable run record ({error}); pass --overwrite to start over") from None
+        differences = sorted(k for k, v in config.identity().items() if saved_config.identity().get(k) != v)
+        if differences or saved_data != data_info["fingerprint"]:
+            what = f"options {differences}" if differences else "data (different frames, units or filter)"
+            raise FileExistsError(
+                f"{out}: holds a run with different {what}; pass --overwrite to replace it, or choose another --out")
+    elif any(out.iterdir()):
+        raise FileExistsError(f"{out}: is not empty and holds no so3krates training run; choose another --out")
+    return run_config.is_file() and state.is_file()
+
+
+def _remove_run(out: Path) -> None:
+    """Delete a previous run's own files (and nothing else) from ``out``."""
+    for name in (STATE_FILE, LOG_FILE, SPLIT_FILE, RUN_CONFIG):
+        (out / name).unlink(missing_ok=True)
+    best = out / BEST_DIR
+    if best.is_dir():
+        for name in (CONFIG_FILE, PARAMS_FILE, SPLIT_FILE):
+            (best / name).unlink(missing_ok=True)
+        if not any(best.iterdir()):
+            shutil.rmtree(best)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the saved state (they will be written again)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+        if record.get("step", math.inf) <= step:
+            kept.append(line)
+    atomic_write(path, "".join(line + "\n" for line in kept).encode())
+
+
+def _best_metrics(out: Path) -> dict[str, Any]:
+    path = out / BEST_DIR / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text()).get("provenance", {}).get("training", {}).get("valid_metrics", {})
