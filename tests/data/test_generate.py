@@ -175,3 +175,33 @@ def test_cli_label_with_config_file(tmp_path, capsys):
     assert main(["label", os.path.join(MOLECULES, "ethanol.xyz"), "--out", str(tmp_path / "x.extxyz"),
                  "--config", str(config)]) == 2
     assert "unknown option 'frame'" in capsys.readouterr().err
+
+
+def test_a_killed_process_resumes_to_the_uninterrupted_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--frames", "40", "--interval", "4", "--md-steps", "40", "--torsions", "2", "--torsion-md-steps", "8",
+            "--seed", "5", "--quiet"]
+    structure = os.path.join(MOLECULES, "ethanol.xyz")
+    whole = tmp_path / "whole.extxyz"
+    assert main(["label", structure, "--out", str(whole), *args]) == 0
+    killed = tmp_path / "killed.extxyz"
+    command = [sys.executable, "-m", "so3krates", "label", structure, "--out", str(killed), *args]
+    process = subprocess.Popen(command, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(sidecar_path(killed).read_text())["progress"]["frames"] >= 8:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    recorded = json.loads(sidecar_path(killed).read_text())["progress"]["frames"]
+    assert 8 <= recorded < 40, "the run finished before it could be killed"
+    assert main(["label", structure, "--out", str(killed), *args]) == 0
+    assert killed.read_text() == whole.read_text()
