@@ -1,0 +1,105 @@
+"""`so3krates train` and `so3krates evaluate` end to end on tiny settings."""
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+
+from so3krates import load_model
+from so3krates.cli import main
+from so3krates.data import filter_frames, read, split
+from so3krates.evaluation import evaluate_model
+
+from conftest import TINY_MODEL, rattled_ethanol
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "ethanol.xyz"
+    ase.io.write(path, rattled_ethanol(40).to_atoms(), format="extxyz")
+    return path
+
+
+def train_args(data_file, out, *extra):
+    return ["train", "--data", str(data_file), "--n-train", "24", "--n-valid", "8", "--out", str(out),
+            "--batch-size", "4", "--lr", "3e-3", "--valid-every", "20", "--quiet", *extra]
+
+
+def test_train_then_evaluate(data_file, tmp_path, capsys):
+    model_config = tmp_path / "model.json"
+    model_config.write_text(TINY_MODEL.to_json())
+    out = tmp_path / "run"
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"max-steps": 40, "force_weight": 2.0, "max_time": "10m"}))
+    assert main(train_args(data_file, out, "--model-config", str(model_config), "--layers", "1", "--config",
+                           str(options))) == 0
+    printed = capsys.readouterr().out
+    # one rattled frame has two H atoms 0.71 Å apart: the filter drops it, and evaluate must too
+    assert "kept 39 frames, dropped 1" in printed and "stopped after 40 steps" in printed
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["train_config"]["forces_weight"] == 2.0 and record["train_config"]["max_time"] == 600.0
+    assert record["train_config"]["model"]["num_features"] == TINY_MODEL.num_features
+    assert record["data"]["energy_unit"] == "eV" and record["data"]["filter"] == {"min_distance": 0.75, "max_force": 25.0}
+
+    # the same command again: the run is finished, nothing is touched
+    before = (out / "state.msgpack").read_bytes()
+    assert main(train_args(data_file, out, "--model-config", str(model_config), "--config", str(options))) == 2
+    assert "finished run" in capsys.readouterr().err
+    assert (out / "state.msgpack").read_bytes() == before
+    # raising the limit continues it; the run's own config file works as --train-config
+    assert main(train_args(data_file, out, "--train-config", str(out / "train_config.json"), "--max-steps", "60")) == 0
+    assert "stopped after 60 steps" in capsys.readouterr().out
+
+    # evaluate on the held-out frames: the numbers equal evaluate_model's on those frames
+    report, plots = tmp_path / "metrics.json", tmp_path / "plots"
+    assert main(["evaluate", str(out / "best"), str(data_file), "--json", str(report), "--plots", str(plots)]) == 0
+    assert "the 7 test frames" in capsys.readouterr().out
+    metrics = json.loads(report.read_text())
+    test = filter_frames(read(data_file))[0].subset(split(39, 24, 8, seed=0)["test"])
+    expected = evaluate_model(load_model(out / "best"), test).to_dict()
+    assert metrics["num_frames"] == 7
+    np.testing.assert_allclose(metrics["forces"]["mae_eV_A"], expected["forces"]["mae_eV_A"], rtol=1e-6)
+    np.testing.assert_allclose(metrics["energy"]["rmse_kcal_mol"], expected["energy"]["rmse_kcal_mol"], rtol=1e-6)
+    assert set(metrics["forces_per_element"]) == {"H", "C", "O"}
+    assert (plots / "parity.png").is_file() and (plots / "error_histogram.png").is_file()
+    assert main(["evaluate", str(out / "best"), str(data_file), "--split", "all", "--dtype", "float64"]) == 0
+    assert "all 39 frames" in capsys.readouterr().out
+    # other data: every frame, and no split part can be asked for
+    other = tmp_path / "other.xyz"
+    ase.io.write(other, rattled_ethanol(5, seed=9).to_atoms(), format="extxyz")
+    assert main(["evaluate", str(out / "best"), str(other)]) == 0
+    assert "all 5 frames" in capsys.readouterr().out
+    assert main(["evaluate", str(out / "best"), str(other), "--split", "test"]) == 2
+    assert "not the training data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "-1"], "learning_rate must be positive"),
+    (["--degrees", "1,x"], None),  # argparse rejects it (exit 2 from argparse)
+    (["--n-train", "100"], "only 39"),
+])
+def test_train_user_errors_exit_2(data_file, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) if message is None else _nothing():
+        code = main(train_args(data_file, tmp_path / "run", *extra))
+        assert code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_missing_data_and_unknown_config_keys(data_file, tmp_path, capsys):
+    assert main(["train", "--n-train", "2", "--n-valid", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "--data FILE is required" in capsys.readouterr().err
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"learning_rate": 1e-3}))
+    assert main(train_args(data_file, tmp_path / "o", "--config", str(options))) == 2
+    assert "unknown option 'learning_rate'" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nothing"), str(data_file)]) == 2
+    assert "not a checkpoint directory" in capsys.readouterr().err
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
