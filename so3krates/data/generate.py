@@ -439,9 +439,10 @@ class _Sampler:
         progress = record["progress"]
         started = time.perf_counter()
         self.bar, self.stop_after, self.new_frames = None, stop_after, 0
+        if progress["frames"] == 0:
+            label(self.input, self.reference)  # unsupported element, charge: fail before writing anything
+        self._save()  # from here on the run is resumable, even if killed during the relaxation
         try:
-            if progress["frames"] == 0:
-                label(self.input, self.reference)  # unsupported element, charge: fail before relaxing
             self.bar = tqdm(total=self.config.frames - record["counts"]["frames_given_up"], initial=progress["frames"],
                             desc=f"label {self.out.name}", unit="frame", disable=not self.progress, mininterval=1.0)
             if progress["frames"] == 0:  # nothing recorded (a kill during the relaxation): relax again
@@ -473,7 +474,7 @@ class _Sampler:
             self._timed("wall_s", time.perf_counter() - started)
             if progress["frames"]:
                 record["timings"]["wall_s_per_frame"] = round(record["timings"]["wall_s"] / progress["frames"], 4)
-                self._save()
+            self._save()
         return LabelReport(path=self.out, sidecar=self.sidecar, relaxed=self.relaxed_file, frames=progress["frames"],
                            target=self.config.frames, complete=record["complete"], counts=record["counts"],
                            timings=record["timings"])
