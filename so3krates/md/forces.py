@@ -121,6 +121,24 @@ class EnergyFunction:
         return value, -gradient
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SumForces:
+    """The sum of several force fields (e.g. a model plus restraints); neighbours as a tuple."""
+
+    parts: tuple
+
+    def allocate(self, system: System):
+        return tuple(part.allocate(system) for part in self.parts)
+
+    def update(self, neighbors, positions):
+        return tuple(part.update(n, positions) for part, n in zip(self.parts, neighbors))
+
+    def __call__(self, positions, neighbors):
+        results = [part(positions, n) for part, n in zip(self.parts, neighbors)]
+        return sum(r[0] for r in results), sum(r[1] for r in results)
+
+
 def make_force_field(model, system: System, dtype: str = "float32", skin: float = 0.5, capacity_factor: float = 1.25):
     """The force field for ``model`` (Potential, XTBReference, or ``energy(positions)``) on ``system``."""
     if isinstance(model, Potential):
@@ -131,8 +149,10 @@ def make_force_field(model, system: System, dtype: str = "float32", skin: float 
             model, tuple(int(z) for z in system.numbers),
             tuple(float(x) for x in np.asarray(system.cell).ravel()), tuple(bool(p) for p in system.pbc),
         )
-    if isinstance(model, (PotentialForces, CallbackForces, EnergyFunction)):
+    if isinstance(model, (PotentialForces, CallbackForces, EnergyFunction, SumForces)):
         return model
+    if isinstance(model, (tuple, list)):
+        return SumForces(tuple(make_force_field(m, system, dtype, skin, capacity_factor) for m in model))
     if callable(model):
         return EnergyFunction(model)
     raise TypeError(f"cannot run MD with a {type(model).__name__}: expected a Potential, XTBReference or energy function")
@@ -153,10 +173,27 @@ def cast_neighbor_list(nl: NeighborList, dtype) -> NeighborList:
     )
 
 
+def _is_list(x) -> bool:
+    return isinstance(x, NeighborList)
+
+
+def neighbor_lists(neighbors) -> list[NeighborList]:
+    """The NeighborLists in a force field's neighbour pytree (none, one, or one per part)."""
+    return [x for x in jax.tree.leaves(neighbors, is_leaf=_is_list) if _is_list(x)]
+
+
 def neighbor_capacity(neighbors) -> int | None:
-    if not isinstance(neighbors, NeighborList):
-        return None
-    return int(neighbors.graph.pair_first.shape[-1])
+    """The largest pair capacity of the lists (None without a list)."""
+    lists = neighbor_lists(neighbors)
+    return max(int(nl.graph.pair_first.shape[-1]) for nl in lists) if lists else None
+
+
+def any_overflow(neighbors):
+    lists = neighbor_lists(neighbors)
+    flag = jnp.array(False)
+    for nl in lists:
+        flag = flag | jnp.any(nl.overflow)
+    return flag
 
 
 def grow_neighbor_list(neighbors, capacity: int):
@@ -166,7 +203,7 @@ def grow_neighbor_list(neighbors, capacity: int):
     what a run with this capacity from the start computes. Works on a leading replica axis too.
     """
     if not isinstance(neighbors, NeighborList):
-        return neighbors
+        return jax.tree.map(lambda x: grow_neighbor_list(x, capacity) if _is_list(x) else x, neighbors, is_leaf=_is_list)
     graph = neighbors.graph
     old = graph.pair_first.shape[-1]
     extra = capacity - old

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import covalent_radii
 
-from so3krates.neighbors import NeighborList, find_pairs
+from so3krates.md.forces import neighbor_lists
+from so3krates.neighbors import find_pairs
 from so3krates.system import System
 
 GUARDS = ("non-finite", "too-close", "force", "bond-stretch", "temperature")
@@ -81,8 +82,9 @@ class GuardStatus:
 
 def _pairs(positions, neighbors):
     """Candidate close pairs: the neighbour list's pairs, else all pairs (small systems)."""
-    if isinstance(neighbors, NeighborList):
-        graph = neighbors.graph
+    lists = neighbor_lists(neighbors)
+    if lists:
+        graph = lists[0].graph
         n = positions.shape[0]
         valid = graph.pair_mask & (graph.pair_first < n) & (graph.pair_second < n)
         first = jnp.where(valid, graph.pair_first, 0)

@@ -32,7 +32,7 @@ import numpy as np
 from so3krates.md import guards as guard_module
 from so3krates.md.config import CONTROLS, MDConfig
 from so3krates.md.forces import (
-    CALLBACK_ERRORS, grow_neighbor_list, make_force_field, neighbor_capacity,
+    CALLBACK_ERRORS, any_overflow, grow_neighbor_list, neighbor_lists, make_force_field, neighbor_capacity,
 )
 from so3krates.md.guards import GUARDS, BlowUpError, GuardStatus, find_bonds
 from so3krates.md.integrators import MDState, langevin, nose_hoover, nve
@@ -82,7 +82,7 @@ def build_integrator(spec: ChunkSpec, force_field, controls: Controls):
 
 
 def _overflowed(neighbors) -> jax.Array:
-    return neighbors.overflow if isinstance(neighbors, NeighborList) else jnp.array(False)
+    return any_overflow(neighbors)
 
 
 def _frame(integrator, state: MDState) -> dict[str, jax.Array]:
@@ -149,7 +149,7 @@ _SEEN: set = set()  # signatures compiled in this process
 
 def _signature(name, spec, *trees) -> tuple:
     leaves, treedef = jax.tree.flatten(trees)
-    return (name, spec, treedef, tuple((np.shape(x), np.result_type(x).str) for x in leaves))
+    return (name, spec, treedef, tuple((np.shape(x), np.dtype(getattr(x, "dtype", type(x))).str) for x in leaves))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,8 +397,8 @@ class Simulation:
         steps = np.asarray(frames["step"])
         start_step = self.step if start_step is None else start_step
         time_fs = self.time_fs + (steps - start_step) * self.config.timestep
-        neighbors = self.state.neighbors
-        rebuilds = int(np.max(np.asarray(neighbors.num_rebuilds))) if isinstance(neighbors, NeighborList) else 0
+        lists = neighbor_lists(self.state.neighbors)
+        rebuilds = max((int(np.max(np.asarray(nl.num_rebuilds))) for nl in lists), default=0)
         result = ChunkResult(
             step=steps, time_fs=time_fs,
             **{k: np.asarray(frames[k]) for k in ChunkResult.FRAME_FIELDS if k not in ("step", "time_fs")},

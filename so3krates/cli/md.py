@@ -1,0 +1,127 @@
+"""`so3krates md`: molecular dynamics of one structure, written to a resumable run directory.
+
+    so3krates md ethanol.xyz --model models/ethanol --ensemble langevin --temperature 300 \\
+        --timestep 0.5 --time 10ps --out run/
+    so3krates md ethanol.xyz --model models/ethanol ... --out run/ --resume   # after a kill
+
+``--model`` is a checkpoint directory (so3krates.load_model), ``lj`` (Lennard-Jones, argon
+parameters; for tests and demos) or ``xtb`` (GFN2-xTB through tblite; slow but real).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from so3krates.cli.common import apply_config_file, simulation_time_fs
+
+ENSEMBLES = ("nve", "langevin", "nose-hoover")
+# Lennard-Jones parameters of argon (sigma Å, epsilon eV, cutoff Å)
+LJ_ARGON = dict(sigma=3.405, epsilon=0.0104, cutoff=8.5)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("md", help="run molecular dynamics", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("structure", help="structure file readable by ASE (xyz, extxyz, pdb, traj, ...)")
+    parser.add_argument("--model", default=None, help="model checkpoint directory, or 'lj' or 'xtb'")
+    parser.add_argument("--ensemble", choices=ENSEMBLES, default="langevin")
+    parser.add_argument("--temperature", type=float, default=300.0, help="K (NVE: of the initial velocities)")
+    parser.add_argument("--timestep", type=float, default=0.5, help="fs")
+    parser.add_argument("--time", type=simulation_time_fs, default=None, help="simulated time, e.g. 10ps")
+    parser.add_argument("--steps", type=int, default=None, help="number of steps (instead of --time)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    parser.add_argument("--chain-length", type=int, default=3, help="Nose-Hoover chain length")
+    parser.add_argument("--tau", type=float, default=100.0, help="Nose-Hoover thermostat period, fs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record-every", type=int, default=10, help="steps between saved frames")
+    parser.add_argument("--chunk", type=int, default=None, help="steps per compiled chunk (a multiple of --record-every)")
+    parser.add_argument("--formats", nargs="+", choices=("extxyz", "traj"), default=["extxyz", "traj"])
+    parser.add_argument("--out", default=None, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--config", default=None, help="JSON file with any of these options")
+    parser.set_defaults(func=run, parser=parser)
+
+
+def load_md_model(spec: str):
+    """'lj', 'xtb' or a checkpoint directory -> a model Simulation accepts."""
+    if spec == "lj":
+        from so3krates.lennard_jones import lennard_jones_potential
+
+        return lennard_jones_potential(**LJ_ARGON)
+    if spec == "xtb":
+        from so3krates.reference import XTBReference
+
+        return XTBReference()
+    from so3krates.checkpoint import load_model
+
+    return load_model(spec)
+
+
+def run(args) -> int:
+    args = apply_config_file(args.parser, args)
+    if args.model is None or args.out is None:
+        raise ValueError("--model and --out are required")
+    if (args.time is None) == (args.steps is None):
+        raise ValueError("give exactly one of --time and --steps")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+
+    import ase.io
+    from tqdm import tqdm
+
+    from so3krates.md import BlowUpError, MDConfig, Simulation
+    from so3krates.md.output import RunWriter
+
+    path = Path(args.structure)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: structure file not found")
+    try:
+        atoms = ase.io.read(path)
+    except Exception as error:  # ASE raises many types for unreadable files
+        raise ValueError(f"{path}: cannot read structure ({error})") from None
+    steps = args.steps if args.steps is not None else int(round(args.time / args.timestep))
+    chunk = args.chunk if args.chunk is not None else max(args.record_every, (200 // args.record_every) * args.record_every)
+    config = MDConfig(
+        ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep, friction=args.friction,
+        chain_length=args.chain_length, chain_tau=args.tau, seed=args.seed, dtype=args.dtype,
+        record_every=args.record_every, chunk_steps=chunk,
+    )
+    model = load_md_model(args.model)
+    simulation = Simulation(atoms, model, config)
+    writer = RunWriter(args.out, simulation, resume=args.resume, overwrite=args.overwrite, formats=args.formats,
+                       metadata={"command": sys.argv, "model_source": args.model, "structure_file": str(path)})
+    if args.resume:
+        _check_same_settings(config, simulation.config, args.out)
+    simulation.attach(writer)
+    if simulation.will_compile():
+        print("so3krates md: compiling the MD program (first run of this size; later runs reuse the cache)...",
+              file=sys.stderr)
+    bar = tqdm(total=steps, initial=min(simulation.step, steps), unit="step", disable=args.no_progress,
+               dynamic_ncols=True)
+    try:
+        for result in simulation.irun(until=steps):
+            bar.update(result.steps_done)
+            bar.set_postfix(ns_day=f"{result.ns_per_day:.2f}", T=f"{result.temperature[-1]:.0f}K")
+    except BlowUpError as error:
+        bar.close()
+        print(f"so3krates md: {error}", file=sys.stderr)
+        return 3
+    bar.close()
+    print(f"so3krates md: {simulation.step} steps ({simulation.time_fs / 1000:.3f} ps) in {args.out}", file=sys.stderr)
+    return 0
+
+
+def _check_same_settings(requested, saved, directory) -> None:
+    differ = {
+        name: (getattr(saved, name), getattr(requested, name))
+        for name in requested.__dataclass_fields__
+        if getattr(saved, name) != getattr(requested, name)
+    }
+    if differ:
+        described = ", ".join(f"{k}: run has {a!r}, command line {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(f"{directory}: --resume with different settings ({described}); use the original options")
