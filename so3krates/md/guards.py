@@ -197,14 +197,15 @@ class BlowUpError(RuntimeError):
     def _message(self) -> str:
         where = "" if self.replica is None else f" (replica {self.replica})"
         atoms = " and ".join(str(a) for a in self.atoms)
+        threshold = self.threshold
         what = {
-            "non-finite": f"non-finite positions, forces or energy at atom {atoms}",
-            "too-close": f"atoms {atoms} are {self.value:.3f} Å apart (< min_distance={self.threshold} Å)",
-            "force": f"|F| = {self.value:.1f} eV/Å on atom {atoms} (> max_force={self.threshold} eV/Å)",
-            "bond-stretch": f"bond {atoms} stretched to {self.value:.2f} x its starting length "
-            f"(> max_bond_stretch={self.threshold})",
-            "temperature": f"temperature {self.value:.0f} K (> {self.threshold:.0f} K; hottest atom {atoms})",
-        }[self.guard]
+            "non-finite": lambda: f"non-finite positions, forces or energy at atom {atoms}",
+            "too-close": lambda: f"atoms {atoms} are {self.value:.3f} Å apart (< min_distance={threshold} Å)",
+            "force": lambda: f"|F| = {self.value:.1f} eV/Å on atom {atoms} (> max_force={threshold} eV/Å)",
+            "bond-stretch": lambda: f"bond {atoms} stretched to {self.value:.2f} x its starting length "
+            f"(> max_bond_stretch={threshold})",
+            "temperature": lambda: f"temperature {self.value:.0f} K (> {threshold} K; hottest atom {atoms})",
+        }[self.guard]()
         others = [g for g in self.guards if g != self.guard]
         also = f"; also tripped: {', '.join(others)}" if others else ""
         detail = f" ({self.detail})" if self.detail else ""

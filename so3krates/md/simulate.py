@@ -410,9 +410,9 @@ class Simulation:
         )
         if status is None or np.all(status.ok):
             return result
-        return self._blowup(result, status)
+        return self._blowup(result, status, start_step)
 
-    def _blowup(self, result: ChunkResult, status) -> ChunkResult:
+    def _blowup(self, result: ChunkResult, status, start_step: int) -> ChunkResult:
         ok = np.asarray(status.ok)
         replica = None if ok.ndim == 0 else int(np.argmin(ok))
         pick = (lambda x: np.asarray(x)) if replica is None else (lambda x: np.asarray(x)[replica])
@@ -433,7 +433,8 @@ class Simulation:
                             last_good_step=step - 1, state=state, detail=detail)
         # keep frames up to the last good step; the frozen state repeats it, so drop repeats
         steps = result.step if replica is None else result.step[replica]
-        keep = np.flatnonzero((steps <= step - 1) & np.concatenate([[True], np.diff(steps) > 0]))
+        # (frames at the chunk's start step were written with the chunk before)
+        keep = np.flatnonzero((steps <= step - 1) & (steps > start_step) & np.concatenate([[True], np.diff(steps) > 0]))
         trimmed = result.select(keep)
         object.__setattr__(error, "result", trimmed)
         return dataclasses.replace(trimmed, blowup=error)
