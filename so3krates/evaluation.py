@@ -82,16 +82,16 @@ class Metrics:
     def summary(self) -> str:
         lines = [
             f"{self.num_frames} frames, {self.num_atoms} atoms",
-            f"{'':22s}{'MAE':>10s}{'RMSE':>10s}{'MAE':>14s}{'RMSE':>12s}",
-            f"{'energy (eV, kcal/mol)':22s}{self.energy_mae:10.4f}{self.energy_rmse:10.4f}"
+            f"{'':27s}{'MAE':>10s}{'RMSE':>10s}{'MAE':>14s}{'RMSE':>12s}",
+            f"{'energy (eV, kcal/mol)':27s}{self.energy_mae:10.4f}{self.energy_rmse:10.4f}"
             f"{self.energy_mae / KCAL_MOL:14.4f}{self.energy_rmse / KCAL_MOL:12.4f}",
-            f"{'energy per atom':22s}{self.energy_per_atom_mae:10.4f}{self.energy_per_atom_rmse:10.4f}"
+            f"{'energy per atom':27s}{self.energy_per_atom_mae:10.4f}{self.energy_per_atom_rmse:10.4f}"
             f"{self.energy_per_atom_mae / KCAL_MOL:14.4f}{self.energy_per_atom_rmse / KCAL_MOL:12.4f}",
-            f"{'forces (eV/Å, kcal/mol/Å)':22s}{self.forces_mae:10.4f}{self.forces_rmse:10.4f}"
+            f"{'forces (eV/Å, kcal/mol/Å)':27s}{self.forces_mae:10.4f}{self.forces_rmse:10.4f}"
             f"{self.forces_mae / KCAL_MOL:14.4f}{self.forces_rmse / KCAL_MOL:12.4f}",
         ]
         for symbol, v in self.forces_per_element.items():
-            lines.append(f"{'  forces on ' + symbol:22s}{v['mae']:10.4f}{v['rmse']:10.4f}"
+            lines.append(f"{'  forces on ' + symbol:27s}{v['mae']:10.4f}{v['rmse']:10.4f}"
                          f"{v['mae'] / KCAL_MOL:14.4f}{v['rmse'] / KCAL_MOL:12.4f}")
         return "\n".join(lines)
 
@@ -242,15 +242,15 @@ def save_plots(predictions: Predictions, directory: str | Path, title: str = "")
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     offset = np.mean(e_ref)  # total energies are large; show them relative to their mean
-    for ax, ref, pred, label in ((axes[0], e_ref - offset, e_pred - offset, f"energy - {offset:.2f} (eV)"),
-                                 (axes[1], f_ref, f_pred, "force component (eV/Å)")):
+    for ax, ref, pred, label, unit in ((axes[0], e_ref - offset, e_pred - offset, f"energy (eV, from the mean {offset:.2f})", "eV"),
+                                       (axes[1], f_ref, f_pred, "force component (eV/Å)", "eV/Å")):
         low, high = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
         ax.plot([low, high], [low, high], color="0.5", lw=1)
         ax.scatter(ref, pred, s=4, alpha=0.5)
         ax.set_xlabel(f"reference {label}")
         ax.set_ylabel(f"predicted {label}")
         mae = np.mean(np.abs(pred - ref))
-        ax.set_title(f"MAE {mae:.4f}")
+        ax.set_title(f"MAE {mae:.4f} {unit}")
     fig.suptitle(title)
     fig.tight_layout()
     paths.append(directory / "parity.png")

@@ -148,7 +148,8 @@ def iterate(
     params, opt_state = jax.device_put(state.params), jax.device_put(state.opt_state)
     loss_sum = jax.device_put(state.loss_sum)
     session_start, elapsed_before = time.monotonic(), state.elapsed
-    bar = tqdm(total=config.max_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True,
+    total = config.max_steps if config.max_time is None else None  # a time limit makes the step count unknown
+    bar = tqdm(total=total, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"training {out.name}")
 
     def validate(state: TrainState, final: bool) -> tuple[TrainState, dict[str, Any]]:

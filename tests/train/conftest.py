@@ -43,7 +43,7 @@ def rattled_ethanol(n_frames: int = 40, seed: int = 0, amount: float = 0.08, off
                           forces=np.array([f for _, f in labels]), source="rattled-ethanol")
 
 
-def tiny_config(**changes) -> TrainConfig:
+def make_tiny_config(**changes) -> TrainConfig:
     values = dict(n_train=24, n_valid=8, model=TINY_MODEL, batch_size=4, learning_rate=3e-3, valid_every=20,
                   max_steps=60)
     values.update(changes)
@@ -53,3 +53,19 @@ def tiny_config(**changes) -> TrainConfig:
 @pytest.fixture(scope="session")
 def ethanol_dataset() -> Dataset:
     return rattled_ethanol()
+
+
+# helpers as fixtures: `from conftest import ...` is ambiguous with several conftest.py files
+@pytest.fixture(scope="session")
+def tiny_config():
+    return make_tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def make_ethanol():
+    return rattled_ethanol

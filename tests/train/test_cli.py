@@ -11,11 +11,10 @@ from so3krates.cli import main
 from so3krates.data import filter_frames, read, split
 from so3krates.evaluation import evaluate_model
 
-from conftest import TINY_MODEL, rattled_ethanol
-
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
+def data_file(tmp_path_factory, make_ethanol):
+    rattled_ethanol = make_ethanol
     path = tmp_path_factory.mktemp("data") / "ethanol.xyz"
     ase.io.write(path, rattled_ethanol(40).to_atoms(), format="extxyz")
     return path
@@ -26,7 +25,8 @@ def train_args(data_file, out, *extra):
             "--batch-size", "4", "--lr", "3e-3", "--valid-every", "20", "--quiet", *extra]
 
 
-def test_train_then_evaluate(data_file, tmp_path, capsys):
+def test_train_then_evaluate(data_file, tmp_path, capsys, tiny_model, make_ethanol):
+    TINY_MODEL, rattled_ethanol = tiny_model, make_ethanol
     model_config = tmp_path / "model.json"
     model_config.write_text(TINY_MODEL.to_json())
     out = tmp_path / "run"

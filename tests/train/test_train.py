@@ -15,8 +15,6 @@ from so3krates.evaluation import evaluate_model
 from so3krates.train import TrainingStateError, iterate, train
 from so3krates.train.step import weighted_loss
 
-from conftest import tiny_config
-
 
 def params_of(out_dir):
     """The last training state's parameters, as a flat list of arrays."""
@@ -40,7 +38,7 @@ def valid_loss(potential, dataset, config):
     return config.energy_weight * m.energy_per_atom_rmse**2 + config.forces_weight * m.forces_rmse**2
 
 
-def test_a_few_hundred_steps_lower_the_validation_loss(ethanol_dataset, tmp_path):
+def test_a_few_hundred_steps_lower_the_validation_loss(ethanol_dataset, tmp_path, tiny_config):
     config = tiny_config(max_steps=300, valid_every=100)
     result = train(config, ethanol_dataset, tmp_path / "run", progress=False)
     assert result.steps == 300 and result.stop_reason == "reached max_steps=300"
@@ -56,7 +54,7 @@ def test_a_few_hundred_steps_lower_the_validation_loss(ethanol_dataset, tmp_path
     np.testing.assert_allclose(best["valid_loss"], after, rtol=1e-4)
 
 
-def test_best_model_directory_is_complete(ethanol_dataset, tmp_path):
+def test_best_model_directory_is_complete(ethanol_dataset, tmp_path, tiny_config):
     config = tiny_config(max_steps=40)
     result = train(config, ethanol_dataset, tmp_path / "run", progress=False,
                    data_info={"energy_unit": "eV", "length_unit": "Angstrom"})
@@ -77,7 +75,7 @@ def test_best_model_directory_is_complete(ethanol_dataset, tmp_path):
     np.testing.assert_allclose(m64.forces_mae, provenance["valid_metrics"]["forces"]["mae_eV_A"], rtol=1e-4)
 
 
-def test_same_seed_same_result_other_seed_other_result(ethanol_dataset, tmp_path):
+def test_same_seed_same_result_other_seed_other_result(ethanol_dataset, tmp_path, tiny_config):
     config = tiny_config(max_steps=40)
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         train(dataclasses.replace(config, seed=seed), ethanol_dataset, tmp_path / name, progress=False)
@@ -86,7 +84,7 @@ def test_same_seed_same_result_other_seed_other_result(ethanol_dataset, tmp_path
     assert not all(np.array_equal(x, y) for x, y in zip(params_of(tmp_path / "a"), params_of(tmp_path / "c")))
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(ethanol_dataset, tmp_path):
+def test_interrupted_and_resumed_equals_uninterrupted(ethanol_dataset, tmp_path, tiny_config):
     """Stop after the first validation (all a killed process leaves), resume: same bits."""
     config = tiny_config(max_steps=60, valid_every=20)  # 6 batches per epoch: resumes mid-epoch
     train(config, ethanol_dataset, tmp_path / "whole", progress=False)
@@ -102,7 +100,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(ethanol_dataset, tmp_path)
     assert log_of(tmp_path / "whole") == log_of(tmp_path / "split")
 
 
-def test_finished_run_continues_when_its_limits_are_raised(ethanol_dataset, tmp_path):
+def test_finished_run_continues_when_its_limits_are_raised(ethanol_dataset, tmp_path, tiny_config):
     config = tiny_config(max_steps=60, valid_every=20)
     train(config, ethanol_dataset, tmp_path / "whole", progress=False)
     train(dataclasses.replace(config, max_steps=40), ethanol_dataset, tmp_path / "two", progress=False)
@@ -110,7 +108,7 @@ def test_finished_run_continues_when_its_limits_are_raised(ethanol_dataset, tmp_
     assert_same_params(tmp_path / "whole", tmp_path / "two")
 
 
-def test_nothing_is_overwritten_silently(ethanol_dataset, tmp_path):
+def test_nothing_is_overwritten_silently(ethanol_dataset, tmp_path, tiny_config):
     config = tiny_config(max_steps=20)
     out = tmp_path / "run"
     train(config, ethanol_dataset, out, progress=False)
@@ -134,7 +132,7 @@ def test_nothing_is_overwritten_silently(ethanol_dataset, tmp_path):
     assert result.steps == 20 and (out / "notes.txt").read_text() == "mine"
 
 
-def test_damaged_training_state_and_checkpoint_give_clear_errors(ethanol_dataset, tmp_path):
+def test_damaged_training_state_and_checkpoint_give_clear_errors(ethanol_dataset, tmp_path, tiny_config):
     config = tiny_config(max_steps=40, valid_every=20)
     out = tmp_path / "run"
     run = iterate(config, ethanol_dataset, out, progress=False)
@@ -164,6 +162,6 @@ def test_damaged_training_state_and_checkpoint_give_clear_errors(ethanol_dataset
         load_model(out / "best")
 
 
-def test_weighted_loss_matches_its_definition():
+def test_weighted_loss_matches_its_definition(tiny_config):
     terms = {"energy_mse": np.float64(2.0), "forces_mse": np.float64(3.0)}
     assert weighted_loss(terms, tiny_config(energy_weight=0.5, forces_weight=2.0)) == 7.0
