@@ -28,6 +28,7 @@ app: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/potential.py
+	$(BIN)/python bench/md.py
 
 # Re-pin every dependency (run after changing pyproject.toml; commit the result).
 lock: $(INSTALLED)
