@@ -251,7 +251,8 @@ class _Sampler:
                 raise ValueError(f"{self.out}: missing, but {self.sidecar} records {record['progress']['frames']} frames")
             if self.out.exists():
                 dropped = trim_to_frames(self.out, record["progress"]["frames"], len(self.numbers))
-                record["counts"]["trimmed_on_resume"] = record["counts"].get("trimmed_on_resume", 0) + dropped
+                if dropped:
+                    record["counts"]["trimmed_on_resume"] = record["counts"].get("trimmed_on_resume", 0) + dropped
             return record
         if self.out.exists():
             raise FileExistsError(f"{self.out}: exists without its sidecar {self.sidecar.name}; refusing to overwrite it")
@@ -437,6 +438,8 @@ class _Sampler:
 
         self.record = record = self._load_or_start()
         progress = record["progress"]
+        if record["complete"]:  # nothing to do; leave the sidecar (and a committed dataset) untouched
+            return self._report()
         started = time.perf_counter()
         self.bar, self.stop_after, self.new_frames = None, stop_after, 0
         if progress["frames"] == 0:
@@ -475,9 +478,13 @@ class _Sampler:
             if progress["frames"]:
                 record["timings"]["wall_s_per_frame"] = round(record["timings"]["wall_s"] / progress["frames"], 4)
             self._save()
-        return LabelReport(path=self.out, sidecar=self.sidecar, relaxed=self.relaxed_file, frames=progress["frames"],
-                           target=self.config.frames, complete=record["complete"], counts=record["counts"],
-                           timings=record["timings"])
+        return self._report()
+
+    def _report(self) -> LabelReport:
+        record = self.record
+        return LabelReport(path=self.out, sidecar=self.sidecar, relaxed=self.relaxed_file,
+                           frames=record["progress"]["frames"], target=self.config.frames, complete=record["complete"],
+                           counts=record["counts"], timings=record["timings"])
 
 
 def _differences(recorded, wanted) -> str:

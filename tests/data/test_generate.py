@@ -72,8 +72,10 @@ def test_resume_after_interruptions_writes_what_an_uninterrupted_run_writes(tmp_
     third = sample_and_label(_ethanol(), TINY, parts, progress=False)
     assert third.complete and third.frames == TINY.frames
     assert parts.read_text() == whole.read_text()  # no frame lost, none duplicated, the same frames
+    sidecar = sidecar_path(parts).read_bytes()
     again = sample_and_label(_ethanol(), TINY, parts, progress=False)  # complete: nothing more to do
     assert again.frames == TINY.frames and parts.read_text() == whole.read_text()
+    assert sidecar_path(parts).read_bytes() == sidecar  # not even the sidecar is rewritten
 
 
 def test_other_settings_or_structure_are_refused_on_resume(tmp_path):
