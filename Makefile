@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: install test test-fast app bench lock clean
+.PHONY: install test test-fast app bench lock clean models
 
 install: $(INSTALLED)
 
@@ -37,3 +37,14 @@ lock: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The shipped models (data/models/NAME): label with GFN2-xTB, train, evaluate, check 100 ps of
+# MD at 300 and 500 K. Each model's exact commands land in data/models/NAME/recipe.sh.
+SMALL_MODEL := --features 64 --layers 2 --degrees 1,2 --seed 0
+models: $(INSTALLED)
+	data/models/make_model.sh ethanol 1 "--frames 1000 --torsions 20 --conformer-relax-steps 100" \
+		"--n-train 800 --n-valid 100 $(SMALL_MODEL) --batch-size 4 --lr 2e-3 --lr-decay-rate 0.1 --lr-decay-steps 100000 --valid-every 2000 --max-steps 150000"
+	data/models/make_model.sh ac_ala3_nhme 2 "--frames 1200 --torsions 30 --conformer-relax-steps 100" \
+		"--n-train 1000 --n-valid 100 $(SMALL_MODEL) --batch-size 1 --lr 1e-3 --lr-decay-rate 0.1 --lr-decay-steps 40000 --valid-every 2500 --max-steps 50000"
+	data/models/make_model.sh dha 3 "--frames 1200 --torsions 30 --conformer-relax-steps 100" \
+		"--n-train 1000 --n-valid 100 $(SMALL_MODEL) --batch-size 1 --lr 1e-3 --lr-decay-rate 0.1 --lr-decay-steps 35000 --valid-every 2500 --max-steps 45000"

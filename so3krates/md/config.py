@@ -27,8 +27,8 @@ class MDConfig:
     record_every: int = 10  # steps between recorded frames (divides chunk_steps)
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
-    skin: float = 0.5  # Å, neighbour list
-    capacity_factor: float = 1.25  # spare neighbour list room at allocation
+    skin: float = 0.3  # Å, neighbour list; rebuilds are cheap in jit, padded pairs are not
+    capacity_factor: float = 1.05  # spare room at allocation (overflow is redone cheaply)
     remove_rotation: bool = True  # free molecules: no net rotation in the initial velocities
     # blow-up guards (None switches one off)
     max_temperature_factor: float | None = 10.0  # stop when T > factor * temperature
