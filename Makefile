@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: install test test-fast app bench lock clean models
+.PHONY: install test test-fast app bench lock clean models viz-bundle
 
 install: $(INSTALLED)
 
@@ -37,6 +37,11 @@ lock: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Rebuild so3krates/viz/static/ngl.bundle.js (NGL.js + the viewer's JS) from the pinned npm lock
+# with esbuild; needs node and npm. Commit the bundle and its licence files with the change.
+viz-bundle:
+	cd so3krates/viz/js && npm ci --no-audit --no-fund && node build.mjs
 
 # The shipped models (data/models/NAME): label with GFN2-xTB, train, evaluate, check 100 ps of
 # MD at 300 and 500 K. Each model's exact commands land in data/models/NAME/recipe.sh.
