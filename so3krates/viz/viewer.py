@@ -63,6 +63,9 @@ class MoleculeViewer(JSComponent):
 
     # numbers and bonds stay in Python: the browser gets them inside the molfile
     _property_mapping = {"numbers": None, "bonds": None}
+    # Panel holds browser-side changes for 50 ms before handling them; the drawn echo paces the
+    # sender, so it is handled at once (a paced 56-atom stream: 14 -> ~40 frames/s measured)
+    _priority_changes = ["drawn_version"]
     _bundle = BUNDLE
     _esm = ""  # everything is in the bundle (see js/src/viewer.js)
 

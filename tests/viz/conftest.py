@@ -10,8 +10,8 @@ Written to be lifted into tests/conftest.py when the app's browser tests need th
 
 from __future__ import annotations
 
+import os
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,13 +85,13 @@ def _answers(port: int) -> bool:
 
 @dataclass
 class BrowserPage:
-    """A Playwright page plus what it did: every request URL, console errors, page errors."""
+    """A Playwright page plus what it did: every request URL, console messages and errors."""
 
     page: object
     requests: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def outside_loopback(self) -> list[str]:
         hosts = [(url, urlsplit(url)) for url in self.requests]
@@ -109,8 +109,11 @@ class BrowserPage:
 def chromium_page(tmp_path):
     """A fresh headless Chromium (its own profile under tmp_path) with one open page."""
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium "
-                    "chromium-driver; .ci/run does) to run the browser tests")
+        message = (f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium "
+                   "chromium-driver; .ci/run does) to run the browser tests")
+        if os.environ.get("CI"):  # CI installs it: a missing browser there is a failure, not a skip
+            pytest.fail(message)
+        pytest.skip(message)
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency: make install")
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
@@ -121,6 +124,7 @@ def chromium_page(tmp_path):
             page = context.pages[0] if context.pages else context.new_page()
             record = BrowserPage(page=page)
             context.on("request", lambda request: record.requests.append(request.url))
+            page.on("console", lambda message: record.console.append(f"{message.type}: {message.text}"))
             page.on("console", lambda message: message.type == "error" and record.console_errors.append(
                 f"{message.text} ({message.location})"))
             page.on("pageerror", lambda error: record.page_errors.append(str(error)))
