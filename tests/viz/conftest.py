@@ -96,7 +96,7 @@ class BrowserPage:
     def outside_loopback(self) -> list[str]:
         hosts = [(url, urlsplit(url)) for url in self.requests]
         return [url for url, parts in hosts
-                if parts.scheme not in ("blob", "data", "about") and parts.hostname not in LOOPBACK]
+                if parts.scheme not in ("blob", "data", "about", "file") and parts.hostname not in LOOPBACK]
 
     def save_screenshot(self, name: str, png: bytes) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
