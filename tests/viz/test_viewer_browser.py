@@ -155,9 +155,9 @@ def test_standalone_html_draws_with_the_bundle_inline(tmp_path, chromium_page):
     model and the molecule is drawn all the same."""
     import panel as pn
 
-    pn.extension(inline=True)
     path = tmp_path / "viewer.html"
-    MoleculeViewer(molecule("CH3CH2OH"), width=600, height=400).save(path, resources="inline")
+    with pn.config.set(inline=True):  # what pn.extension(inline=True) sets in a notebook
+        MoleculeViewer(molecule("CH3CH2OH"), width=600, height=400).save(path, resources="inline")
     page = chromium_page.page
     page.goto(path.as_uri(), wait_until="domcontentloaded", timeout=PAGE_TIMEOUT_S * 1000)
     page.locator('.so3k-viewer[data-atoms="9"][data-bonds="8"]').wait_for(timeout=PAGE_TIMEOUT_S * 1000)
