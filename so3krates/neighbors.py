@@ -167,6 +167,11 @@ class NeighborList:
 
     ``overflow`` is set (and stays set) when a rebuild found more pairs than fit; the host loop
     then reallocates with :func:`allocate_neighbor_list` and redoes the chunk.
+
+    With ``active_fraction`` set, :func:`active_graph` hands a model only the pairs within the
+    cutoff, compacted into ``active_capacity`` slots (a fixed share of the pair capacity, so it
+    grows with the list): the skin pairs, which contribute exactly zero, then cost no filter
+    evaluations. More pairs within the cutoff than that also sets ``overflow``.
     """
 
     graph: Graph
@@ -176,14 +181,34 @@ class NeighborList:
     num_rebuilds: Int[Array, ""]
     cutoff: float = dataclasses.field(metadata=dict(static=True))
     skin: float = dataclasses.field(metadata=dict(static=True))
+    active_fraction: float | None = dataclasses.field(default=None, metadata=dict(static=True))
+
+    @property
+    def active_capacity(self) -> int | None:
+        """Slots for the pairs within the cutoff (None: the model sees every pair of the list)."""
+        if self.active_fraction is None:
+            return None
+        capacity = self.graph.pair_first.shape[-1]
+        # a function of the capacity alone, so a grown list (overflow, resume) gets the same room
+        # however it was grown; multiples of 8 keep the rows aligned for vectorised kernels
+        return min(capacity, 8 * math.ceil(capacity * self.active_fraction / 8 - 1e-9))
 
 
 def allocate_neighbor_list(
-    system: System, cutoff: float, skin: float = 0.5, capacity_factor: float = 1.25
+    system: System, cutoff: float, skin: float = 0.5, capacity_factor: float = 1.25, active: bool = False
 ) -> NeighborList:
-    """Build a list on the host with spare capacity for later in-jit rebuilds."""
-    first, _, _ = find_pairs(system.positions, system.cell, system.pbc, cutoff + skin)
+    """Build a list on the host with spare capacity for later in-jit rebuilds.
+
+    ``active``: also reserve ``capacity_factor`` x the pairs within the cutoff for
+    :func:`active_graph` (the list's ``active_fraction``).
+    """
+    first, second, offsets = find_pairs(system.positions, system.cell, system.pbc, cutoff + skin)
     graph = build_graph(system, cutoff, skin, num_pairs=bucket(int(len(first) * capacity_factor) + 1))
+    fraction = None
+    if active:
+        vectors = system.positions[second] - system.positions[first] + offsets @ np.asarray(system.cell)
+        within = int(np.sum(np.einsum("pa,pa->p", vectors, vectors) < cutoff**2))
+        fraction = min(1.0, (int(within * capacity_factor) + 1) / graph.pair_first.shape[0])
     return NeighborList(
         graph=graph,
         reference_positions=graph.positions,
@@ -192,6 +217,38 @@ def allocate_neighbor_list(
         num_rebuilds=np.array(0, dtype=np.int32),
         cutoff=float(cutoff),
         skin=float(skin),
+        active_fraction=fraction,
+    )
+
+
+def _within_cutoff(nl: NeighborList, graph: Graph, positions) -> Bool[Array, " p"]:
+    vectors = graph.pair_vectors(positions, graph.cells.astype(positions.dtype))
+    return graph.pair_mask & (jnp.sum(vectors**2, axis=-1) < nl.cutoff**2)
+
+
+def active_graph(nl: NeighborList, positions: Float[Array, "n 3"]) -> Graph:
+    """The list's graph at ``positions`` (padded), reduced to the pairs within the cutoff.
+
+    The kept pairs stay in list order, compacted into the first ``nl.active_capacity`` slots;
+    the rest are padding (dummy atom, ``pair_mask`` False). Without an active capacity the
+    whole list is returned. Index selection only: derivatives flow through ``positions`` as
+    usual, and since every potential is exactly zero (with zero derivative) from the cutoff on,
+    energies and forces equal those over the whole list.
+    """
+    graph = dataclasses.replace(nl.graph, positions=positions)
+    capacity = nl.active_capacity
+    if capacity is None:
+        return graph
+    inside = _within_cutoff(nl, graph, jax.lax.stop_gradient(positions))
+    (index,) = jnp.nonzero(inside, size=capacity, fill_value=0)
+    mask = jnp.arange(capacity) < jnp.sum(inside)
+    dummy = positions.shape[0] - 1
+    return dataclasses.replace(
+        graph,
+        pair_first=jnp.where(mask, gather(graph.pair_first, index), dummy),
+        pair_second=jnp.where(mask, gather(graph.pair_second, index), dummy),
+        pair_offsets=jnp.where(mask[:, None], gather(graph.pair_offsets, index), 0),
+        pair_mask=mask,
     )
 
 
@@ -241,6 +298,8 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
         return dataclasses.replace(graph, positions=positions), nl.reference_positions, jnp.array(False), nl.num_rebuilds
 
     new_graph, reference, overflow, rebuilds = jax.lax.cond(needs_rebuild, rebuild, keep, None)
+    if nl.active_capacity is not None:
+        overflow = overflow | (jnp.sum(_within_cutoff(nl, new_graph, positions)) > nl.active_capacity)
     return dataclasses.replace(
         nl, graph=new_graph, reference_positions=reference,
         overflow=nl.overflow | overflow, num_rebuilds=rebuilds,

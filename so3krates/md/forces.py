@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from so3krates.neighbors import NeighborList, allocate_neighbor_list, update_neighbor_list
+from so3krates.neighbors import NeighborList, active_graph, allocate_neighbor_list, update_neighbor_list
 from so3krates.potential import Potential, atomic_energies, with_dtype
 from so3krates.reference import ReferenceError, XTBReference
 from so3krates.system import System
@@ -50,15 +50,17 @@ class PotentialForces:
     dtype: str = dataclasses.field(default="float32", metadata=dict(static=True))
 
     def allocate(self, system: System) -> NeighborList:
-        nl = allocate_neighbor_list(system, self.potential.cutoff, self.skin, self.capacity_factor)
+        # the model sees only the pairs within the cutoff (compacted every step): the skin
+        # pairs would cost full filter evaluations for an exact zero
+        nl = allocate_neighbor_list(system, self.potential.cutoff, self.skin, self.capacity_factor, active=True)
         return cast_neighbor_list(nl, self.dtype)
 
     def update(self, neighbors: NeighborList, positions):
         return update_neighbor_list(neighbors, _pad(positions, neighbors.graph.positions.shape[0]))
 
     def __call__(self, positions, neighbors: NeighborList):
-        graph = neighbors.graph
-        num_padded = graph.positions.shape[0]
+        num_padded = neighbors.graph.positions.shape[0]
+        graph = active_graph(neighbors, jax.lax.stop_gradient(_pad(positions, num_padded)))
 
         def energy(x):
             return jnp.sum(atomic_energies(self.potential, graph, _pad(x, num_padded), graph.cells))
