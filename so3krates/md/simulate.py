@@ -376,8 +376,10 @@ class Simulation:
             status = jax.tree.map(np.asarray, status)
             if not np.any(status.overflow):
                 break
-            # redo the chunk from its start with twice the room: same pairs, same rebuilds
-            capacity = bucket(2 * neighbor_capacity(start.neighbors))
+            # redo the chunk from its start with the next size of the bucket grid (1.14-1.25x the
+            # room): same pairs, same rebuilds. Every slot costs a model evaluation at every
+            # step from now on, so a possible second redo is cheaper than doubling.
+            capacity = bucket(neighbor_capacity(start.neighbors) + 1)
             start = dataclasses.replace(start, neighbors=grow_neighbor_list(start.neighbors, capacity))
             self.reallocations += 1
         frames = jax.tree.map(np.asarray, frames)
