@@ -50,6 +50,6 @@ models: $(INSTALLED)
 	data/models/make_model.sh ethanol 1 "--frames 1000 --torsions 20 --conformer-relax-steps 100" \
 		"--n-train 800 --n-valid 100 $(SMALL_MODEL) --batch-size 4 --lr 2e-3 --lr-decay-rate 0.1 --lr-decay-steps 100000 --valid-every 2000 --max-steps 150000"
 	data/models/make_model.sh ac_ala3_nhme 2 "--frames 1200 --torsions 30 --conformer-relax-steps 100" \
-		"--n-train 1000 --n-valid 100 $(SMALL_MODEL) --batch-size 1 --lr 1e-3 --lr-decay-rate 0.1 --lr-decay-steps 40000 --valid-every 2500 --max-steps 50000"
+		"--n-train 1000 --n-valid 100 $(SMALL_MODEL) --zbl --batch-size 1 --lr 1e-3 --lr-decay-rate 0.1 --lr-decay-steps 40000 --valid-every 2500 --max-steps 50000"
 	data/models/make_model.sh dha 3 "--frames 1200 --torsions 30 --conformer-relax-steps 100" \
 		"--n-train 1000 --n-valid 100 $(SMALL_MODEL) --batch-size 1 --lr 1e-3 --lr-decay-rate 0.1 --lr-decay-steps 35000 --valid-every 2500 --max-steps 45000"

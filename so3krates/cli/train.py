@@ -78,6 +78,9 @@ def register(subparsers) -> None:
         if name not in ("n_train", "n_valid"):
             text = f"{text} (default: {default})"
         options.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=text)
+    options.add_argument("--zbl", dest="zbl", action="store_true", default=None,
+                         help="add the ZBL nuclear repulsion at short range (a wall where training data has no "
+                         "close contacts)")
     options.add_argument("--model-config", default=None, help="a ModelConfig JSON file (every model hyperparameter)")
     options.add_argument("--train-config", default=None, help="a TrainConfig JSON file to start from")
     run_group = parser.add_argument_group("run")
@@ -142,6 +145,10 @@ def build_config(args):
             model[field[6:]] = value
         else:
             values[field] = value
+    if args.zbl is not None:
+        if not isinstance(args.zbl, bool):
+            raise ValueError(f"--zbl: expected true or false, got {args.zbl!r}")
+        model["zbl_repulsion"] = args.zbl
     values["model"] = ModelConfig.from_dict(model)
     for required in ("n_train", "n_valid"):
         if values.get(required) is None:

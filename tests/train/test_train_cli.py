@@ -103,3 +103,15 @@ class _nothing:
 
     def __exit__(self, *args):
         return False
+
+
+def test_zbl_option_reaches_the_model_config(data_file, tmp_path):
+    from so3krates.cli import build_parser
+    from so3krates.cli.train import build_config
+
+    def config_of(*extra):
+        args = build_parser().parse_args(train_args(data_file, tmp_path / "o", *extra))
+        return build_config(args)
+
+    assert config_of("--zbl").model.zbl_repulsion is True
+    assert config_of().model.zbl_repulsion is False
