@@ -1,110 +1,455 @@
-"""so3krates dashboard (placeholder page).
+"""so3krates dashboard: live molecular dynamics you can watch, steer and trust.
 
-Shows a built-in molecule with the energy and forces of a randomly initialised (untrained)
-SO3krates model. Layout and callbacks only: everything physical comes from the public
-`so3krates` API; units are eV and Å.
+`panel serve app/` (see `make app`) runs this file once per browser session (a directory app:
+the page is at /app). Layout and callbacks only: molecules, models, MD, relaxation, units and
+file parsing all come from the `so3krates` library; `session.py` runs them off the UI thread.
 
-`panel serve app/` (see `make app`) serves this directory as one Bokeh "directory app": its
-entry point must be `app/main.py`, and the page is at http://127.0.0.1:5006/app.
+Every session has its own simulation. A periodic callback (every 40 ms) takes what the worker
+produced, sends the newest positions to the 3D viewer when the browser has drawn the previous
+ones, and streams new points into the plots (bounded buffers: a long run does not slow the page).
 """
 
-import ase.build
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
 import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
-from ase.data import atomic_numbers, covalent_radii
-from ase.data.colors import jmol_colors
-from bokeh.models.widgets.tables import NumberFormatter
 
-import so3krates
+from session import Event, MDSession  # app/ is on sys.path while Bokeh runs this file
+from so3krates import catalog, load_model
+from so3krates.data.units import ENERGY_UNITS
+from so3krates.data.upload import MAX_ATOMS, MAX_BYTES, read_structure
+from so3krates.md import MDConfig
+from so3krates.system import StructureError
+from so3krates.viz import MoleculeViewer
 
-pn.extension("tabulator")
+pn.extension("filedropper", notifications=False)
 hv.extension("bokeh", logo=False)
 
-MOLECULES = {  # label -> name in ase.build.molecule (G2 set); elements H, C, N, O only
-    "ethanol": "CH3CH2OH",
-    "benzene": "C6H6",
-    "acetic acid": "CH3COOH",
-    "acetamide": "CH3CONH2",
-    "methylamine": "CH3NH2",
-    "water": "H2O",
-}
-ELEMENTS = ("H", "C", "N", "O")
-CONFIG = so3krates.ModelConfig(
-    num_features=32, num_layers=2, num_heads=4, degrees=(1, 2), output_is_zero_at_init=False
+ENSEMBLES = {"NVE": "nve", "Langevin": "langevin", "Nosé–Hoover": "nose-hoover"}
+DISPLAY_UNITS = ("eV", "kcal/mol", "kJ/mol")
+CHUNK_SIZES = (10, 20, 50, 100, 200, 500)
+FRAMES_PER_CHUNK = 10  # recorded frames per chunk (record_every = chunk size / 10)
+PLOT_POINTS = 4000  # points kept in each live plot
+TICK_MS = 40
+PLOT_EVERY_S = 0.25
+PLAYBACK_LAG = 8  # frames waiting for the viewer beyond this are skipped (stay live)
+# checkpoint directories the server operator allows besides the shipped models (os.pathsep list)
+MODEL_ROOTS = [catalog.SHIPPED_MODELS] + [
+    Path(p) for p in os.environ.get("SO3KRATES_APP_MODEL_DIRS", "").split(os.pathsep) if p
+]
+PLOT_COLUMNS = ("time_ps", "potential", "kinetic", "total", "temperature")
+
+
+# --- models and molecules ---------------------------------------------------------------------
+
+def model_options() -> dict[str, str]:
+    """Label -> key: built-in models, then checkpoint directories found under MODEL_ROOTS."""
+    options = {label: key for key, label in catalog.builtin_models().items()}
+    for root in MODEL_ROOTS[1:]:
+        for config in sorted(root.glob("*/config.json")) if root.is_dir() else []:
+            options[f"checkpoint: {config.parent}"] = f"dir:{config.parent}"
+    return options
+
+
+def get_model(key: str):
+    if key.startswith("dir:"):
+        path = Path(key[4:]).resolve()
+        if not any(path.is_relative_to(root.resolve()) for root in MODEL_ROOTS):
+            raise ValueError(f"{path} is outside the model directories this server allows")
+        return pn.state.as_cached(f"model:{path}", lambda: load_model(path))
+    return pn.state.as_cached(f"model:{key}", lambda: catalog.load_builtin_model(key))
+
+
+def default_chunk(num_atoms: int) -> int:
+    return 50 if num_atoms <= 20 else 20 if num_atoms <= 100 else 10
+
+
+MOLECULES = catalog.builtin_molecules()
+MODELS = model_options()
+MODEL_LABELS = {key: label for label, key in MODELS.items()}
+START = "ethanol" if "ethanol" in MOLECULES else next(iter(MOLECULES))
+
+# --- widgets ------------------------------------------------------------------------------------
+
+molecule = pn.widgets.Select(name="Molecule", options={m.label: n for n, m in MOLECULES.items()}, value=START)
+upload = pn.widgets.FileDropper(name="Upload", max_file_size=f"{MAX_BYTES // 1_000_000}MB", multiple=False,
+                                height=90, layout="compact")
+model = pn.widgets.Select(name="Model", options=MODELS, value=MOLECULES[START].default_model)
+ensemble = pn.widgets.RadioButtonGroup(name="Ensemble", options=list(ENSEMBLES), value="Langevin",
+                                       button_type="default")
+temperature = pn.widgets.FloatInput(name="Temperature (K)", value=300.0, start=1.0, end=5000.0, step=10.0)
+timestep = pn.widgets.FloatInput(name="Timestep (fs)", value=0.5, start=0.05, end=20.0, step=0.1)
+friction = pn.widgets.FloatInput(name="Friction (1/fs)", value=0.01, start=0.0, end=1.0, step=0.005)
+chunk = pn.widgets.Select(name="Chunk size (steps per call)", options=list(CHUNK_SIZES),
+                          value=default_chunk(len(MOLECULES[START].atoms())))
+run_button = pn.widgets.Button(name="Run", button_type="primary", width=70)
+pause_button = pn.widgets.Button(name="Pause", width=70, disabled=True)
+stop_button = pn.widgets.Button(name="Stop", width=70, disabled=True)
+reset_button = pn.widgets.Button(name="Reset", width=70)
+relax_button = pn.widgets.Button(name="Relax", width=70)
+units = pn.widgets.RadioButtonGroup(name="Energy unit", options=list(DISPLAY_UNITS), value="eV")
+scrubber = pn.widgets.IntSlider(name="Recorded frame", start=0, end=1, value=0, disabled=True)
+status = pn.pane.Markdown("Pick a molecule and press **Run**.", css_classes=["so3k-status"], margin=(0, 10))
+alert = pn.pane.Alert("", alert_type="danger", visible=False, css_classes=["so3k-alert"])
+viewer = MoleculeViewer(height=460, sizing_mode="stretch_width")
+
+
+# --- the session's simulation -------------------------------------------------------------------
+
+def md_config() -> MDConfig:
+    size = int(chunk.value)
+    return MDConfig(ensemble=ENSEMBLES[ensemble.value], temperature=float(temperature.value),
+                    timestep=float(timestep.value), friction=float(friction.value), chunk_steps=size,
+                    record_every=max(1, size // FRAMES_PER_CHUNK))
+
+
+class Page:
+    """This page's state on the UI thread: the session, what the viewer and plots have shown."""
+
+    def __init__(self):
+        atoms = MOLECULES[START].atoms()
+        self.session = MDSession(atoms, get_model(model.value), md_config())
+        self.title = MOLECULES[START].label
+        self.playback: list = []  # (positions, step) waiting for the viewer
+        self.last_push = 0.0
+        self.plotted = 0  # frames of the history already in the plots
+        self.last_plot = 0.0
+        self.speed = None  # (steps/s, ns/day) of the last timed chunk
+        self.switching = False  # a molecule change is updating the model widget
+        self.last_upload = None  # (name, bytes) of the upload handled last
+        viewer.set_structure(atoms, title=self.title)
+
+
+page = Page()
+energy_buffer = hv.streams.Buffer(pd.DataFrame({c: np.zeros(0) for c in PLOT_COLUMNS}), length=PLOT_POINTS,
+                                  index=False)
+
+
+def energy_plot(data):
+    unit = units.value
+    curves = [hv.Curve(data, "time_ps", (column, f"energy ({unit})"), label=label)
+              for column, label in (("potential", "potential − E₀"), ("kinetic", "kinetic"), ("total", "total − E₀"))]
+    return hv.Overlay(curves).opts(legend_position="top_left", title="Energy", xlabel="time (ps)",
+                                   ylabel=f"energy ({unit})", framewise=True)
+
+
+def temperature_plot(data):
+    return hv.Curve(data, "time_ps", ("temperature", "temperature (K)")).opts(
+        color="firebrick", title="Temperature", xlabel="time (ps)", framewise=True)
+
+
+PLOT_OPTS = dict(responsive=True, height=230, tools=["hover"], show_grid=True)
+energy_view = hv.DynamicMap(energy_plot, streams=[energy_buffer]).opts(hv.opts.Curve(**PLOT_OPTS))
+temperature_view = hv.DynamicMap(temperature_plot, streams=[energy_buffer]).opts(hv.opts.Curve(**PLOT_OPTS))
+
+
+def plot_rows(start: int) -> pd.DataFrame:
+    """History rows from ``start`` on, energies relative to the first frame, in the display unit."""
+    history = page.session.history
+    if len(history) == 0 or start >= len(history):
+        return pd.DataFrame({c: np.zeros(0) for c in PLOT_COLUMNS})
+    factor = 1.0 / ENERGY_UNITS[units.value]
+    potential = history.column("potential_energy")
+    reference = history.columns["potential_energy"][0]
+    kinetic = history.column("kinetic_energy")
+    rows = pd.DataFrame({
+        "time_ps": history.column("time_fs") / 1000.0,
+        "potential": (potential - reference) * factor,
+        "kinetic": kinetic * factor,
+        "total": (potential + kinetic - reference) * factor,
+        "temperature": history.column("temperature"),
+    })
+    return rows.iloc[start:]
+
+
+def replot() -> None:
+    energy_buffer.clear()
+    energy_buffer.send(plot_rows(max(0, len(page.session.history) - PLOT_POINTS)))
+    page.plotted = len(page.session.history)
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+def show_error(message: str) -> None:
+    alert.object = message
+    alert.visible = True
+
+
+def clear_error() -> None:
+    alert.visible = False
+    alert.object = ""
+
+
+def energy_text(value_ev: float) -> str:
+    return f"{value_ev / ENERGY_UNITS[units.value]:.4f} {units.value}"
+
+
+def running_text() -> str:
+    history = page.session.history
+    parts = ["**Running**"]
+    if page.speed is not None:
+        parts.append(f"{page.speed[0]:,.0f} steps/s · {page.speed[1]:.2f} ns/day")
+    if len(history):
+        parts.append(f"step {history.columns['step'][-1]:,} · {history.columns['time_fs'][-1] / 1000:.3f} ps · "
+                     f"T = {history.columns['temperature'][-1]:.0f} K")
+    return " · ".join(parts)
+
+
+def update_buttons() -> None:
+    busy = page.session.running
+    run_button.disabled = busy
+    pause_button.disabled = stop_button.disabled = not busy
+    relax_button.disabled = busy
+    scrubber.disabled = busy or len(page.session.history) < 2
+
+
+# --- the periodic callback -------------------------------------------------------------------------
+
+def handle(event: Event) -> None:
+    session = page.session
+    if event.kind == "compiling":
+        status.object = f"**Compiling** ({event.message}; the first run of a molecule takes a few seconds)…"
+    elif event.kind == "chunk":
+        result = event.result
+        session.history.extend(result, session.step_offset, session.time_offset)
+        for i in range(result.num_frames):
+            page.playback.append((result.positions[i], int(result.step[i]) + session.step_offset))
+        if result.steps_done and not result.compiled and result.wall_s > 0:
+            page.speed = (result.steps_done / result.wall_s, result.ns_per_day)
+        status.object = running_text()
+    elif event.kind == "blowup":
+        error = event.detail
+        if event.result is not None and event.result.num_frames:
+            session.history.extend(event.result, session.step_offset, session.time_offset)
+        page.playback.clear()
+        if len(session.history):
+            viewer.update_positions(session.history.positions[-1], frame=session.history.columns["step"][-1])
+        status.object = f"**Stopped by the {error.guard} guard** at step {error.step + session.step_offset:,}."
+        show_error(f"Blow-up guard tripped: {event.message} The viewer shows the last good frame; "
+                   "press Reset to start over (a smaller timestep or a lower temperature helps).")
+    elif event.kind == "error":
+        show_error(event.message)
+        status.object = "**Stopped** by an error (see above)."
+    elif event.kind == "relax":
+        step = event.detail
+        viewer.update_positions(step.positions, frame=step.step)
+        status.object = (f"**Relaxing** (FIRE): step {step.step} · E = {energy_text(step.energy)} · "
+                         f"max |F| = {step.max_force:.3f} eV/Å")
+    elif event.kind == "relaxed":
+        atoms, step = event.detail
+        session.load(atoms, session.model, md_config())
+        replot()
+        outcome = "converged" if step.converged else f"NOT converged within {step.step} steps"
+        status.object = (f"**Relaxed** ({outcome}): E = {energy_text(step.energy)}, max |F| = "
+                         f"{step.max_force:.3f} eV/Å. This geometry is now the starting structure.")
+    elif event.kind == "stopped" and event.detail == "md":
+        if not session.finished and len(session.history):
+            status.object = f"**Paused** at step {session.history.columns['step'][-1]:,}. Run continues."
+        elif session.finished and not alert.visible:
+            status.object = "**Stopped.** Scrub through the recorded frames or download them; Run starts over."
+        update_scrubber()
+
+
+def update_scrubber() -> None:
+    n = len(page.session.history)
+    scrubber.param.update(start=0, end=max(1, n - 1), value=max(0, n - 1))
+
+
+def tick() -> None:
+    for event in page.session.drain():
+        handle(event)
+    now = time.monotonic()
+    if page.playback and (viewer.drawn or now - page.last_push > 0.5):
+        del page.playback[:-PLAYBACK_LAG]
+        positions, step = page.playback.pop(0)
+        viewer.update_positions(positions, frame=step)
+        page.last_push = now
+    history = page.session.history
+    if len(history) > page.plotted and now - page.last_plot > PLOT_EVERY_S:
+        new = len(history) - page.plotted
+        # the history is a bounded deque: count from its end
+        energy_buffer.send(plot_rows(max(0, len(history) - min(new, PLOT_POINTS))))
+        page.plotted = len(history)
+        page.last_plot = now
+    update_buttons()
+
+
+# --- callbacks -------------------------------------------------------------------------------------
+
+def load(atoms, title: str, model_key: str) -> bool:
+    """A new structure and/or model; on failure the page keeps what it had and says why."""
+    try:
+        page.session.load(atoms, get_model(model_key), md_config())
+    except (StructureError, ValueError, FileNotFoundError, KeyError) as error:
+        show_error(f"Cannot use this structure with this model: {error}")
+        return False
+    clear_error()
+    page.title, page.playback, page.speed = title, [], None
+    viewer.set_structure(atoms, title=title)
+    replot()
+    update_scrubber()
+    status.object = f"**{title}** ({len(atoms)} atoms) with {MODEL_LABELS.get(model_key, model_key)}. Press **Run**."
+    return True
+
+
+def on_molecule(event) -> None:
+    entry = MOLECULES[event.new]
+    atoms = entry.atoms()
+    page.switching = True  # the model follows the molecule: one load, not two
+    try:
+        chunk.value = default_chunk(len(atoms))
+        model.value = entry.default_model
+    finally:
+        page.switching = False
+    load(atoms, entry.label, entry.default_model)
+
+
+def on_model(event) -> None:
+    if page.switching:
+        return
+    if not load(page.session.atoms, page.title, event.new):
+        page.switching = True
+        try:
+            model.value = event.old
+        finally:
+            page.switching = False
+
+
+def on_upload(event) -> None:
+    if not event.new:
+        return
+    name, content = list(event.new.items())[-1]  # the newest file (a replaced one may linger)
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    if (name, content) == page.last_upload:  # the dropper removing a file re-sends the rest
+        return
+    page.last_upload = (name, content)
+    try:
+        atoms = read_structure(name, content, max_bytes=MAX_BYTES, max_atoms=MAX_ATOMS)
+    except StructureError as error:
+        show_error(f"Upload rejected: {error}")
+        return
+    load(atoms, f"uploaded: {Path(name).name}", model.value)
+
+
+def on_settings(event) -> None:
+    try:
+        page.session.configure(**md_config().to_dict())
+    except ValueError as error:
+        show_error(f"Invalid setting: {error}")
+
+
+def on_run(event) -> None:
+    if page.session.finished:  # a stopped or blown-up run: start over from the structure
+        on_reset(event)
+    clear_error()
+    page.session.run()
+    status.object = running_text() if page.session.simulation is not None else "**Starting**…"
+    update_buttons()
+
+
+def on_pause(event) -> None:
+    page.session.pause()
+    status.object = "**Pausing** after the chunk in flight…"
+
+
+def on_stop(event) -> None:
+    page.session.stop()
+    status.object = "**Stopping** after the chunk in flight…"
+
+
+def on_reset(event) -> None:
+    clear_error()
+    page.session.reset()
+    page.playback, page.speed = [], None
+    viewer.set_structure(page.session.atoms, title=page.title)
+    replot()
+    update_scrubber()
+    status.object = "**Reset** to the starting structure with fresh velocities. Press **Run**."
+
+
+def on_relax(event) -> None:
+    clear_error()
+    try:
+        page.session.relax()
+    except RuntimeError as error:
+        show_error(str(error))
+        return
+    status.object = "**Relaxing** (FIRE, float64, until max |F| < 0.05 eV/Å)…"
+
+
+def on_units(event) -> None:
+    replot()
+
+
+def on_scrub(event) -> None:
+    history = page.session.history
+    if page.session.running or not 0 <= event.new < len(history):
+        return
+    viewer.update_positions(history.positions[event.new], frame=history.columns["step"][event.new])
+
+
+def trajectory_file() -> io.BytesIO:
+    return io.BytesIO(page.session.history_extxyz().encode())
+
+
+def energy_file() -> io.BytesIO:
+    return io.BytesIO(page.session.history_csv().encode())
+
+
+molecule.param.watch(on_molecule, "value")
+model.param.watch(on_model, "value")
+upload.param.watch(on_upload, "value")
+for widget in (ensemble, temperature, timestep, friction, chunk):
+    widget.param.watch(on_settings, "value")
+run_button.on_click(on_run)
+pause_button.on_click(on_pause)
+stop_button.on_click(on_stop)
+reset_button.on_click(on_reset)
+relax_button.on_click(on_relax)
+units.param.watch(on_units, "value")
+scrubber.param.watch(on_scrub, "value")
+
+downloads = pn.Row(
+    pn.widgets.FileDownload(callback=trajectory_file, filename="trajectory.extxyz", label="Trajectory (extxyz)",
+                            button_type="light"),
+    pn.widgets.FileDownload(callback=energy_file, filename="energies.csv", label="Energies (CSV)",
+                            button_type="light"),
 )
+controls = pn.Column(
+    molecule, pn.pane.Markdown(f"…or upload .xyz / .extxyz / .pdb (up to {MAX_BYTES // 1_000_000} MB, "
+                               f"{MAX_ATOMS} atoms):", margin=(0, 10)),
+    upload, model, pn.pane.Markdown("**Ensemble**", margin=(0, 10)), ensemble, temperature, timestep, friction,
+    chunk, pn.Row(run_button, pause_button, stop_button), pn.Row(reset_button, relax_button),
+    pn.pane.Markdown("**Energy unit**", margin=(0, 10)), units, pn.pane.Markdown("**Downloads**", margin=(0, 10)),
+    downloads, width=330,
+)
+main = pn.Column(
+    status, alert,
+    pn.Row(pn.Column(viewer, scrubber, sizing_mode="stretch_width"),
+           pn.Column(energy_view, temperature_view, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+    sizing_mode="stretch_width",
+)
+callback = pn.state.add_periodic_callback(tick, period=TICK_MS)
 
 
-def potential() -> so3krates.Potential:
-    """The random model, created once per server process and shared by all sessions."""
-    return pn.state.as_cached(
-        "so3krates-random-model", lambda: so3krates.init_model(CONFIG, elements=ELEMENTS, seed=0)
-    )
+def cleanup(session_context, callback=callback, session=page.session) -> None:
+    # default arguments: Bokeh empties this module's namespace before a session is destroyed
+    callback.stop()
+    session.halt(timeout=0)
 
 
-def molecule_report(name: str) -> tuple[float, pd.DataFrame]:
-    """Total energy (eV) and one row per atom: element, x, y, z (Å), fx, fy, fz, |F| (eV/Å)."""
-    atoms = ase.build.molecule(MOLECULES.get(name, name))
-    result = potential().calculate(atoms, properties=("energy", "forces"), dtype="float32")
-    forces = np.asarray(result["forces"], dtype=float)
-    table = pd.DataFrame(atoms.positions, columns=["x", "y", "z"])
-    table.insert(0, "element", atoms.get_chemical_symbols())
-    table[["fx", "fy", "fz"]] = forces
-    table["|F|"] = np.linalg.norm(forces, axis=1)
-    return float(result["energy"]), table
-
-
-def structure_plot(table: pd.DataFrame, show_forces: bool) -> hv.Overlay:
-    """Atoms projected on the x/y plane, coloured by element, sized by covalent radius."""
-    layers = []
-    for element, atoms in table.groupby("element", sort=False):
-        number = atomic_numbers[element]
-        color = "#%02x%02x%02x" % tuple(int(255 * c) for c in jmol_colors[number])
-        layers.append(
-            hv.Points(atoms, ["x", "y"], ["element", "z", "|F|"], label=element).opts(
-                color=color, size=30 * covalent_radii[number] + 6, line_color="black", tools=["hover"]
-            )
-        )
-    if show_forces:
-        # in-plane force components, drawn from each atom; the largest arrow is 0.8 Å long
-        scale = 0.8 / max(float(table["|F|"].max()), 1e-12)
-        ends = table[["x", "y"]].to_numpy() + scale * table[["fx", "fy"]].to_numpy()
-        segments = hv.Segments((table["x"], table["y"], ends[:, 0], ends[:, 1]), ["x0", "y0", "x1", "y1"])
-        layers.append(segments.opts(color="crimson", line_width=3))
-    return hv.Overlay(layers).opts(
-        width=520, height=460, data_aspect=1, padding=0.25, xlabel="x (Å)", ylabel="y (Å)",
-        legend_position="right", title="positions (x/y projection)",
-    )
-
-
-def atom_table(table: pd.DataFrame) -> pn.widgets.Tabulator:
-    number = NumberFormatter(format="0.0000")
-    return pn.widgets.Tabulator(
-        table, show_index=False, disabled=True, hidden_columns=["fx", "fy", "fz"],
-        titles={"x": "x (Å)", "y": "y (Å)", "z": "z (Å)", "|F|": "|F| (eV/Å)"},
-        formatters={column: number for column in ["x", "y", "z", "|F|"]}, width=420,
-    )
-
-
-def report_view(name: str, show_forces: bool) -> pn.Column:
-    energy, table = molecule_report(name)
-    return pn.Column(
-        pn.pane.Markdown(f"**Total energy:** {energy:.5f} eV ({len(table)} atoms)"),
-        pn.Row(structure_plot(table, show_forces), atom_table(table)),
-    )
-
-
-molecule = pn.widgets.Select(label="Molecule", options=list(MOLECULES), value="ethanol", width=200)
-show_forces = pn.widgets.Checkbox(label="Show force arrows", value=True, align="end")
-
+pn.state.on_session_destroyed(cleanup)
+replot()
 pn.Column(
-    pn.pane.Markdown("# so3krates"),
-    pn.pane.Markdown(
-        "Placeholder page: the energy and forces of a **randomly initialised, untrained** SO3krates "
-        "model on a built-in molecule. Live molecular dynamics comes later. "
-        "The first evaluation compiles the model, which can take a few seconds."
-    ),
-    pn.Row(molecule, show_forces),
-    pn.panel(pn.bind(report_view, molecule, show_forces), defer_load=True, loading_indicator=True),
+    pn.pane.Markdown("# so3krates · live molecular dynamics", margin=(0, 10)),
+    pn.Row(controls, main, sizing_mode="stretch_width"),
+    sizing_mode="stretch_width",
 ).servable(title="so3krates")

@@ -14,37 +14,11 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
+from browser import changed_fraction, non_background, png_pixels, wait_until
+
 from so3krates.viz import MoleculeViewer
 
 PAGE_TIMEOUT_S = 90  # a cold page on a busy 2-core machine: 1.3 MB bundle, software WebGL
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.02):
-    """Poll ``condition()`` until it is truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
-def png_pixels(png: bytes) -> np.ndarray:
-    """An (h, w, 3) uint8 array from PNG bytes (a Playwright screenshot)."""
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-
-
-def changed_fraction(a: np.ndarray, b: np.ndarray, tolerance: int = 24) -> float:
-    """Fraction of pixels whose colour differs by more than ``tolerance`` in some channel."""
-    assert a.shape == b.shape
-    return float(np.mean(np.any(np.abs(a.astype(int) - b.astype(int)) > tolerance, axis=-1)))
-
-
-def non_background(pixels: np.ndarray, background=(255, 255, 255), tolerance: int = 24) -> int:
-    return int(np.sum(np.any(np.abs(pixels.astype(int) - np.array(background)) > tolerance, axis=-1)))
 
 
 def reddish(pixels: np.ndarray) -> int:

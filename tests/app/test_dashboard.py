@@ -1,0 +1,182 @@
+"""The dashboard in a real browser: `panel serve app/` on 127.0.0.1, Debian's Chromium through Playwright.
+
+Each test opens its own page (its own Bokeh session, hence its own simulation). What is checked
+is what a person sees: pixels on the viewer's canvas, points in the plots' data sources, the
+status line and the error box. Screenshots of passing runs go to test-artifacts/app/.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from browser import changed_fraction, non_background, png_pixels, wait_until
+
+PAGE_TIMEOUT_S = 120  # first page: imports, model load, a 1.3 MB bundle, software WebGL
+RUN_TIMEOUT_S = 180  # first Run of a molecule in a fresh server compiles the MD program
+
+# the energy plot's data source (its columns are the app's PLOT_COLUMNS): (points, last time in ps)
+PLOT_STATE = """() => {
+  for (const doc of Bokeh.documents) for (const m of doc.all_models)
+    if (m.type === 'ColumnDataSource' && m.data && m.data.potential !== undefined) {
+      const t = m.data.time_ps; return [t.length, t.length ? t[t.length - 1] : null] }
+  return [-1, null] }"""
+
+
+class Dashboard:
+    """A page of the app and what a person would read off it."""
+
+    def __init__(self, record, url: str, name: str):
+        self.record, self.page, self.name = record, record.page, name
+        record.artifacts = "app"
+        self.page.set_default_timeout(60_000)
+        self.page.goto(url)
+        self.page.locator(".so3k-viewer[data-atoms]").wait_for(timeout=PAGE_TIMEOUT_S * 1000)
+        self.canvas = self.page.locator(".so3k-stage canvas")
+
+    def text_of(self, css_class: str) -> str:
+        return self.page.locator(f".{css_class}").evaluate(
+            "e => Array.from((e.shadowRoot || e).children).filter(c => c.tagName !== 'STYLE' && c.tagName !== 'LINK')"
+            ".map(c => c.textContent).join('').trim()")
+
+    def status(self) -> str:
+        return self.text_of("so3k-status")
+
+    def alert(self) -> str:
+        visible = self.page.locator(".so3k-alert").is_visible()
+        return self.text_of("so3k-alert") if visible else ""
+
+    def click(self, label: str) -> None:
+        self.page.get_by_role("button", name=label, exact=True).click()
+
+    def plot(self) -> tuple[int, float | None]:
+        return tuple(self.page.evaluate(PLOT_STATE))
+
+    def pixels(self) -> np.ndarray:
+        return png_pixels(self.canvas.screenshot())
+
+    def fill(self, label: str, value) -> None:
+        field = self.page.get_by_label(label, exact=True)
+        field.fill(str(value))
+        field.press("Enter")
+
+    def choose_molecule(self, label: str) -> None:
+        self.page.get_by_label("Molecule", exact=True).select_option(label=label)
+
+    def wait_status(self, word: str, timeout: float = 60) -> str:
+        return wait_until(lambda: word in self.status() and self.status(), timeout, f"status '{word}' "
+                          f"(it says {self.status()!r}; alert {self.alert()!r})", interval=0.1)
+
+    def run_until_points(self, minimum: int = 20) -> None:
+        self.click("Run")
+        wait_until(lambda: self.plot()[0] >= minimum, RUN_TIMEOUT_S, f"{minimum} points in the energy plot "
+                   f"(status {self.status()!r}, alert {self.alert()!r})", interval=0.2)
+
+    def upload(self, name: str, content: bytes) -> None:
+        self.page.locator("input[type=file]").set_input_files(
+            {"name": name, "mimeType": "application/octet-stream", "buffer": content})
+
+    def check_clean(self) -> None:
+        """No request left 127.0.0.1 and the console saw no error."""
+        assert not self.record.outside_loopback(), self.record.outside_loopback()
+        assert not self.record.console_errors, self.record.console_errors
+        assert not self.record.page_errors, self.record.page_errors
+
+
+@pytest.fixture
+def dashboard(app_server, chromium_page):
+    board = Dashboard(chromium_page, app_server.url, "main")
+    yield board
+    assert not app_server.problems(), app_server.problems()
+
+
+def test_run_moves_atoms_plots_energy_pause_and_reset(dashboard):
+    board = dashboard
+    assert "press Run" in board.status()
+    start = board.pixels()
+    assert non_background(start) > 2000, "the viewer shows no molecule before Run"
+    board.run_until_points()
+    board.wait_status("steps/s", timeout=RUN_TIMEOUT_S)  # a timed (not compiling) chunk has run
+    first = board.pixels()
+    time.sleep(1.0)
+    second = board.pixels()
+    board.record.save_screenshot("running.png", board.page.screenshot())
+    assert non_background(second) > 2000, "the canvas is blank while running"
+    assert changed_fraction(first, second) > 0.002, "the atoms did not move within a second of MD"
+    points, _ = board.plot()
+    wait_until(lambda: board.plot()[0] > points or board.plot()[0] >= 4000, 10, "the energy plot to gain points")
+
+    board.click("Pause")
+    board.wait_status("Paused", timeout=30)
+    paused = board.plot()
+    time.sleep(1.5)
+    assert board.plot() == paused, "points were added after Pause"
+    held = board.pixels()
+    time.sleep(0.5)
+    assert changed_fraction(held, board.pixels()) < 0.001, "the atoms moved while paused"
+
+    board.click("Reset")
+    board.wait_status("Reset")
+    assert board.plot()[0] == 0, "Reset kept the old trace"
+    wait_until(lambda: changed_fraction(start, board.pixels()) < 0.01, 10, "the starting view after Reset")
+    board.run_until_points(5)  # and it runs again from the start
+    assert board.plot()[1] < 5.0  # ps: a new run, not the old one continued
+    board.check_clean()
+
+
+def test_malformed_upload_shows_an_error_and_the_app_keeps_working(dashboard):
+    board = dashboard
+    board.upload("broken.xyz", b"3\nnot really\nO 0 0 0\nH 0 0\n")
+    wait_until(lambda: "Upload rejected" in board.alert(), 30, "the upload error")
+    assert "broken.xyz" in board.alert()
+    board.record.save_screenshot("upload-error.png", board.page.screenshot())
+    board.upload("overlap.xyz", b"2\n\nH 0 0 0\nH 0 0 0.1\n")
+    wait_until(lambda: "overlapping" in board.alert(), 30, "the overlapping-atoms error")
+    board.run_until_points()  # still the ethanol of before, still running
+    assert "Running" in board.wait_status("Running")
+    board.click("Stop")
+    board.wait_status("Stopped")
+    board.check_clean()
+
+
+def test_a_good_upload_replaces_the_molecule(dashboard):
+    board = dashboard
+    water = b"3\nwater\nO 0.0 0.0 0.119\nH 0.0 0.763 -0.477\nH 0.0 -0.763 -0.477\n"
+    board.upload("water.xyz", water)
+    board.page.locator('.so3k-viewer[data-atoms="3"]').wait_for(timeout=30_000)
+    assert "uploaded: water.xyz" in board.wait_status("water.xyz")
+    board.check_clean()
+
+
+def test_a_huge_timestep_trips_a_guard_and_says_so(dashboard):
+    board = dashboard
+    board.fill("Timestep (fs)", 10)
+    board.click("Run")
+    message = wait_until(lambda: "guard" in board.alert() and board.alert(), RUN_TIMEOUT_S, "a blow-up guard message")
+    assert "step" in message and "last good frame" in message
+    board.record.save_screenshot("guard.png", board.page.screenshot())
+    assert "guard" in board.status()
+    assert non_background(board.pixels()) > 500  # the viewer shows the last good frame
+    board.check_clean()
+
+
+def test_two_sessions_run_independent_simulations(app_server, chromium_page):
+    first = Dashboard(chromium_page, app_server.url, "first")
+    second_page = chromium_page.page.context.new_page()
+    chromium_page.page = second_page
+    second = Dashboard(chromium_page, app_server.url, "second")
+    second.choose_molecule("Ar13 cluster (Lennard-Jones)")
+    second.page.locator('.so3k-viewer[data-atoms="13"]').wait_for(timeout=30_000)
+    first.run_until_points()
+    second.run_until_points()
+    assert first.page.locator('.so3k-viewer[data-atoms="9"]').count() == 1  # each page its own molecule
+    first.click("Pause")
+    first.wait_status("Paused", timeout=30)
+    held = first.plot()
+    before = second.plot()
+    wait_until(lambda: second.plot()[1] > before[1], 30, "the second session to keep running")
+    assert first.plot() == held, "pausing one session paused the other's or vice versa"
+    second.click("Stop")
+    second.wait_status("Stopped")
+    first.check_clean()
