@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5006
+# a closed tab's session (and its MD) ends within about a second, not Bokeh's default ~30 s
+APP_SESSION_OPTIONS := --check-unused-sessions 1000 --unused-session-lifetime 1000
 
 .PHONY: install test test-fast app bench lock clean models viz-bundle
 
@@ -24,11 +26,13 @@ test-fast: $(INSTALLED)
 
 app: $(INSTALLED)
 	$(BIN)/panel serve app/ --address $(HOST) --port $(PORT) \
-		--allow-websocket-origin=$(HOST):$(PORT) --allow-websocket-origin=localhost:$(PORT)
+		--allow-websocket-origin=$(HOST):$(PORT) --allow-websocket-origin=localhost:$(PORT) \
+		$(APP_SESSION_OPTIONS)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/potential.py
 	$(BIN)/python bench/md.py
+	$(BIN)/python bench/app.py
 
 # Re-pin every dependency (run after changing pyproject.toml; commit the result).
 lock: $(INSTALLED)

@@ -28,6 +28,8 @@ CHROMIUM_ARGS = [
     "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # screenshots of passing runs (not in git)
+# as `make app`: a closed tab's session (and its MD) ends within about a second
+SESSION_OPTIONS = ["--check-unused-sessions", "1000", "--unused-session-lifetime", "1000"]
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 

@@ -1,6 +1,7 @@
 """Collect a shipped model's evaluations into its metrics.json, with the shipping verdict.
 
     python data/models/collect_metrics.py data/models/NAME
+    python data/models/collect_metrics.py --table data/models/*/   # the README's Markdown table
 
 A model is good enough to ship when its held-out test force MAE is at most 0.05 eV/Å and it
 ran 100 ps of Langevin MD at 300 K and at 500 K without any bond stretched past 1.5x its
@@ -49,5 +50,26 @@ def main(model: Path) -> None:
           f"{independent['forces']['mae_eV_A']:.4f} eV/Å, stability {'passed' if stable else 'failed'}: {verdict}")
 
 
+def table(models: list[Path]) -> str:
+    """One Markdown row per model, from the metrics.json files."""
+    rows = ["| model | atoms | test force MAE (eV/Å) | independent trajectory | test energy MAE (meV/atom) | "
+            "100 ps at 300 K / 500 K (largest bond stretch) | training | shippable |",
+            "|---|---|---|---|---|---|---|---|"]
+    for model in models:
+        m = json.loads((model / "metrics.json").read_text())
+        test, runs = m["test_split"], m["stability"]["runs"]
+        atoms = test["num_atoms"] // test["num_frames"]
+        md = " / ".join(f"{'intact' if r['passed'] else 'broke'} ({r['max_bond_ratio']:.2f}x)" for r in runs)
+        rows.append(
+            f"| {model.name} | {atoms} | {test['forces']['mae_eV_A']:.4f} | "
+            f"{m['independent_trajectory']['forces']['mae_eV_A']:.4f} | "
+            f"{1000 * test['energy_per_atom']['mae_eV']:.2f} | {md} | {m['training']['steps']:,} steps, "
+            f"{m['training']['wall_time_s'] / 60:.0f} min | {'yes' if m['shippable'] else 'no'} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "--table":
+        print(table([Path(p) for p in sys.argv[2:]]))
+    else:
+        main(Path(sys.argv[1]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from browser import chromium_page, free_port  # noqa: F401  (fixtures)
+from browser import SESSION_OPTIONS, chromium_page, free_port  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
 PANEL = Path(sys.executable).parent / "panel"
@@ -62,7 +62,7 @@ def app_server(tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("panel") / "serve.log"
     command = [str(PANEL), "serve", "app/", "--address", "127.0.0.1", "--port", str(port),
-               f"--allow-websocket-origin=127.0.0.1:{port}"]
+               f"--allow-websocket-origin=127.0.0.1:{port}", *SESSION_OPTIONS]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     server = AppServer(f"http://127.0.0.1:{port}", log_path, process)

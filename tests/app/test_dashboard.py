@@ -7,8 +7,10 @@ status line and the error box. Screenshots of passing runs go to test-artifacts/
 
 from __future__ import annotations
 
+import os
 import time
 
+import ase.io
 import numpy as np
 import pytest
 from browser import changed_fraction, non_background, png_pixels, wait_until
@@ -22,6 +24,13 @@ PLOT_STATE = """() => {
     if (m.type === 'ColumnDataSource' && m.data && m.data.potential !== undefined) {
       const t = m.data.time_ps; return [t.length, t.length ? t[t.length - 1] : null] }
   return [-1, null] }"""
+
+
+# the plotted total energies (they change with the display unit)
+PLOT_TOTAL = """() => {
+  for (const doc of Bokeh.documents) for (const m of doc.all_models)
+    if (m.type === 'ColumnDataSource' && m.data && m.data.total !== undefined) return Array.from(m.data.total)
+  return null }"""
 
 
 class Dashboard:
@@ -180,3 +189,65 @@ def test_two_sessions_run_independent_simulations(app_server, chromium_page):
     second.click("Stop")
     second.wait_status("Stopped")
     first.check_clean()
+
+
+def test_units_scrubber_downloads_and_relax(dashboard, tmp_path):
+    board = dashboard
+    board.run_until_points(30)
+    board.click("Stop")
+    board.wait_status("Stopped")
+    settled = wait_until(lambda: (state := board.plot()) == (time.sleep(0.5) or board.plot()) and state, 10,
+                         "the plot to settle after Stop")
+    points, last_time = settled
+    energy_ev = np.array(board.page.evaluate(PLOT_TOTAL))
+    board.page.get_by_role("button", name="kcal/mol", exact=True).click()
+
+    def in_kcal() -> bool:  # 1 eV = 23.0605 kcal/mol
+        shown = np.array(board.page.evaluate(PLOT_TOTAL))
+        return shown.shape == energy_ev.shape and np.allclose(shown, energy_ev * 23.0605, rtol=1e-3, atol=1e-6)
+
+    wait_until(in_kcal, 10, "the plot in kcal/mol")
+    assert board.plot() == (points, last_time)  # same frames, other unit
+
+    shown = board.pixels()
+    slider = board.page.locator(".noUi-handle").first  # the scrubber: drag it to the first frame
+    slider.focus()
+    slider.press("Home")
+    wait_until(lambda: changed_fraction(shown, board.pixels()) > 0.002, 10, "the viewer to show the first frame")
+
+    with board.page.expect_download() as download:
+        board.page.get_by_role("button", name="Energies (CSV)").click()
+    lines = download.value.path().read_text().splitlines()
+    assert lines[0].startswith("#") and lines[1].startswith("step,time_fs")
+    assert len(lines) - 2 >= points
+    with board.page.expect_download() as download:
+        board.page.get_by_role("button", name="Trajectory (extxyz)").click()
+    frames = ase.io.read(download.value.path(), index=":", format="extxyz")
+    assert len(frames) == len(lines) - 2 and "velocities" in frames[0].arrays
+
+    board.click("Relax")
+    status = board.wait_status("Relaxed", timeout=120)
+    assert "converged" in status and "NOT" not in status
+    board.check_clean()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), in seconds."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_closing_the_tab_stops_its_simulation(app_server, chromium_page):
+    board = Dashboard(chromium_page, app_server.url, "closing")
+    board.run_until_points()
+    pid = app_server.process.pid
+    began = cpu_seconds(pid)
+    time.sleep(2.0)
+    busy = cpu_seconds(pid) - began
+    assert busy > 0.5, f"the server used {busy:.2f} s of CPU in 2 s of MD: is the MD running?"
+    board.page.close()
+    time.sleep(5.0)  # sessions are checked every second and end a second after their tab
+    began = cpu_seconds(pid)
+    time.sleep(2.0)
+    idle = cpu_seconds(pid) - began
+    assert idle < 0.25 * busy, f"{idle:.2f} s of CPU in 2 s after the tab closed (vs {busy:.2f} s while running)"

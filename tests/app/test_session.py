@@ -1,0 +1,146 @@
+"""app/session.py without a browser: the worker thread, its events, pause/stop/reset, exports."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+import time
+from pathlib import Path
+
+import ase.io
+from ase import units
+import numpy as np
+import pytest
+
+from so3krates import catalog
+from so3krates.md import MDConfig
+from so3krates.system import StructureError
+
+SPEC = importlib.util.spec_from_file_location("dashboard_session", Path(__file__).resolve().parents[2] / "app" / "session.py")
+session_module = importlib.util.module_from_spec(SPEC)
+sys.modules[SPEC.name] = session_module  # dataclasses look their module up there
+SPEC.loader.exec_module(session_module)
+MDSession = session_module.MDSession
+
+CONFIG = MDConfig(chunk_steps=20, record_every=5, temperature=30.0)
+
+
+@pytest.fixture
+def argon():
+    return catalog.load_molecule("ar13"), catalog.load_builtin_model(catalog.LENNARD_JONES_ARGON)
+
+
+def collect(session, until, timeout=120.0):
+    """Drain events into the history (as the page does) until ``until(events)`` or the timeout."""
+    events = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in session.drain():
+            events.append(event)
+            if event.kind in ("chunk", "blowup") and event.result is not None:
+                session.history.extend(event.result, session.step_offset, session.time_offset)
+        if until(events):
+            return events
+        time.sleep(0.01)
+    pytest.fail(f"timed out; events: {[e.kind for e in events]}")
+
+
+def stopped(events) -> bool:
+    return any(e.kind == "stopped" for e in events)
+
+
+def test_run_pause_continue_stop_reset(argon):
+    session = MDSession(*argon, CONFIG)
+    session.run()
+    collect(session, lambda events: sum(e.kind == "chunk" for e in events) >= 4)
+    session.pause()
+    collect(session, stopped)
+    assert not session.running and not session.finished
+    steps = session.history.column("step")
+    assert steps[0] == 0 and np.all(np.diff(steps) == 5)  # the start frame, then every 5 steps
+    paused_at = session.simulation.step
+    session.run()  # continues, same simulation
+    collect(session, lambda events: any(e.kind == "chunk" for e in events))
+    session.stop()
+    collect(session, stopped)
+    assert session.finished and session.simulation.step > paused_at
+    assert np.all(np.diff(session.history.column("step")) == 5)  # no gap, no repeat across the pause
+    session.reset()
+    assert len(session.history) == 0 and session.simulation is None and not session.finished
+
+
+def test_new_ensemble_continues_from_the_current_state(argon):
+    session = MDSession(*argon, CONFIG)
+    session.run()
+    collect(session, lambda events: sum(e.kind == "chunk" for e in events) >= 3)
+    session.pause()
+    collect(session, stopped)
+    last_step, last_time = session.history.columns["step"][-1], session.history.columns["time_fs"][-1]
+    last_positions = np.array(session.history.positions[-1])
+    session.configure(ensemble="nve")
+    session.run()
+    events = collect(session, lambda events: any(e.kind == "chunk" and e.result.step[0] > 0 for e in events))
+    session.stop()
+    collect(session, stopped)
+    first_new = next(e.result for e in events if e.kind == "chunk")
+    assert first_new.step[0] + session.step_offset == last_step + 5  # the count goes on
+    assert first_new.time_fs[0] + session.time_offset == pytest.approx(last_time + 5 * CONFIG.timestep)
+    assert np.max(np.abs(first_new.positions[0] - last_positions)) < 0.05  # one step away, not a restart
+
+
+def test_a_blowup_is_reported_with_the_frames_before_it(argon):
+    atoms, model = argon
+    squeezed = atoms.copy()
+    squeezed.positions[1] = squeezed.positions[0] + [0.6, 0, 0]  # far inside the repulsive wall
+    session = MDSession(squeezed, model, CONFIG.replace(min_distance=0.55, max_force=None, max_temperature_factor=None))
+    session.run()
+    events = collect(session, stopped)
+    blowup = next(e for e in events if e.kind == "blowup")
+    assert "guard" in blowup.message and "last good frame" in blowup.message
+    assert session.finished and len(session.history) >= 1
+
+
+def test_relax_reaches_the_force_threshold(argon):
+    atoms, model = argon
+    rattled = atoms.copy()
+    rattled.rattle(0.1, seed=3)
+    session = MDSession(rattled, model, CONFIG)
+    session.relax(fmax=1e-4, max_steps=3000)  # argon forces are ~epsilon/sigma = 3 meV/Å
+    events = collect(session, stopped)
+    relaxed, last = next(e.detail for e in events if e.kind == "relaxed")
+    assert last.converged and last.max_force < 1e-4
+    # back to the icosahedron (the LJ13 minimum): twelve atoms at one distance from the centre
+    positions = relaxed.get_positions()
+    centre = np.argmin(np.linalg.norm(positions - positions.mean(axis=0), axis=1))
+    radii = np.delete(np.linalg.norm(positions - positions[centre], axis=1), centre)
+    assert np.ptp(radii) / np.mean(radii) < 2e-3
+    assert last.energy < events[0].detail.energy
+
+
+def test_unknown_elements_are_refused_and_nothing_changes(argon):
+    atoms, _ = argon
+    ethanol_model = catalog.load_builtin_model("ethanol")
+    session = MDSession(catalog.load_molecule("ethanol"), ethanol_model, CONFIG)
+    with pytest.raises(StructureError, match="Ar"):
+        session.load(atoms, ethanol_model, CONFIG)
+    assert len(session.atoms) == 9
+
+
+def test_downloads_carry_energies_and_velocities(argon):
+    session = MDSession(*argon, CONFIG)
+    session.run()
+    collect(session, lambda events: sum(e.kind == "chunk" for e in events) >= 3)
+    session.stop()
+    collect(session, stopped)
+    frames = ase.io.read(io.StringIO(session.history_extxyz()), index=":", format="extxyz")
+    assert len(frames) == len(session.history)
+    masses = frames[0].get_masses()
+    # velocities in Å/fs; ASE's time unit is ase.units.fs, so v / units.fs is in ASE units (eV)
+    kinetic = [0.5 * np.sum(masses[:, None] * (f.arrays["velocities"] / units.fs) ** 2) for f in frames]
+    np.testing.assert_allclose(kinetic, session.history.column("kinetic_energy"), rtol=1e-4)
+    csv = session.history_csv().splitlines()
+    assert csv[0].startswith("#") and "eV" in csv[0]
+    header = csv[1].split(",")
+    assert header[:3] == ["step", "time_fs", "potential_energy"] and "total_energy" in header
+    assert len(csv) == 2 + len(session.history)
