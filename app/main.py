@@ -89,6 +89,7 @@ timestep = pn.widgets.FloatInput(name="Timestep (fs)", value=0.5, start=0.05, en
 friction = pn.widgets.FloatInput(name="Friction (1/fs)", value=0.01, start=0.0, end=1.0, step=0.005)
 chunk = pn.widgets.Select(name="Chunk size (steps per call)", options=list(CHUNK_SIZES),
                           value=default_chunk(len(MOLECULES[START].atoms())))
+paced = pn.widgets.Checkbox(name="Show every frame (MD waits for the display)", value=True)
 run_button = pn.widgets.Button(name="Run", button_type="primary", width=70)
 pause_button = pn.widgets.Button(name="Pause", width=70, disabled=True)
 stop_button = pn.widgets.Button(name="Stop", width=70, disabled=True)
@@ -116,8 +117,10 @@ class Page:
     def __init__(self):
         atoms = MOLECULES[START].atoms()
         self.session = MDSession(atoms, get_model(model.value), md_config())
+        self.session.max_backlog = FRAMES_PER_CHUNK if paced.value else None
         self.title = MOLECULES[START].label
         self.playback: list = []  # (positions, step) waiting for the viewer
+        self.playing = False  # new frames go to the viewer (not after Pause or Stop)
         self.last_push = 0.0
         self.plotted = 0  # frames of the history already in the plots
         self.last_plot = 0.0
@@ -219,8 +222,9 @@ def handle(event: Event) -> None:
     elif event.kind == "chunk":
         result = event.result
         session.history.extend(result, session.step_offset, session.time_offset)
-        for i in range(result.num_frames):
-            page.playback.append((result.positions[i], int(result.step[i]) + session.step_offset))
+        if page.playing:
+            for i in range(result.num_frames):
+                page.playback.append((result.positions[i], int(result.step[i]) + session.step_offset))
         if result.steps_done and not result.compiled and result.wall_s > 0:
             page.speed = (result.steps_done / result.wall_s, result.ns_per_day)
         status.object = running_text()
@@ -250,6 +254,7 @@ def handle(event: Event) -> None:
         status.object = (f"**Relaxed** ({outcome}): E = {energy_text(step.energy)}, max |F| = "
                          f"{step.max_force:.3f} eV/Å. This geometry is now the starting structure.")
     elif event.kind == "stopped" and event.detail == "md":
+        flush_plot()  # a paused plot is complete
         if not session.finished and len(session.history):
             status.object = f"**Paused** at step {session.history.columns['step'][-1]:,}. Run continues."
         elif session.finished and not alert.visible:
@@ -267,18 +272,26 @@ def tick() -> None:
         handle(event)
     now = time.monotonic()
     if page.playback and (viewer.drawn or now - page.last_push > 0.5):
-        del page.playback[:-PLAYBACK_LAG]
+        if not paced.value:
+            del page.playback[:-PLAYBACK_LAG]
         positions, step = page.playback.pop(0)
         viewer.update_positions(positions, frame=step)
         page.last_push = now
+    page.session.backlog = len(page.playback)
+    if now - page.last_plot > PLOT_EVERY_S:
+        flush_plot()
+    update_buttons()
+
+
+def flush_plot() -> None:
+    """Send the frames recorded since the last call to the plots."""
     history = page.session.history
-    if len(history) > page.plotted and now - page.last_plot > PLOT_EVERY_S:
+    if len(history) > page.plotted:
         new = len(history) - page.plotted
         # the history is a bounded deque: count from its end
         energy_buffer.send(plot_rows(max(0, len(history) - min(new, PLOT_POINTS))))
         page.plotted = len(history)
-        page.last_plot = now
-    update_buttons()
+        page.last_plot = time.monotonic()
 
 
 # --- callbacks -------------------------------------------------------------------------------------
@@ -346,21 +359,28 @@ def on_settings(event) -> None:
         show_error(f"Invalid setting: {error}")
 
 
+def on_paced(event) -> None:
+    page.session.max_backlog = FRAMES_PER_CHUNK if event.new else None
+
+
 def on_run(event) -> None:
     if page.session.finished:  # a stopped or blown-up run: start over from the structure
         on_reset(event)
     clear_error()
+    page.playing = True
     page.session.run()
     status.object = running_text() if page.session.simulation is not None else "**Starting**…"
     update_buttons()
 
 
 def on_pause(event) -> None:
+    page.playing, page.playback = False, []  # the view stops now; the chunk in flight is recorded
     page.session.pause()
     status.object = "**Pausing** after the chunk in flight…"
 
 
 def on_stop(event) -> None:
+    page.playing, page.playback = False, []
     page.session.stop()
     status.object = "**Stopping** after the chunk in flight…"
 
@@ -415,6 +435,7 @@ stop_button.on_click(on_stop)
 reset_button.on_click(on_reset)
 relax_button.on_click(on_relax)
 units.param.watch(on_units, "value")
+paced.param.watch(on_paced, "value")
 scrubber.param.watch(on_scrub, "value")
 
 downloads = pn.Row(
@@ -427,7 +448,7 @@ controls = pn.Column(
     molecule, pn.pane.Markdown(f"…or upload .xyz / .extxyz / .pdb (up to {MAX_BYTES // 1_000_000} MB, "
                                f"{MAX_ATOMS} atoms):", margin=(0, 10)),
     upload, model, pn.pane.Markdown("**Ensemble**", margin=(0, 10)), ensemble, temperature, timestep, friction,
-    chunk, pn.Row(run_button, pause_button, stop_button), pn.Row(reset_button, relax_button),
+    chunk, paced, pn.Row(run_button, pause_button, stop_button), pn.Row(reset_button, relax_button),
     pn.pane.Markdown("**Energy unit**", margin=(0, 10)), units, pn.pane.Markdown("**Downloads**", margin=(0, 10)),
     downloads, width=330,
 )

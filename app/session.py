@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import io
 import threading
+import time
 from typing import Any
 
 import ase
@@ -80,6 +81,11 @@ class MDSession:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._generation = 0
+        # pacing: the page sets ``backlog`` (frames it has not shown yet); with ``max_backlog``
+        # set, the worker waits before a chunk until the backlog is that small, so every
+        # recorded frame is shown instead of the newest of hundreds
+        self.backlog = 0
+        self.max_backlog: int | None = None
         self.load(atoms, model, config)
 
     # --- what is simulated ----------------------------------------------------------------
@@ -212,6 +218,10 @@ class MDSession:
                 if self.step_offset == 0:
                     emit(Event("chunk", result=simulation.initial_frame()))
             while not stop.is_set():
+                while self.max_backlog is not None and self.backlog > self.max_backlog and not stop.is_set():
+                    time.sleep(0.005)
+                if stop.is_set():
+                    break
                 if simulation.will_compile():
                     emit(Event("compiling", message="compiling the MD program for this molecule"))
                 for result in simulation.irun(steps=simulation.config.chunk_steps):

@@ -239,6 +239,7 @@ def cpu_seconds(pid: int) -> float:
 
 def test_closing_the_tab_stops_its_simulation(app_server, chromium_page):
     board = Dashboard(chromium_page, app_server.url, "closing")
+    board.page.get_by_role("checkbox").uncheck()  # "Show every frame": off, so MD runs at full speed
     board.run_until_points()
     pid = app_server.process.pid
     began = cpu_seconds(pid)
