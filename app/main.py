@@ -173,7 +173,9 @@ def plot_rows(start: int) -> pd.DataFrame:
 
 
 def replot() -> None:
-    energy_buffer.clear()
+    """Replace the plotted points (new run, new unit) in one update, not a clear and a send."""
+    with hv.core.util.disable_constant(energy_buffer):
+        energy_buffer.data = energy_buffer.data.iloc[:0]
     energy_buffer.send(plot_rows(max(0, len(page.session.history) - PLOT_POINTS)))
     page.plotted = len(page.session.history)
 
@@ -349,7 +351,18 @@ def on_upload(event) -> None:
     except StructureError as error:
         show_error(f"Upload rejected: {error}")
         return
-    load(atoms, f"uploaded: {Path(name).name}", model.value)
+    model_key = model.value
+    try:
+        get_model(model_key).check_elements(atoms.numbers)
+    except (StructureError, AttributeError):  # this model cannot: take a built-in one that can
+        model_key = catalog.model_for_elements(atoms.numbers) or model_key
+        if model_key != model.value:
+            page.switching = True
+            try:
+                model.value = model_key
+            finally:
+                page.switching = False
+    load(atoms, f"uploaded: {Path(name).name}", model_key)
 
 
 def on_settings(event) -> None:

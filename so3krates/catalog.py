@@ -93,3 +93,14 @@ def load_builtin_model(key: str):
     if key in _SHIPPED:
         return load_model(SHIPPED_MODELS / key)
     raise KeyError(f"unknown built-in model {key!r}; known: {sorted(builtin_models())}")
+
+
+def model_for_elements(numbers) -> str | None:
+    """The first built-in model that knows every element in ``numbers`` (argon: Lennard-Jones)."""
+    wanted = {int(z) for z in numbers}
+    if wanted == {18}:
+        return LENNARD_JONES_ARGON
+    for key in builtin_models():
+        if key != LENNARD_JONES_ARGON and wanted <= set(load_builtin_model(key).elements):
+            return key
+    return None

@@ -37,3 +37,10 @@ def test_argon_clusters_sit_near_the_lennard_jones_minimum():
     model = catalog.load_builtin_model(catalog.LENNARD_JONES_ARGON)
     forces = np.asarray(model.calculate(atoms, properties=("energy", "forces"))["forces"])
     assert np.max(np.linalg.norm(forces, axis=1)) < 0.01  # eV/Å: a nearly relaxed icosahedron
+
+
+def test_a_model_is_found_for_the_elements_of_a_structure():
+    assert catalog.model_for_elements([1, 6, 8]) == "ethanol"
+    assert catalog.model_for_elements([1, 6, 7, 8]) == "ac_ala3_nhme"
+    assert catalog.model_for_elements([18, 18]) == catalog.LENNARD_JONES_ARGON
+    assert catalog.model_for_elements([1, 16]) is None  # sulphur: no built-in model knows it

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import ase.io
 import numpy as np
 import pytest
 from browser import changed_fraction, non_background, png_pixels, wait_until
 
+REPO = Path(__file__).resolve().parents[2]
 PAGE_TIMEOUT_S = 120  # first page: imports, model load, a 1.3 MB bundle, software WebGL
 RUN_TIMEOUT_S = 180  # first Run of a molecule in a fresh server compiles the MD program
 
@@ -155,6 +157,10 @@ def test_a_good_upload_replaces_the_molecule(dashboard):
     board.upload("water.xyz", water)
     board.page.locator('.so3k-viewer[data-atoms="3"]').wait_for(timeout=30_000)
     assert "uploaded: water.xyz" in board.wait_status("water.xyz")
+    # a peptide needs nitrogen: the ethanol model cannot, so a built-in model that can is taken
+    board.upload("peptide.xyz", (REPO / "data" / "models" / "ac_ala3_nhme" / "structure.xyz").read_bytes())
+    board.page.locator('.so3k-viewer[data-atoms="42"]').wait_for(timeout=30_000)
+    assert "Ac-Ala3-NHMe (shipped)" in board.wait_status("peptide.xyz")
     board.check_clean()
 
 
