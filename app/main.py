@@ -173,9 +173,9 @@ def plot_rows(start: int) -> pd.DataFrame:
 
 
 def replot() -> None:
-    """Replace the plotted points (new run, new unit) in one update, not a clear and a send."""
-    with hv.core.util.disable_constant(energy_buffer):
-        energy_buffer.data = energy_buffer.data.iloc[:0]
+    """Replace the plotted points (new run, new unit). The clear must be its own event: a Buffer
+    plot streams what was appended since its last update, so a silent reset would only append."""
+    energy_buffer.clear()
     energy_buffer.send(plot_rows(max(0, len(page.session.history) - PLOT_POINTS)))
     page.plotted = len(page.session.history)
 
