@@ -1,5 +1,5 @@
-"""Exploring the potential-energy surface: relaxation (more arrives with minima hopping)."""
+"""Exploring the potential-energy surface: relaxation, the minima store, the PES graph."""
 
-from so3krates.explore.relax import RelaxStep, irelax
+from so3krates.explore.relax import RelaxConfig, RelaxResult, RelaxStep, irelax, relax
 
-__all__ = ["RelaxStep", "irelax"]
+__all__ = ["RelaxConfig", "RelaxResult", "RelaxStep", "irelax", "relax"]
