@@ -120,10 +120,14 @@ def check(state, temperature_now, target_temperature, bonds: Bonds, thresholds):
     # too close
     first, second, vectors, valid = _pairs(positions, state.neighbors)
     distances = jnp.where(valid, jnp.sqrt(jnp.sum(jnp.where(valid[:, None], vectors, 1.0) ** 2, axis=1)), jnp.inf)
-    closest = jnp.argmin(distances)
-    closest_distance = distances[closest] if distances.shape[0] else jnp.array(jnp.inf, dtype)
+    if distances.shape[0]:
+        closest = jnp.argmin(distances)
+        closest_distance = distances[closest]
+        atoms.append(jnp.stack([first[closest], second[closest]]).astype(jnp.int32))
+    else:  # a single atom: no pair to be too close
+        closest_distance = jnp.array(jnp.inf, dtype)
+        atoms.append(nothing)
     flags.append(jnp.array(False) if min_distance is None else closest_distance < min_distance)
-    atoms.append(jnp.stack([first[closest], second[closest]]).astype(jnp.int32) if distances.shape[0] else nothing)
     values.append(closest_distance.astype(dtype))
 
     # force
