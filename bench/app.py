@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from browser import CHROMIUM_ARGS, SESSION_OPTIONS, free_port  # noqa: E402
+from browser import CHROMIUM_ARGS, SESSION_OPTIONS, free_port, port_answers  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 WINDOW_S = 15.0
@@ -172,7 +171,7 @@ def main() -> None:
     began = time.perf_counter()
     rows = []
     try:
-        wait_for(lambda: _answers(port), 120, "panel serve")
+        wait_for(lambda: port_answers(port), 120, "panel serve")
         with sync_playwright() as playwright:
             for case, paced in [(case, paced) for case in CASES for paced in (True, False)]:
                 context = playwright.chromium.launch_persistent_context(
@@ -191,14 +190,6 @@ def main() -> None:
     if not args.no_save:
         with open(RESULTS, "a") as stream:
             stream.write(text)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def report(rows, wall_s, load_before, load_after) -> str:

@@ -67,7 +67,7 @@ def serve_panel():
                           show=False, start=True, threaded=True, verbose=False, title="viz test")
         servers.append(thread)
         deadline = time.monotonic() + 30
-        while not _answers(port):
+        while not port_answers(port):
             if time.monotonic() > deadline:
                 pytest.fail(f"the Panel server on 127.0.0.1:{port} did not start within 30 s")
             time.sleep(0.05)
@@ -79,7 +79,8 @@ def serve_panel():
         thread.join(timeout=10)
 
 
-def _answers(port: int) -> bool:
+def port_answers(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
