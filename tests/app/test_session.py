@@ -50,20 +50,27 @@ def stopped(events) -> bool:
     return any(e.kind == "stopped" for e in events)
 
 
+def chunks(count: int):
+    return lambda events: sum(e.kind == "chunk" for e in events) >= count
+
+
+def run_then(session, until, finish):
+    """Run until ``until(events)``, then ``finish()`` (pause or stop) and wait for the worker to end."""
+    session.run()
+    events = collect(session, until)
+    finish()
+    collect(session, stopped)
+    return events
+
+
 def test_run_pause_continue_stop_reset(argon):
     session = MDSession(*argon, CONFIG)
-    session.run()
-    collect(session, lambda events: sum(e.kind == "chunk" for e in events) >= 4)
-    session.pause()
-    collect(session, stopped)
+    run_then(session, chunks(4), session.pause)
     assert not session.running and not session.finished
     steps = session.history.column("step")
     assert steps[0] == 0 and np.all(np.diff(steps) == 5)  # the start frame, then every 5 steps
     paused_at = session.simulation.step
-    session.run()  # continues, same simulation
-    collect(session, lambda events: any(e.kind == "chunk" for e in events))
-    session.stop()
-    collect(session, stopped)
+    run_then(session, chunks(1), session.stop)  # continues, same simulation
     assert session.finished and session.simulation.step > paused_at
     assert np.all(np.diff(session.history.column("step")) == 5)  # no gap, no repeat across the pause
     session.reset()
@@ -72,17 +79,12 @@ def test_run_pause_continue_stop_reset(argon):
 
 def test_new_ensemble_continues_from_the_current_state(argon):
     session = MDSession(*argon, CONFIG)
-    session.run()
-    collect(session, lambda events: sum(e.kind == "chunk" for e in events) >= 3)
-    session.pause()
-    collect(session, stopped)
+    run_then(session, chunks(3), session.pause)
     last_step, last_time = session.history.columns["step"][-1], session.history.columns["time_fs"][-1]
     last_positions = np.array(session.history.positions[-1])
     session.configure(ensemble="nve")
-    session.run()
-    events = collect(session, lambda events: any(e.kind == "chunk" and e.result.step[0] > 0 for e in events))
-    session.stop()
-    collect(session, stopped)
+    events = run_then(session, lambda events: any(e.kind == "chunk" and e.result.step[0] > 0 for e in events),
+                      session.stop)
     first_new = next(e.result for e in events if e.kind == "chunk")
     assert first_new.step[0] + session.step_offset == last_step + 5  # the count goes on
     assert first_new.time_fs[0] + session.time_offset == pytest.approx(last_time + 5 * CONFIG.timestep)
@@ -129,10 +131,7 @@ def test_unknown_elements_are_refused_and_nothing_changes(argon):
 
 def test_downloads_carry_energies_and_velocities(argon):
     session = MDSession(*argon, CONFIG)
-    session.run()
-    collect(session, lambda events: sum(e.kind == "chunk" for e in events) >= 3)
-    session.stop()
-    collect(session, stopped)
+    run_then(session, chunks(3), session.stop)
     frames = ase.io.read(io.StringIO(session.history_extxyz()), index=":", format="extxyz")
     assert len(frames) == len(session.history)
     masses = frames[0].get_masses()
