@@ -225,6 +225,7 @@ CREATE TABLE IF NOT EXISTS transitions (
     first INTEGER NOT NULL REFERENCES minima (id), second INTEGER NOT NULL REFERENCES minima (id),
     count INTEGER NOT NULL, barrier REAL NOT NULL, PRIMARY KEY (first, second), CHECK (first < second));
 CREATE TABLE IF NOT EXISTS transition_keys (key TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS created_by_key (key TEXT PRIMARY KEY, minimum INTEGER NOT NULL REFERENCES minima (id));
 """
 
 
@@ -318,7 +319,8 @@ class MinimaStore:
             key: str | None = None) -> tuple[int, bool]:
         """Record one visit of a relaxed structure: ``(minimum id, whether it is a new minimum)``.
 
-        A ``key`` already recorded returns its minimum and changes nothing.
+        A ``key`` already recorded changes nothing and returns what it returned the first time
+        (a resumed walker replaying its last hop sees the same outcome).
         """
         positions = self._checked_positions(positions)
         energy = float(energy)
@@ -332,7 +334,8 @@ class MinimaStore:
             if key is not None:
                 seen = connection.execute("SELECT minimum FROM minimum_keys WHERE key = ?", (key,)).fetchone()
                 if seen is not None:
-                    return int(seen[0]), False
+                    created = connection.execute("SELECT 1 FROM created_by_key WHERE key = ?", (key,)).fetchone()
+                    return int(seen[0]), created is not None
             candidates = connection.execute(
                 "SELECT id, positions FROM minima WHERE energy BETWEEN ? AND ?",
                 (energy - tolerances.energy_window, energy + tolerances.energy_window)).fetchall()
@@ -353,6 +356,8 @@ class MinimaStore:
                                "DO UPDATE SET count = count + 1", (best_id, found_by))
             if key is not None:
                 connection.execute("INSERT INTO minimum_keys VALUES (?, ?)", (key, best_id))
+                if is_new:
+                    connection.execute("INSERT INTO created_by_key VALUES (?, ?)", (key, best_id))
             return best_id, is_new
 
     def add_transition(self, first_id: int, second_id: int, barrier: float, found_by: str, *,

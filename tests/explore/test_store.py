@@ -165,9 +165,12 @@ def test_key_makes_add_idempotent(tmp_path):
     store = MinimaStore(tmp_path / "minima.db", NUMBERS)
     first = store.add(TRANS, 0.0, "walker0", key="walker0/hop1")
     assert first == (1, True)
-    assert store.add(TRANS, 0.0, "walker0", key="walker0/hop1") == (1, False)
-    assert store.add(GAUCHE_PLUS, 0.005, "walker0", key="walker0/hop1") == (1, False)  # the key wins
-    assert store.get(1).count == 1 and len(store) == 1
+    # a replay returns what the first call returned (a resumed walker sees the same outcome)
+    assert store.add(TRANS, 0.0, "walker0", key="walker0/hop1") == (1, True)
+    assert store.add(GAUCHE_PLUS, 0.005, "walker0", key="walker0/hop1") == (1, True)  # the key wins
+    assert store.add(TRANS, 0.001, "walker0", key="walker0/hop2") == (1, False)
+    assert store.add(TRANS, 0.001, "walker0", key="walker0/hop2") == (1, False)
+    assert store.get(1).count == 2 and len(store) == 1
 
 
 def test_transitions_are_unordered_counted_and_keep_the_lowest_barrier(tmp_path):
@@ -288,7 +291,7 @@ def test_reopening_keeps_minima_tolerances_and_atoms(tmp_path):
     reopened = MinimaStore(path, NUMBERS)
     assert reopened.tolerances == tolerances  # the file's own, not the defaults
     replayed = [reopened.add(positions, energy, "a", key=f"k{i}") for i, (positions, energy) in enumerate(THREE_MINIMA)]
-    assert replayed == [(i, False) for i in ids]
+    assert replayed == [(i, True) for i in ids]  # each key created its minimum, then and now
     assert [m.count for m in reopened.minima()] == [1, 1, 1]
     with pytest.warns(UserWarning, match="was built with"):
         MinimaStore(path, NUMBERS, MatchTolerances())
