@@ -275,6 +275,22 @@ class MinimaStore:
                           stacklevel=2)
         self.tolerances = tolerances or stored_tolerances
 
+    @classmethod
+    def open(cls, path: str | Path, tolerances: MatchTolerances | None = None,
+             bonds: Sequence[Collection[int]] | None = None) -> MinimaStore:
+        """An existing store, with the atomic numbers it records (a missing file is an error, never created)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no minima store there")
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as connection:
+                row = connection.execute("SELECT value FROM metadata WHERE name = 'numbers'").fetchone()
+        except sqlite3.DatabaseError as error:  # not SQLite, or SQLite without the store's tables
+            raise ValueError(f"{path} is not a minima store: {error}") from error
+        if row is None:
+            raise ValueError(f"{path} is not a minima store: it records no atomic numbers")
+        return cls(path, json.loads(row[0]), tolerances, bonds)
+
     # --- connections ----------------------------------------------------------------------
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
