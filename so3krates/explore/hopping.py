@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ase
 import jax
@@ -85,31 +85,118 @@ class HopResult:
     message: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class ExcursionTask:
+    """Everything one hop's escape and relaxation need: a small, picklable value, so the work can
+    run in another process (a Dask worker) while the walker's bookkeeping stays with its owner."""
+
+    walker: str
+    hop: int
+    positions: np.ndarray  # (n, 3) Å, the current minimum
+    energy: float  # eV
+    temperature: float  # K
+    escape_key: np.ndarray  # uint32 PRNG key data for the escape velocities
+    next_key: np.ndarray  # the walker's key after this hop
+
+
+@dataclasses.dataclass(frozen=True)
+class Excursion:
+    """What an escape and relaxation produced, before the store and the feedbacks have seen it."""
+
+    outcome: str  # "relaxed", "escape-failed", "relax-failed"
+    positions: np.ndarray | None = None  # relaxed
+    energy: float | None = None
+    barrier: float | None = None  # highest energy on the way
+    message: str = ""
+
+
+def run_excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTask) -> Excursion:
+    """One escape MD from the task's minimum, then the relaxation of its last frame (pure: the same
+    task gives the same result, wherever it runs)."""
+    try:
+        end, barrier = _escape(atoms, model, config, task)
+    except BlowUpError as error:  # too hot for this model
+        return Excursion("escape-failed", message=str(error))
+    start = atoms.copy()
+    start.positions = end
+    relaxed = relax(start, model, _relax_config(config))
+    if not relaxed.converged[0]:
+        return Excursion("relax-failed", barrier=barrier,
+                         message=f"max |F| {relaxed.max_force[0]:.3g} eV/Å after {relaxed.steps[0]} steps")
+    return Excursion("relaxed", relaxed.positions[0], float(relaxed.energy[0]), barrier)
+
+
+def relax_start(atoms: ase.Atoms, model, config: HoppingConfig) -> tuple[np.ndarray, float]:
+    """The walkers' first minimum: ``atoms`` relaxed (ValueError if it does not converge)."""
+    first = relax(atoms, model, _relax_config(config))
+    if not first.converged[0]:
+        raise ValueError(f"the starting structure did not relax below {config.fmax} eV/Å "
+                         f"(max |F| {first.max_force[0]:.3g} after {first.steps[0]} steps)")
+    return np.asarray(first.positions[0], np.float64), float(first.energy[0])
+
+
+def _relax_config(config: HoppingConfig) -> RelaxConfig:
+    return RelaxConfig(fmax=config.fmax, max_steps=config.relax_max_steps, dtype=config.dtype)
+
+
+def _momenta(atoms: ase.Atoms, positions: np.ndarray, temperature: float, key) -> np.ndarray:
+    masses = atoms.get_masses()
+    if len(masses) == 1:  # a single particle (model surfaces): nothing to remove
+        sigma = np.sqrt(masses * KB * temperature / MVV2E)
+        return np.asarray(jax.random.normal(key, (1, 3), dtype=np.float64)) * sigma[:, None]
+    return np.asarray(maxwell_boltzmann(key, masses, temperature, positions, True, np.float64))
+
+
+def _escape(atoms: ase.Atoms, model, cfg: HoppingConfig, task: ExcursionTask) -> tuple[np.ndarray, float]:
+    """NVE from the minimum until the potential energy passed ``md_minima`` minima (guards off:
+    an escape is meant to be violent; a non-finite energy still raises BlowUpError)."""
+    start = atoms.copy()
+    start.positions = task.positions
+    md = MDConfig(ensemble="nve", temperature=task.temperature, timestep=cfg.md_timestep,
+                  chunk_steps=cfg.md_chunk_steps, record_every=1, dtype=cfg.dtype, remove_rotation=False,
+                  max_temperature_factor=None, max_bond_stretch=None, max_force=None)
+    key = jax.random.wrap_key_data(np.asarray(task.escape_key, np.uint32))
+    simulation = Simulation(start, model, md, momenta=_momenta(atoms, task.positions, task.temperature, key))
+    energies = [task.energy]
+    positions = task.positions
+    for result in simulation.irun(steps=cfg.md_max_steps):
+        energies.extend(result.potential_energy.tolist())
+        positions = result.positions[-1]
+        if _count_minima(np.asarray(energies)) >= cfg.md_minima:
+            break
+    return np.asarray(positions, np.float64), float(np.max(energies))
+
+
 class MinimaHoppingWalker:
     """A minima-hopping walker on ``store`` (a MinimaStore) with ``model``; ``name`` identifies it
-    in the store (found_by) and names its state file ``<state_dir>/<name>.json``."""
+    in the store (found_by) and names its state file ``<state_dir>/<name>.json``.
+
+    ``start`` (positions, energy) is an already relaxed first minimum (walkers of one exploration
+    share it); None relaxes ``atoms``. ``hop()`` runs the excursion here; a driver that runs
+    excursions elsewhere calls ``next_task()``, ``run_excursion`` (anywhere) and ``record()``.
+    ``log(name, HopResult)`` is called after each hop's store writes and before its state is
+    saved (so a log of it misses no hop; after a crash it may hold one hop twice).
+    """
 
     def __init__(self, atoms: ase.Atoms, model, store, config: HoppingConfig | None = None, *,
-                 name: str = "walker0", state_dir: str | Path | None = None):
-        self.model, self.store, self.name = model, store, name
+                 name: str = "walker0", state_dir: str | Path | None = None,
+                 start: tuple[np.ndarray, float] | None = None,
+                 log: Callable[[str, HopResult], None] | None = None):
+        self.model, self.store, self.name, self.log = model, store, name, log
         self.config = HoppingConfig() if config is None else config
         self.atoms = atoms.copy()
         self.state_path = None if state_dir is None else Path(state_dir) / f"{name}.json"
         if self.state_path is not None and self.state_path.exists():
             self._load()
         else:
-            self._start()
+            self._start(start)
 
     # --- state ------------------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self, start: tuple[np.ndarray, float] | None) -> None:
         cfg = self.config
-        first = relax(self.atoms, self.model, RelaxConfig(fmax=cfg.fmax, max_steps=cfg.relax_max_steps, dtype=cfg.dtype))
-        if not first.converged[0]:
-            raise ValueError(f"the starting structure did not relax below {cfg.fmax} eV/Å "
-                             f"(max |F| {first.max_force[0]:.3g} after {first.steps[0]} steps)")
-        self.positions = first.positions[0]
-        self.energy = float(first.energy[0])
+        positions, energy = relax_start(self.atoms, self.model, cfg) if start is None else start
+        self.positions, self.energy = np.asarray(positions, np.float64), float(energy)
         self.current, _ = self.store.add(self.positions, self.energy, self.name, key=f"{self.name}/start")
         self.temperature, self.e_diff, self.hop_count = cfg.temperature, cfg.e_diff, 0
         self.key = np.asarray(jax.random.key_data(jax.random.PRNGKey(cfg.seed)), np.uint32)
@@ -139,50 +226,32 @@ class MinimaHoppingWalker:
 
     # --- one hop ------------------------------------------------------------------------------
 
-    def _momenta(self, key) -> np.ndarray:
-        masses = self.atoms.get_masses()
-        if len(masses) == 1:  # a single particle (model surfaces): nothing to remove
-            sigma = np.sqrt(masses * KB * self.temperature / MVV2E)
-            return np.asarray(jax.random.normal(key, (1, 3), dtype=np.float64)) * sigma[:, None]
-        return np.asarray(maxwell_boltzmann(key, masses, self.temperature, self.positions, True, np.float64))
-
-    def _escape(self, key) -> tuple[np.ndarray, float]:
-        cfg = self.config
-        atoms = self.atoms.copy()
-        atoms.positions = self.positions
-        md = MDConfig(ensemble="nve", temperature=self.temperature, timestep=cfg.md_timestep,
-                      chunk_steps=cfg.md_chunk_steps, record_every=1, dtype=cfg.dtype, remove_rotation=False,
-                      max_temperature_factor=None, max_bond_stretch=None, max_force=None)
-        simulation = Simulation(atoms, self.model, md, momenta=self._momenta(key))
-        energies = [self.energy]
-        positions = self.positions
-        for result in simulation.irun(steps=cfg.md_max_steps):
-            energies.extend(result.potential_energy.tolist())
-            positions = result.positions[-1]
-            if _count_minima(np.asarray(energies)) >= cfg.md_minima:
-                break
-        return np.asarray(positions, np.float64), float(np.max(energies))
+    def next_task(self) -> ExcursionTask:
+        """The next hop's excursion (the walker does not change until ``record``)."""
+        next_key, escape_key = jax.random.split(jax.random.wrap_key_data(self.key))
+        return ExcursionTask(self.name, self.hop_count, self.positions, self.energy, self.temperature,
+                             np.asarray(jax.random.key_data(escape_key), np.uint32),
+                             np.asarray(jax.random.key_data(next_key), np.uint32))
 
     def hop(self) -> HopResult:
         """One escape, relaxation and acceptance step; the state is saved before returning."""
+        task = self.next_task()
+        return self.record(task, run_excursion(self.atoms, self.model, self.config, task))
+
+    def record(self, task: ExcursionTask, excursion: Excursion) -> HopResult:
+        """Apply an excursion of ``next_task()``: store writes (keyed ``"<walker>/<hop>"``, so a
+        replay after a crash changes nothing), the temperature and E_diff feedbacks, acceptance."""
+        if task.walker != self.name or task.hop != self.hop_count:
+            raise ValueError(f"{self.name}: a result for {task.walker}/{task.hop} arrived at hop {self.hop_count}")
         cfg = self.config
-        hop = self.hop_count
-        key, escape_key = jax.random.split(jax.random.wrap_key_data(self.key))
-        tag = f"{self.name}/{hop}"
-        try:
-            end, barrier = self._escape(escape_key)
-        except BlowUpError as error:  # too hot for this model: cool down and try again
+        hop, tag = task.hop, f"{self.name}/{task.hop}"
+        if excursion.outcome != "relaxed":  # too hot for this model, or a rough landing: cool down
             self.temperature *= cfg.beta_new
-            return self._finish(key, HopResult(hop, "escape-failed", None, False, None, None, self.temperature,
-                                               self.e_diff, str(error)))
-        relaxed = relax(self._with(end), self.model, RelaxConfig(fmax=cfg.fmax, max_steps=cfg.relax_max_steps, dtype=cfg.dtype))
-        if not relaxed.converged[0]:
-            self.temperature *= cfg.beta_new
-            return self._finish(key, HopResult(hop, "relax-failed", None, False, None, barrier, self.temperature, self.e_diff,
-                                               f"max |F| {relaxed.max_force[0]:.3g} eV/Å after {relaxed.steps[0]} steps"))
-        energy = float(relaxed.energy[0])
-        found, is_new = self.store.add(relaxed.positions[0], energy, self.name, key=tag)
-        barrier = max(barrier, energy, self.energy)
+            return self._finish(task, HopResult(hop, excursion.outcome, None, False, None, excursion.barrier,
+                                                self.temperature, self.e_diff, excursion.message))
+        energy = excursion.energy
+        found, is_new = self.store.add(excursion.positions, energy, self.name, key=tag)
+        barrier = max(excursion.barrier, energy, self.energy)
         if found == self.current:
             outcome = "same"
             self.temperature *= cfg.beta_same
@@ -194,16 +263,13 @@ class MinimaHoppingWalker:
         if outcome != "same":
             self.e_diff *= cfg.alpha_accept if accepted else cfg.alpha_reject
         if accepted:
-            self.current, self.energy, self.positions = found, energy, relaxed.positions[0]
-        return self._finish(key, HopResult(hop, outcome, found, accepted, energy, barrier, self.temperature, self.e_diff))
+            self.current, self.energy, self.positions = found, energy, np.asarray(excursion.positions, np.float64)
+        return self._finish(task, HopResult(hop, outcome, found, accepted, energy, barrier, self.temperature, self.e_diff))
 
-    def _with(self, positions) -> ase.Atoms:
-        atoms = self.atoms.copy()
-        atoms.positions = positions
-        return atoms
-
-    def _finish(self, key, result: HopResult) -> HopResult:
-        self.key = np.asarray(jax.random.key_data(key), np.uint32)
+    def _finish(self, task: ExcursionTask, result: HopResult) -> HopResult:
+        if self.log is not None:
+            self.log(self.name, result)
+        self.key = task.next_key
         self.hop_count += 1
         self._save()
         return result
