@@ -3,6 +3,9 @@
 import csv
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite: one thread, or a busy machine slows each call a hundredfold
 
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 
 from so3krates import catalog
+from so3krates.cli import main
 from so3krates.data import read
 from so3krates.data.bonds import bond_graph, moving_side, rotate_about_bond
 from so3krates.explore.relax import RelaxConfig, relax
@@ -199,3 +203,92 @@ def test_open_reads_the_atoms_from_the_store(ethanol, tmp_path):
     (tmp_path / "junk.sqlite").write_text("not a database")
     with pytest.raises(ValueError, match="not a minima store"):
         MinimaStore.open(tmp_path / "junk.sqlite")
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def _exploration(ethanol, directory, model="ethanol"):
+    """An exploration directory: a copy of the fixture's store, and exploration.json naming the model."""
+    directory.mkdir(parents=True, exist_ok=True)
+    store = MinimaStore(directory / "minima.sqlite", ethanol["numbers"])
+    for minimum in ethanol["store"].minima():
+        store.add(minimum.positions, minimum.energy, "test")
+    if model is not None:
+        (directory / "exploration.json").write_text(json.dumps({"format": 1, "model": model}))
+    return directory
+
+
+def test_cli_validates_an_exploration_directory(ethanol, tmp_path, capsys):
+    directory = _exploration(ethanol, tmp_path / "run")
+    assert main(["validate-minima", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert "[3/3] minimum" in out and "2 of 3 minima confirmed" in out and "0 of 3 minima new" in out
+    assert "the 800 train frames of" in out  # the model's training split, found through exploration.json
+    saved = json.loads((directory / "validation.json").read_text())
+    assert saved["summary"]["confirmed"] == 2 and saved["minima_in_store"] == 3
+    assert Path(saved["model"]).name == "ethanol" and saved["store"] == str(directory / "minima.sqlite")
+    assert saved["config"]["reference"]["accuracy"] == 0.1  # the settings the training labels were made with
+    assert all(row["rmsd_to_training"] < 0.25 and row["is_new"] is False for row in saved["minima"])
+    with open(directory / "validation.csv", newline="") as stream:
+        assert len(list(csv.DictReader(stream))) == 3
+    # finished results are kept unless told
+    assert main(["validate-minima", str(directory)]) == 2
+    assert "exists (use --overwrite" in capsys.readouterr().err
+
+
+def test_cli_picks_minima_thresholds_and_training_file(ethanol, tmp_path, capsys):
+    directory = _exploration(ethanol, tmp_path / "run", model=None)
+    (tmp_path / "out").mkdir()
+    report = tmp_path / "out" / "check.json"
+    ids = f"{ethanol['fake']},{ethanol['gauche']}"
+    assert main(["validate-minima", str(directory / "minima.sqlite"), "--ids", ids, "--training", str(TRAINING),
+                 "--rmsd-threshold", "0.3", "--report", str(report)]) == 0
+    saved = json.loads(report.read_text())
+    assert [row["id"] for row in saved["minima"]] == [ethanol["fake"], ethanol["gauche"]]
+    assert saved["config"]["rmsd_threshold"] == 0.3
+    # 0.3 Å is loose enough to let the distorted structure pass (its RMSD is about 0.25 Å)
+    assert [row["status"] for row in saved["minima"]] == ["confirmed", "confirmed"]
+    assert saved["training"] == f"all 1000 frames of {TRAINING}"
+    assert report.with_suffix(".csv").is_file() and not (directory / "validation.json").exists()
+    # without any training data the rows say nothing about novelty
+    assert main(["validate-minima", str(directory), "--limit", "1"]) == 0
+    assert "training data: none" in capsys.readouterr().out
+    saved = json.loads((directory / "validation.json").read_text())
+    assert len(saved["minima"]) == 1 and saved["minima"][0]["is_new"] is None
+
+
+def test_cli_user_errors_exit_2_with_one_line(ethanol, tmp_path, capsys):
+    import ase.io
+    from ase.build import molecule
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    water = molecule("H2O")
+    water.calc = SinglePointCalculator(water, energy=-1.0, forces=np.full((3, 3), 0.5))
+    ase.io.write(tmp_path / "water.extxyz", [water])
+    directory = _exploration(ethanol, tmp_path / "run", model=None)
+    (tmp_path / "empty").mkdir()
+    MinimaStore(tmp_path / "empty" / "minima.sqlite", ethanol["numbers"])
+    (tmp_path / "junk.sqlite").write_text("not a database")
+    cases = {
+        "no such minima store": [str(tmp_path / "nowhere")],
+        "no minima store in": [str(tmp_path)],
+        "holds no minima": [str(tmp_path / "empty")],
+        "is not a minima store": [str(tmp_path / "junk.sqlite")],
+        "elements mismatch: the store holds C2H6O": [str(directory), "--training", str(tmp_path / "water.extxyz")],
+        "no such model directory": [str(directory), "--model", str(tmp_path / "no-model")],
+        "has no minimum 999": [str(directory), "--ids", "999"],
+        "--limit must be a positive integer": [str(directory), "--limit", "0"],
+    }
+    for message, arguments in cases.items():
+        assert main(["validate-minima", *arguments]) == 2, message
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "nowhere").exists()  # nothing created on the way
+
+
+def test_console_script_reports_a_missing_store(tmp_path):
+    script = Path(sys.executable).with_name("so3krates")
+    result = subprocess.run([str(script), "validate-minima", str(tmp_path / "missing")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "no such minima store" in result.stderr
