@@ -1,0 +1,212 @@
+"""Benchmark: unique minima per CPU-minute for Ac-Ala3-NHMe, against ASE's MinimaHopping.
+
+    .venv/bin/python bench/explore.py            # ~15 min; appends a section to bench/RESULTS.md
+    .venv/bin/python bench/explore.py --quick    # short budgets, prints only
+
+In one run, with the shipped tri-alanine model (data/models/ac_ala3_nhme), float64 on both sides:
+
+1. so3krates: one minima-hopping walker (``Exploration``, threads backend, in this process) for
+   a fixed wall-time budget;
+2. ASE's ``MinimaHopping`` driving the same model through ``SO3kratesCalculator`` for the same
+   budget, with the same method settings (T0 1000 K, E_diff 0.5 eV, 3 MD minima, 0.5 fs,
+   relaxation to 0.01 eV/Å; ASE's default optimizer BFGSLineSearch);
+3. both sides' minima are counted with one criterion: ASE's minima go into a fresh
+   ``MinimaStore`` with the same tolerances as ours. CPU time is this process's
+   (``time.process_time``: every thread, start-up and compilation included on both sides);
+4. the lowest of our minima are re-relaxed with GFN2-xTB (``validate_minima``): the fraction
+   confirmed, and how many are new relative to the model's training data;
+5. scaling: the same exploration on a Dask LocalCluster with 1 and then 2 walkers (one worker
+   process each), hops per minute after every walker's first hop (start-up excluded).
+
+Targets (issue 6): at least 3x ASE's unique minima per CPU-minute; at least 90% confirmed.
+A benchmark, not a test: missed targets are reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from so3krates import SO3kratesCalculator, catalog, cli  # noqa: E402
+from so3krates.explore import Exploration, ExplorationConfig, HoppingConfig, MinimaStore  # noqa: E402
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+MOLECULE = "ac_ala3_nhme"
+HOPPING = HoppingConfig(temperature=1000.0, e_diff=0.5, md_minima=3, md_timestep=0.5, fmax=0.01)
+
+
+def ours(atoms, model, budget_s: float, out: Path) -> dict:
+    exploration = Exploration(atoms, model, out, ExplorationConfig(walkers=1, hops=100_000, hopping=HOPPING,
+                                                                    scheduler="threads"),
+                              description={"model": MOLECULE})
+    cpu, wall = time.process_time(), time.monotonic()
+    exploration.start()
+    while time.monotonic() - wall < budget_s and exploration.progress().state == "running":
+        time.sleep(0.5)
+    exploration.stop(timeout=600)  # the hop in flight is dropped, not counted
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    progress = exploration.progress()
+    return {"unique": progress.unique, "hops": progress.hops_done, "cpu_s": cpu, "wall_s": wall,
+            "store": exploration.store}
+
+
+def ase_minima_hopping(atoms, model, budget_s: float, workdir: Path, tolerances) -> dict:
+    import ase.io
+    from ase.optimize.minimahopping import MinimaHopping
+
+    atoms = atoms.copy()
+    atoms.calc = SO3kratesCalculator(model, dtype="float64")
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    cpu, wall = time.process_time(), time.monotonic()
+    steps = 0
+    try:
+        hopping = MinimaHopping(atoms, T0=HOPPING.temperature, Ediff0=HOPPING.e_diff, mdmin=HOPPING.md_minima,
+                                timestep=HOPPING.md_timestep, fmax=HOPPING.fmax, rng=np.random.RandomState(0))
+        while time.monotonic() - wall < budget_s:
+            steps += 1
+            hopping(totalsteps=steps)  # resumes from its log: one more hop per call
+    finally:
+        os.chdir(cwd)
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    store = MinimaStore(workdir / "recount.sqlite", atoms.numbers, tolerances)
+    found = ase.io.read(workdir / "minima.traj", index=":")
+    for image in found:
+        store.add(image.positions, image.get_potential_energy(), "ase")
+    return {"unique": len(store), "ase_unique": len(found), "hops": steps, "cpu_s": cpu, "wall_s": wall}
+
+
+def confirmed_by_xtb(out: Path, count: int) -> dict:
+    """`so3krates validate-minima` on the lowest minima, against the model's training data."""
+    report_path = out / "validation.json"
+    code = cli.main(["validate-minima", str(out), "--model", MOLECULE, "--limit", str(count),
+                     "--report", str(report_path)])
+    if code != 0:
+        raise RuntimeError(f"validate-minima exited with {code}")
+    rows = json.loads(report_path.read_text())["minima"]
+    return {"checked": len(rows), "confirmed": sum(r["stays_minimum"] for r in rows),
+            "new": sum(bool(r["is_new"]) for r in rows), "summary": json.loads(report_path.read_text())["summary"]}
+
+
+def scaling(atoms, model, walkers: int, budget_s: float, out: Path) -> dict:
+    firsts: dict[str, float] = {}
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def seen(name, result):
+        with lock:
+            now = time.monotonic()
+            firsts.setdefault(name, now)
+            times.append(now)
+
+    exploration = Exploration(atoms, model, out, ExplorationConfig(walkers=walkers, hops=100_000, hopping=HOPPING,
+                                                                    scheduler="local"), on_hop=seen)
+    exploration.start()
+    deadline = time.monotonic() + budget_s + 300  # start-up (cluster, compilation) is not timed
+    while time.monotonic() < deadline:
+        with lock:
+            if len(firsts) == walkers and time.monotonic() - max(firsts.values()) > budget_s:
+                break
+        time.sleep(0.5)
+    exploration.stop(timeout=600)
+    with lock:
+        if len(firsts) < walkers:
+            return {"walkers": walkers, "hops_per_min": float("nan"), "hops": 0}
+        warm = max(firsts.values())
+        counted = [t for t in times if t > warm]
+        span = (max(counted) - warm) if counted else float("nan")
+    return {"walkers": walkers, "hops": len(counted), "hops_per_min": 60 * len(counted) / span if counted else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short budgets, print only")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per side (default 240, quick 60)")
+    parser.add_argument("--xtb", type=int, default=None, help="minima checked with xTB (default 10, quick 3)")
+    parser.add_argument("--scaling-budget", type=float, default=None, help="timed seconds per worker count")
+    args = parser.parse_args()
+    budget = args.budget or (60.0 if args.quick else 240.0)
+    xtb_count = args.xtb or (3 if args.quick else 10)
+    scaling_budget = args.scaling_budget or (40.0 if args.quick else 120.0)
+    load_before, started = os.getloadavg(), time.monotonic()
+    atoms, model = catalog.load_molecule(MOLECULE), catalog.load_builtin_model(MOLECULE)
+    with tempfile.TemporaryDirectory(prefix="so3krates-bench-explore-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "ase").mkdir()
+        print(f"so3krates walker for {budget:.0f} s ...", flush=True)
+        mine = ours(atoms, model, budget, tmp / "ours")
+        print(f"  {mine['hops']} hops, {mine['unique']} unique minima, {mine['cpu_s']:.0f} CPU-s", flush=True)
+        print(f"ASE MinimaHopping for {budget:.0f} s ...", flush=True)
+        theirs = ase_minima_hopping(atoms, model, budget, tmp / "ase", mine["store"].tolerances)
+        print(f"  {theirs['hops']} hops, {theirs['unique']} unique minima ({theirs['ase_unique']} by ASE's own "
+              f"criterion), {theirs['cpu_s']:.0f} CPU-s", flush=True)
+        print(f"xTB re-relaxation of the {xtb_count} lowest minima ...", flush=True)
+        xtb = confirmed_by_xtb(tmp / "ours", xtb_count)
+        print(f"  {xtb['confirmed']}/{xtb['checked']} confirmed, {xtb['new']} new vs the training data", flush=True)
+        scaled = []
+        for walkers in (1, 2):
+            print(f"Dask LocalCluster, {walkers} walker(s), {scaling_budget:.0f} s after start-up ...", flush=True)
+            scaled.append(scaling(atoms, model, walkers, scaling_budget, tmp / f"dask{walkers}"))
+            print(f"  {scaled[-1]['hops_per_min']:.2f} hops/min", flush=True)
+    text = report(mine, theirs, xtb, scaled, budget, time.monotonic() - started, load_before, os.getloadavg())
+    print(text)
+    if not args.quick:
+        with open(RESULTS, "a") as stream:
+            stream.write("\n" + text)
+
+
+def report(mine, theirs, xtb, scaled, budget, wall_s, load_before, load_after) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "so3krates"], cwd=ROOT, capture_output=True, text=True).stdout
+    rate_ours = mine["unique"] / (mine["cpu_s"] / 60)
+    rate_ase = theirs["unique"] / (theirs["cpu_s"] / 60)
+    confirmed = xtb["confirmed"] / max(xtb["checked"], 1)
+    speedup = scaled[1]["hops_per_min"] / scaled[0]["hops_per_min"] if scaled[0]["hops_per_min"] else float("nan")
+    lines = [
+        f"## Exploration: unique minima per CPU-minute ({now})", "",
+        f"`bench/explore.py` on {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"device {jax.devices()[0]}; jax {jax.__version__}). Code: commit {commit}"
+        f"{' (so3krates/ with uncommitted changes)' if dirty else ', so3krates/ clean'}. Total {wall_s:.0f} s; "
+        f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end. Ac-Ala3-NHMe with the "
+        f"shipped model, float64, {budget:.0f} s of wall time per side, the same minima-hopping settings "
+        "(T0 1000 K, E_diff 0.5 eV, 3 MD minima, 0.5 fs, fmax 0.01 eV/Å); unique = distinct under the store's "
+        "tolerances for both sides; CPU time of the whole process, start-up and compilation included.", "",
+        "| explorer | hops | unique minima | CPU-s | unique per CPU-minute |",
+        "|---|---|---|---|---|",
+        f"| so3krates walker (jitted escape MD + batched relaxation) | {mine['hops']} | {mine['unique']} | "
+        f"{mine['cpu_s']:.0f} | {rate_ours:.2f} |",
+        f"| ASE MinimaHopping + SO3kratesCalculator | {theirs['hops']} | {theirs['unique']} "
+        f"(ASE's own count {theirs['ase_unique']}) | {theirs['cpu_s']:.0f} | {rate_ase:.2f} |", "",
+        f"Ratio {rate_ours / rate_ase if rate_ase else float('inf'):.1f}x (target 3x). GFN2-xTB re-relaxation of the "
+        f"{xtb['checked']} lowest minima: {xtb['confirmed']} stay minima ({100 * confirmed:.0f}%, target 90%), "
+        f"{xtb['new']} are new relative to the training data; mean |E_model - E_xTB| "
+        f"{xtb['summary'].get('energy_error_mae')} eV.", "",
+        "| Dask LocalCluster walkers (one worker process each) | hops/min after start-up | speed-up |",
+        "|---|---|---|",
+        *[f"| {s['walkers']} | {s['hops_per_min']:.2f} | "
+          f"{s['hops_per_min'] / scaled[0]['hops_per_min'] if scaled[0]['hops_per_min'] else float('nan'):.2f}x |"
+          for s in scaled], "",
+        f"Scaling 1 -> 2 workers: {speedup:.2f}x on {os.cpu_count()} cores (XLA already spreads one worker's "
+        "work over both cores, so less than 2x is expected here).", "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
