@@ -1,17 +1,42 @@
-"""Local relaxation: FIRE, jitted and batched over many structures of one molecule.
+"""Local relaxation: FIRE or L-BFGS, jitted and batched over many structures of one molecule.
 
 ``relax(structures, model)`` minimises every structure (same atoms, any geometries) at once: one
-vmapped ``lax.scan`` chunk of FIRE steps after another, the neighbour list updated inside the
-chunk, until every structure has max |F| < ``fmax`` or ``max_steps`` is spent. Structures that
-converge are frozen while the others go on; those that do not converge, or whose energy turned
-non-finite, are reported as such, never hidden. ``irelax`` relaxes one structure and yields its
-progress every chunk (the dashboard's Relax button).
+vmapped ``lax.scan`` chunk of steps after another, the neighbour list updated inside the chunk,
+until every structure has max |F| < ``fmax`` or ``max_steps`` is spent. Structures that converge
+are frozen while the others go on; those that do not converge, or whose energy turned non-finite,
+are reported as such, never hidden. ``irelax`` relaxes one structure and yields its progress every
+chunk (the dashboard's Relax button). Float64 by default: the last digits of a minimum's energy
+matter when minima are compared.
 
-FIRE (Bitzek et al., PRL 97, 170201, 2006) with unit masses and ASE's parameter conventions
-(time step 0.1, at most 1.0, at most 0.2 Å per step for the whole structure): velocities are
-mixed towards the force direction while the power F·v stays positive, the step grows after
-``n_min`` good steps, and everything stops and shrinks as soon as the power turns negative.
-Float64 by default: the last digits of a minimum's energy matter when minima are compared.
+One loop serves both methods (``RelaxConfig.method``): a step asks the method for a move from the
+current positions and forces, takes it, updates the neighbour list, evaluates the force field,
+and freezes the structure once it has converged or failed. A method is an ``(init, move)`` pair
+over its own frozen state, so only these two functions differ:
+
+* ``"fire"``: FIRE (Bitzek et al., PRL 97, 170201, 2006) with unit masses and ASE's parameter
+  conventions (time step 0.1, at most 1.0, at most ``max_move`` = 0.2 Å per step for the whole
+  structure): velocities are mixed towards the force direction while the power F·v stays
+  positive, the step grows after ``n_min`` good steps, and everything stops and shrinks as soon
+  as the power turns negative.
+* ``"lbfgs"``: limited-memory BFGS (Nocedal, Math. Comp. 35, 773, 1980; Nocedal & Wright,
+  *Numerical Optimization*, algorithms 7.4-7.5) without a line search, as ASE's ``LBFGS``. With
+  the gradient g = -F and the last ``memory`` pairs s_k = x_{k+1} - x_k, y_k = g_{k+1} - g_k
+  (rho_k = 1 / s_k·y_k) in a fixed-size ring buffer, the two-loop recursion applies the inverse
+  Hessian estimate H to g without forming it: newest to oldest a_k = rho_k s_k·q, q -= a_k y_k;
+  then z = H0 q; oldest to newest z += s_k (a_k - rho_k y_k·z). The step is -z, scaled as a whole
+  (direction kept) so that no atom moves more than ``max_move``. H0 = gamma I with the standard
+  gamma = s·y / y·y of the newest pair, and 1 / ``initial_curvature`` (ASE's 1/70 Å²/eV) while
+  the memory is empty. Empty slots have rho = 0 and drop out of both loops, so the recursion
+  always runs over all ``memory`` slots (no branching on how many are filled).
+
+  Curvature condition: a pair with s·y <= 0 (to a relative 1e-10 of |s||y|: negative or
+  vanishing curvature along the step, common far from a minimum) is *skipped*; the memory keeps
+  its older pairs. Every stored pair then has s·y > 0, so H stays positive definite and -Hg is a
+  descent direction, while the curvature learnt so far is kept (a reset would fall back to
+  steepest descent with the crude 1/70 guess and relearn it, many more steps on a stiff
+  molecule). Should the direction still point uphill (F·step <= 0, round-off only), the memory
+  is reset and the step is steepest descent F / ``initial_curvature``. Without a line search the
+  energy may rise on a step; the ``max_move`` cap bounds how far, and the next pairs correct H.
 """
 
 from __future__ import annotations
@@ -24,40 +49,52 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 
 from so3krates.md.forces import any_overflow, grow_neighbor_list, make_force_field, neighbor_capacity
 from so3krates.neighbors import bucket
 from so3krates.system import System
 
+METHODS = ("fire", "lbfgs")
+_CURVATURE_TOLERANCE = 1e-10  # L-BFGS stores a pair only if s·y > this * |s| |y|
+
 
 @dataclasses.dataclass(frozen=True)
 class RelaxConfig:
     fmax: float = 0.01  # eV/Å: converged when every atom's |F| is below
-    max_steps: int = 2000
-    chunk_steps: int = 50  # FIRE steps per jitted call; convergence is checked between calls
+    max_steps: int = 2000  # force evaluations (one per step, either method)
+    chunk_steps: int = 50  # steps per jitted call; convergence is checked between calls
     dtype: str = "float64"
+    method: str = "fire"  # "fire" or "lbfgs"
+    max_move: float = 0.2  # Å per step: FIRE, the whole structure's displacement; L-BFGS, the farthest atom's
+    # FIRE
     time_step: float = 0.1  # FIRE's fictitious time step (unit masses), and its ceiling
     max_time_step: float = 1.0
-    max_move: float = 0.2  # Å, the largest displacement of the whole structure in one step
     n_min: int = 5  # good steps before the time step may grow
     grow: float = 1.1
     shrink: float = 0.5
     alpha_start: float = 0.1
     alpha_decay: float = 0.99
-    skin: float = 0.5  # Å, neighbour list (relaxations move atoms further than MD)
+    # L-BFGS
+    memory: int = 10  # (s, y) pairs kept
+    initial_curvature: float = 70.0  # eV/Å²: the inverse-Hessian guess is 1/this until a pair is stored
+    # neighbour list
+    skin: float = 0.5  # Å (relaxations move atoms further than MD)
     capacity_factor: float = 1.25
 
     def __post_init__(self):
         problems = [f"{name} must be positive, got {getattr(self, name)}" for name in
-                    ("fmax", "time_step", "max_time_step", "max_move", "skin", "grow", "alpha_start")
-                    if not getattr(self, name) > 0]
+                    ("fmax", "time_step", "max_time_step", "max_move", "skin", "grow", "alpha_start",
+                     "initial_curvature") if not getattr(self, name) > 0]
         problems += [f"{name} must be a positive integer, got {getattr(self, name)!r}" for name in
-                     ("max_steps", "chunk_steps", "n_min") if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1)]
+                     ("max_steps", "chunk_steps", "n_min", "memory")
+                     if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1)]
         if not 0 < self.shrink < 1 or not 0 < self.alpha_decay <= 1:
             problems.append("shrink must be in (0, 1) and alpha_decay in (0, 1]")
         if self.dtype not in ("float32", "float64"):
             problems.append(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
         if problems:
             raise ValueError("invalid RelaxConfig: " + "; ".join(problems))
 
@@ -65,22 +102,49 @@ class RelaxConfig:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class FireState:
-    positions: jax.Array  # (n, 3) Å
-    velocities: jax.Array  # (n, 3)
-    forces: jax.Array  # (n, 3) eV/Å
-    energy: jax.Array  # () eV
-    time_step: jax.Array  # ()
-    alpha: jax.Array  # ()
-    good_steps: jax.Array  # () int: consecutive steps with positive power
-    steps: jax.Array  # () int: steps taken (frozen once done)
-    done: jax.Array  # () bool: converged or failed
+    """FIRE's own variables (unit masses)."""
+
+    velocities: Float[jax.Array, "n 3"]
+    time_step: Float[jax.Array, ""]
+    alpha: Float[jax.Array, ""]
+    good_steps: Int[jax.Array, ""]  # consecutive steps with positive power
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LbfgsState:
+    """L-BFGS's memory: a ring buffer of the last ``memory`` (s, y) pairs, newest at ``newest``."""
+
+    s: Float[jax.Array, "memory n 3"]  # Å, position changes
+    y: Float[jax.Array, "memory n 3"]  # eV/Å, gradient changes (minus force changes)
+    rho: Float[jax.Array, " memory"]  # 1 / s·y; 0 for an empty slot
+    newest: Int[jax.Array, ""]
+    gamma: Float[jax.Array, ""]  # Å²/eV, H0 = gamma I
+    last_positions: Float[jax.Array, "n 3"]  # where the previous step started, and its forces
+    last_forces: Float[jax.Array, "n 3"]
+    started: Bool[jax.Array, ""]  # a previous step exists (False before the first)
+    skipped: Int[jax.Array, ""]  # pairs skipped by the curvature condition (diagnostic)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RelaxState:
+    """One structure's relaxation (vmapped: a leading batch axis on every leaf)."""
+
+    positions: Float[jax.Array, "n 3"]  # Å
+    forces: Float[jax.Array, "n 3"]  # eV/Å
+    energy: Float[jax.Array, ""]  # eV
+    steps: Int[jax.Array, ""]  # steps taken (frozen once done)
+    done: Bool[jax.Array, ""]  # converged or failed
     neighbors: object
+    method: FireState | LbfgsState
 
 
 @dataclasses.dataclass(frozen=True)
 class RelaxResult:
     """Per structure (leading axis): final positions (Å), energy (eV), largest |F| (eV/Å),
-    whether it converged, whether it failed (non-finite energy or forces), FIRE steps taken."""
+    whether it converged, whether it failed (non-finite energy or forces), steps taken (force
+    evaluations after the first)."""
 
     positions: Float[np.ndarray, "batch n 3"]
     energy: Float[np.ndarray, " batch"]
@@ -116,8 +180,16 @@ def _status(energy, forces, fmax):
     return finite, finite & (_largest_force(forces) < fmax)
 
 
-def _fire_step(state: FireState, force_field, cfg: RelaxConfig) -> FireState:
-    f, v = state.forces, state.velocities
+# -- FIRE -------------------------------------------------------------------------------------
+
+def _fire_init(positions, forces, cfg: RelaxConfig) -> FireState:
+    dtype = positions.dtype
+    return FireState(jnp.zeros_like(positions), jnp.asarray(cfg.time_step, dtype), jnp.asarray(cfg.alpha_start, dtype),
+                     jnp.asarray(0))
+
+
+def _fire_move(state: FireState, positions, forces, cfg: RelaxConfig) -> tuple[FireState, jax.Array]:
+    f, v = forces, state.velocities
     power = jnp.sum(f * v)
     uphill = power <= 0
     f_norm = jnp.sqrt(jnp.sum(f * f))
@@ -132,38 +204,105 @@ def _fire_step(state: FireState, force_field, cfg: RelaxConfig) -> FireState:
     move = time_step * v
     length = jnp.sqrt(jnp.sum(move * move))
     move = move * jnp.minimum(1.0, cfg.max_move / jnp.where(length > 0, length, 1.0))
+    return FireState(v, time_step, alpha, good_steps), move
+
+
+# -- L-BFGS -----------------------------------------------------------------------------------
+
+def _lbfgs_init(positions, forces, cfg: RelaxConfig) -> LbfgsState:
+    dtype = positions.dtype
+    empty = jnp.zeros((cfg.memory,) + positions.shape, dtype)
+    return LbfgsState(empty, empty, jnp.zeros(cfg.memory, dtype), jnp.asarray(cfg.memory - 1),
+                      jnp.asarray(1.0 / cfg.initial_curvature, dtype), positions, forces, jnp.asarray(False),
+                      jnp.asarray(0))
+
+
+def _two_loop(state: LbfgsState, gradient):
+    """H·gradient by the two-loop recursion over every slot, newest to oldest and back."""
+    order = (state.newest - jnp.arange(state.rho.shape[0])) % state.rho.shape[0]
+
+    def backward(q, k):
+        a = state.rho[k] * jnp.sum(state.s[k] * q)
+        return q - a * state.y[k], a
+
+    q, a = jax.lax.scan(backward, gradient, order)
+
+    def forward(z, slot):
+        k, a_k = slot
+        b = state.rho[k] * jnp.sum(state.y[k] * z)
+        return z + (a_k - b) * state.s[k], None
+
+    return jax.lax.scan(forward, state.gamma * q, (order[::-1], a[::-1]))[0]
+
+
+def _lbfgs_move(state: LbfgsState, positions, forces, cfg: RelaxConfig) -> tuple[LbfgsState, jax.Array]:
+    dtype = positions.dtype
+    # remember the pair of the step just taken, if its curvature is positive
+    s = positions - state.last_positions
+    y = state.last_forces - forces
+    sy, ss, yy = jnp.sum(s * y), jnp.sum(s * s), jnp.sum(y * y)
+    keep = state.started & (sy > _CURVATURE_TOLERANCE * jnp.sqrt(ss * yy)) & jnp.isfinite(sy)
+    slot = (state.newest + 1) % cfg.memory
+    state = LbfgsState(
+        jnp.where(keep, state.s.at[slot].set(s), state.s), jnp.where(keep, state.y.at[slot].set(y), state.y),
+        jnp.where(keep, state.rho.at[slot].set(1.0 / jnp.where(keep, sy, 1.0)), state.rho),
+        jnp.where(keep, slot, state.newest), jnp.where(keep, sy / jnp.where(keep, yy, 1.0), state.gamma),
+        positions, forces, jnp.asarray(True), state.skipped + (state.started & ~keep),
+    )
+    direction = -_two_loop(state, -forces)
+    # round-off guard: an uphill direction empties the memory and takes a steepest-descent step
+    uphill = ~(jnp.sum(direction * forces) > 0)
+    guess = jnp.asarray(1.0 / cfg.initial_curvature, dtype)
+    direction = jnp.where(uphill, guess * forces, direction)
+    state = dataclasses.replace(state, rho=jnp.where(uphill, jnp.zeros_like(state.rho), state.rho),
+                                gamma=jnp.where(uphill, guess, state.gamma))
+    longest = jnp.sqrt(jnp.max(jnp.sum(direction**2, axis=-1)))
+    move = direction * jnp.minimum(1.0, cfg.max_move / jnp.where(longest > 0, longest, 1.0))
+    return state, move
+
+
+_METHODS = {"fire": (_fire_init, _fire_move), "lbfgs": (_lbfgs_init, _lbfgs_move)}
+
+
+# -- the shared loop --------------------------------------------------------------------------
+
+def _step(state: RelaxState, force_field, fmax, max_steps, cfg: RelaxConfig) -> RelaxState:
+    method, move = _METHODS[cfg.method][1](state.method, state.positions, state.forces, cfg)
     positions = state.positions + move
     neighbors = force_field.update(state.neighbors, positions)
     energy, forces = force_field(positions, neighbors)
-    finite, converged = _status(energy, forces, cfg.fmax)
-    new = FireState(positions, v, forces, energy, time_step, alpha, good_steps, state.steps + 1,
-                    converged | ~finite, neighbors)
-    # a finished structure keeps its state (and a failed step is not taken: the last good one stays)
-    keep = state.done | ~finite
+    finite, converged = _status(energy, forces, fmax)
+    new = RelaxState(positions, forces, energy, state.steps + 1, converged | ~finite, neighbors, method)
+    # a finished structure keeps its state (and a failed step is not taken: the last good one
+    # stays, marked done); one out of steps keeps its state too, not done, until the chunk ends
+    out_of_steps = state.steps >= max_steps
+    keep = state.done | out_of_steps | ~finite
     kept = jax.tree.map(lambda old, fresh: jnp.where(keep, old, fresh), state, new)
-    return dataclasses.replace(kept, done=state.done | new.done)
+    return dataclasses.replace(kept, done=state.done | (~out_of_steps & new.done))
 
 
-def _chunk(state: FireState, force_field, cfg: RelaxConfig) -> FireState:
-    return jax.lax.scan(lambda s, _: (_fire_step(s, force_field, cfg), None), state, None, length=cfg.chunk_steps)[0]
+def _chunk(state: RelaxState, force_field, fmax, max_steps, cfg: RelaxConfig) -> RelaxState:
+    def step(s, _):
+        return _step(s, force_field, fmax, max_steps, cfg), None
+
+    return jax.lax.scan(step, state, None, length=cfg.chunk_steps)[0]
 
 
-def _start(positions, neighbors, force_field, cfg: RelaxConfig) -> FireState:
+def _start(positions, neighbors, force_field, fmax, cfg: RelaxConfig) -> RelaxState:
     energy, forces = force_field(positions, neighbors)
-    finite, converged = _status(energy, forces, cfg.fmax)
-    dtype = positions.dtype
-    return FireState(positions, jnp.zeros_like(positions), forces, energy, jnp.asarray(cfg.time_step, dtype),
-                     jnp.asarray(cfg.alpha_start, dtype), jnp.asarray(0), jnp.asarray(0), converged | ~finite, neighbors)
+    finite, converged = _status(energy, forces, fmax)
+    method = _METHODS[cfg.method][0](positions, forces, cfg)
+    return RelaxState(positions, forces, energy, jnp.asarray(0), converged | ~finite, neighbors, method)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _start_batch(positions, neighbors, force_field, cfg):
-    return jax.vmap(lambda x, n: _start(x, n, force_field, cfg))(positions, neighbors)
+def _start_batch(positions, neighbors, force_field, fmax, cfg):
+    return jax.vmap(lambda x, n: _start(x, n, force_field, fmax, cfg))(positions, neighbors)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _chunk_batch(state, force_field, cfg):
-    return jax.vmap(lambda s: _chunk(s, force_field, cfg))(state)
+def _chunk_batch(state, force_field, fmax, max_steps, cfg):
+    return jax.vmap(lambda s: _chunk(s, force_field, fmax, max_steps, cfg))(state)
 
 
 def _as_batch(structures) -> tuple[System, np.ndarray]:
@@ -189,15 +328,19 @@ def _allocate(force_field, template: System, positions: np.ndarray):
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *lists)
 
 
-def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[FireState, int]]:
+def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[RelaxState, int]]:
     template, positions = _as_batch(structures)
     force_field = make_force_field(model, template, cfg.dtype, cfg.skin, cfg.capacity_factor)
     positions = positions.astype(cfg.dtype)
-    state = _start_batch(positions, _allocate(force_field, template, positions), force_field, cfg)
+    # one program for every fmax and max_steps (traced arguments), and one start for every chunk length
+    compiled = dataclasses.replace(cfg, max_steps=1, fmax=1.0)
+    fmax, max_steps = jnp.asarray(cfg.fmax, cfg.dtype), jnp.asarray(cfg.max_steps)
+    neighbors = _allocate(force_field, template, positions)
+    state = _start_batch(positions, neighbors, force_field, fmax, dataclasses.replace(compiled, chunk_steps=1))
     reallocations = 0
     yield state, reallocations
     while not bool(np.all(np.asarray(state.done))) and int(np.max(np.asarray(state.steps))) < cfg.max_steps:
-        new = _chunk_batch(state, force_field, cfg)
+        new = _chunk_batch(state, force_field, fmax, max_steps, compiled)
         if state.neighbors is not None and bool(any_overflow(new.neighbors)):
             # redo the chunk with more room: the same pairs, so the same result as a larger list
             room = bucket(neighbor_capacity(state.neighbors) + 1)
@@ -208,7 +351,7 @@ def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[FireState, int]]
         yield state, reallocations
 
 
-def _result(state: FireState, cfg: RelaxConfig, reallocations: int) -> RelaxResult:
+def _result(state: RelaxState, cfg: RelaxConfig, reallocations: int) -> RelaxResult:
     forces = np.asarray(state.forces, np.float64)
     energy = np.asarray(state.energy, np.float64)
     largest = np.sqrt(np.max(np.sum(forces**2, axis=-1), axis=-1))
@@ -232,9 +375,9 @@ def relax(structures: ase.Atoms | System | Sequence[ase.Atoms | System], model,
 
 
 def irelax(atoms: ase.Atoms | System, model, *, fmax: float = 0.05, max_steps: int = 500, every: int = 5,
-           dtype: str = "float64") -> Iterator[RelaxStep]:
-    """Relax one structure, yielding its progress every ``every`` FIRE steps and at the end."""
-    cfg = RelaxConfig(fmax=fmax, max_steps=max_steps, chunk_steps=every, dtype=dtype)
+           dtype: str = "float64", method: str = "fire") -> Iterator[RelaxStep]:
+    """Relax one structure, yielding its progress every ``every`` steps and at the end."""
+    cfg = RelaxConfig(fmax=fmax, max_steps=max_steps, chunk_steps=every, dtype=dtype, method=method)
     for state, reallocations in _run(atoms, model, cfg):
         result = _result(state, cfg, reallocations)
         steps = int(result.steps[0])
