@@ -52,7 +52,7 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 
 from so3krates.md.forces import any_overflow, grow_neighbor_list, make_force_field, neighbor_capacity
-from so3krates.neighbors import bucket
+from so3krates.neighbors import NeighborList, bucket
 from so3krates.system import System
 
 METHODS = ("fire", "lbfgs")
@@ -319,13 +319,27 @@ def _as_batch(structures) -> tuple[System, np.ndarray]:
 
 
 def _allocate(force_field, template: System, positions: np.ndarray):
-    """One neighbour list per structure, all with the room of the largest (so they stack)."""
+    """One neighbour list per structure, all with the room of the largest (so they stack): the
+    same pair capacity and, where the model sees only the pairs within the cutoff, the same
+    share of it for those (the largest structure's)."""
     lists = [force_field.allocate(dataclasses.replace(template, positions=x)) for x in positions]
     if lists[0] is None:
         return np.zeros(len(lists))
     room = max(neighbor_capacity(n) for n in lists)
     lists = [grow_neighbor_list(n, room) for n in lists]
+    treedef = jax.tree.structure(lists[0], is_leaf=_is_list)
+    columns = list(zip(*(jax.tree.leaves(n, is_leaf=_is_list) for n in lists)))  # one per list of a structure
+    for k, column in enumerate(columns):
+        if _is_list(column[0]):
+            shares = [nl.active_fraction for nl in column if nl.active_fraction is not None]
+            share = max(shares) if shares else None
+            columns[k] = [dataclasses.replace(nl, active_fraction=share) for nl in column]
+    lists = [jax.tree.unflatten(treedef, leaves) for leaves in zip(*columns)]
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *lists)
+
+
+def _is_list(x) -> bool:
+    return isinstance(x, NeighborList)
 
 
 def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[RelaxState, int]]:
