@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import panel as pn
 
-from session import Event, MDSession  # app/ is on sys.path while Bokeh runs this file
+from explore_tab import ExploreTab, Target  # app/ is on sys.path while Bokeh runs this file
+from session import Event, MDSession
 from so3krates import catalog, load_model
 from so3krates.data.units import ENERGY_UNITS
 from so3krates.data.upload import MAX_ATOMS, MAX_BYTES, read_structure
@@ -29,7 +30,7 @@ from so3krates.md import MDConfig
 from so3krates.system import StructureError
 from so3krates.viz import MoleculeViewer
 
-pn.extension("filedropper", notifications=False)
+pn.extension("filedropper", "tabulator", notifications=False)
 hv.extension("bokeh", logo=False)
 
 ENSEMBLES = {"NVE": "nve", "Langevin": "langevin", "Nosé–Hoover": "nose-hoover"}
@@ -95,6 +96,7 @@ pause_button = pn.widgets.Button(name="Pause", width=70, disabled=True)
 stop_button = pn.widgets.Button(name="Stop", width=70, disabled=True)
 reset_button = pn.widgets.Button(name="Reset", width=70)
 relax_button = pn.widgets.Button(name="Relax", width=70)
+quench_button = pn.widgets.Button(name="Quench frames into Explore", width=230, disabled=True)
 units = pn.widgets.RadioButtonGroup(name="Energy unit", options=list(DISPLAY_UNITS), value="eV")
 scrubber = pn.widgets.IntSlider(name="Recorded frame", start=0, end=1, value=0, disabled=True)
 status = pn.pane.Markdown("Pick a molecule and press **Run**.", css_classes=["so3k-status"], margin=(0, 10))
@@ -131,6 +133,19 @@ class Page:
 
 
 page = Page()
+
+
+def explore_target() -> Target:
+    """The Explore tab explores what the MD tab shows: its starting structure and model."""
+    return Target(page.session.atoms, page.session.model, model.value, page.title,
+                  MODEL_LABELS.get(model.value, model.value))
+
+
+def report(text: str) -> None:
+    status.object = text
+
+
+explore = ExploreTab(explore_target, units, report=report)  # its own temporary directory, removed with the session
 energy_buffer = hv.streams.Buffer(pd.DataFrame({c: np.zeros(0) for c in PLOT_COLUMNS}), length=PLOT_POINTS,
                                   index=False)
 
@@ -213,6 +228,7 @@ def update_buttons() -> None:
     pause_button.disabled = stop_button.disabled = not busy
     relax_button.disabled = busy
     scrubber.disabled = busy or len(page.session.history) < 2
+    quench_button.disabled = len(page.session.history) == 0 or explore.session.quenching
 
 
 # --- the periodic callback -------------------------------------------------------------------------
@@ -418,6 +434,18 @@ def on_relax(event) -> None:
     status.object = "**Relaxing** (FIRE, float64, until max |F| < 0.05 eV/Å)…"
 
 
+def on_quench(event) -> None:
+    """The recorded frames, relaxed into the Explore tab's store (on its worker thread)."""
+    history = page.session.history
+    if not len(history):
+        return
+    clear_error()
+    try:
+        status.object = explore.quench(np.stack(history.positions), history.column("potential_energy"))
+    except (RuntimeError, ValueError) as error:
+        show_error(f"Cannot quench: {error}")
+
+
 def on_units(event) -> None:
     replot()
 
@@ -447,6 +475,7 @@ pause_button.on_click(on_pause)
 stop_button.on_click(on_stop)
 reset_button.on_click(on_reset)
 relax_button.on_click(on_relax)
+quench_button.on_click(on_quench)
 units.param.watch(on_units, "value")
 paced.param.watch(on_paced, "value")
 scrubber.param.watch(on_scrub, "value")
@@ -461,7 +490,7 @@ controls = pn.Column(
     molecule, pn.pane.Markdown(f"…or upload .xyz / .extxyz / .pdb (up to {MAX_BYTES // 1_000_000} MB, "
                                f"{MAX_ATOMS} atoms):", margin=(0, 10)),
     upload, model, pn.pane.Markdown("**Ensemble**", margin=(0, 10)), ensemble, temperature, timestep, friction,
-    chunk, paced, pn.Row(run_button, pause_button, stop_button), pn.Row(reset_button, relax_button),
+    chunk, paced, pn.Row(run_button, pause_button, stop_button), pn.Row(reset_button, relax_button), quench_button,
     pn.pane.Markdown("**Energy unit**", margin=(0, 10)), units, pn.pane.Markdown("**Downloads**", margin=(0, 10)),
     downloads, width=330,
 )
@@ -474,16 +503,19 @@ main = pn.Column(
 callback = pn.state.add_periodic_callback(tick, period=TICK_MS)
 
 
-def cleanup(session_context, callback=callback, session=page.session) -> None:
+def cleanup(session_context, callback=callback, session=page.session, explore=explore) -> None:
     # default arguments: Bokeh empties this module's namespace before a session is destroyed
     callback.stop()
     session.halt(timeout=0)
+    explore.close()  # stops the exploration; its temporary directory goes once the walkers let go
 
 
 pn.state.on_session_destroyed(cleanup)
 replot()
 pn.Column(
-    pn.pane.Markdown("# so3krates · live molecular dynamics", margin=(0, 10)),
-    pn.Row(controls, main, sizing_mode="stretch_width"),
+    pn.pane.Markdown("# so3krates · live molecular dynamics and minima exploration", margin=(0, 10)),
+    # dynamic: a tab's widgets are in the page only while it is shown
+    pn.Tabs(("MD", pn.Row(controls, main, sizing_mode="stretch_width")), ("Explore", explore.layout),
+            dynamic=True, sizing_mode="stretch_width"),
     sizing_mode="stretch_width",
 ).servable(title="so3krates")

@@ -1,0 +1,148 @@
+"""The Explore tab in a real browser: minima hopping on the MD tab's molecule, watched live.
+
+The same `panel serve app/` as test_dashboard.py; each test its own page (its own session and
+exploration). Nodes are counted, and clicked, in the graph's Bokeh data source (their screen
+positions come from the plot's own scales); what changes is checked on the viewer's canvas.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from browser import changed_fraction, non_background, png_pixels, wait_until
+from test_dashboard import RUN_TIMEOUT_S, Dashboard
+
+EXPLORE_TIMEOUT_S = 240  # a fresh server compiles the escape MD and the relaxation first
+
+# the graph's minima (a Points renderer; the transitions' Graph renderer keeps its own copy of
+# the nodes): [{id, x, y}] with x, y in page pixels, or null before the plot exists
+NODES = """() => {
+  const seen = new Set(); let found = null;
+  function walk(v) {
+    if (!v || seen.has(v) || found) return; seen.add(v);
+    if (v.model && v.model.type === 'GlyphRenderer' && v.parent && v.parent.model.type !== 'GraphRenderer'
+        && v.model.data_source.data.found_by !== undefined) { found = v; return }
+    for (const c of (typeof v.children === 'function' ? Array.from(v.children()) : [])) walk(c);
+  }
+  for (const v of Bokeh.index.roots) walk(v);
+  if (!found) return null;
+  const d = found.model.data_source.data, rect = found.parent.canvas_view.el.getBoundingClientRect();
+  const {x_scale, y_scale} = found.coordinates;
+  return Array.from(d.index, (id, i) => ({id: id, x: rect.left + x_scale.compute(d.x[i]),
+                                           y: rect.top + y_scale.compute(d.y[i])}));
+}"""
+
+
+class ExploreBoard(Dashboard):
+    """The dashboard with its Explore tab open."""
+
+    def open_explore(self) -> None:
+        self.page.locator(".bk-tab", has_text="Explore").click()
+        self.page.get_by_role("button", name="Explore", exact=True).wait_for()
+        self.canvas = self.page.locator(".so3k-minimum-view .so3k-stage canvas")
+
+    def explore_status(self) -> str:
+        return self.text_of("so3k-explore-status")
+
+    def explore_alert(self) -> str:
+        return self.text_of("so3k-explore-alert") if self.page.locator(".so3k-explore-alert").is_visible() else ""
+
+    def comparison(self) -> str:
+        return self.text_of("so3k-comparison")
+
+    def nodes(self) -> list[dict]:
+        return self.page.evaluate(NODES) or []
+
+    def wait_explore_status(self, *words: str, timeout: float = 60) -> str:
+        return wait_until(lambda: any(w in self.explore_status() for w in words) and self.explore_status(), timeout,
+                          f"Explore status {words} (it says {self.explore_status()!r}; alert {self.explore_alert()!r})",
+                          interval=0.2)
+
+    def click_node(self, node: dict) -> None:
+        self.page.mouse.click(node["x"], node["y"])
+
+
+@pytest.fixture
+def explore_board(app_server, chromium_page):
+    board = ExploreBoard(chromium_page, app_server.url, "explore")
+    board.page.set_viewport_size({"width": 1400, "height": 1000})
+    yield board
+    assert not app_server.problems(), app_server.problems()
+
+
+def test_explore_grows_the_graph_and_a_node_click_shows_that_minimum(explore_board):
+    board = explore_board
+    board.open_explore()
+    assert board.nodes() == [], "the graph has minima before any exploration"
+    board.fill("Walkers", 2)
+    board.fill("Hops per walker", 10)
+    board.click("Explore")
+    counts = []
+
+    def finished() -> bool:
+        counts.append(len(board.nodes()))
+        return "Finished" in board.explore_status()
+
+    wait_until(finished, EXPLORE_TIMEOUT_S, f"the exploration to finish (status {board.explore_status()!r}, "
+               f"alert {board.explore_alert()!r})", interval=0.25)
+    status = board.explore_status()
+    assert "hops 20/20" in status and "unique" in status and "hops/min" in status, status
+    nodes = wait_until(lambda: len(board.nodes()) >= 3 and board.nodes(), 10, "three minima in the graph")
+    assert counts == sorted(counts), f"the graph lost nodes on the way: {counts}"
+    assert len(board.page.locator(".so3k-minima .tabulator-row").all()) == len(nodes)  # one table row each
+
+    # the lowest minimum is shown until one is clicked
+    shown = wait_until(lambda: "Minimum" in board.comparison() and board.comparison(), 10, "a minimum in the viewer")
+    board.page.locator('.so3k-minimum-view .so3k-viewer[data-atoms="9"]').wait_for()
+    time.sleep(0.5)
+    before = board.pixels()
+    assert non_background(before) > 1000, "the Explore viewer shows no molecule"
+    board.record.save_screenshot("explore-finished.png", board.page.screenshot())
+    first_id = int(shown.split(":")[0].split()[-1])
+    target = next(n for n in reversed(nodes) if n["id"] != first_id)
+    board.click_node(target)
+    wait_until(lambda: f"Minimum {target['id']}:" in board.comparison(), 10,
+               f"minimum {target['id']} in the viewer (it says {board.comparison()!r})")
+    wait_until(lambda: changed_fraction(before, board.pixels()) > 0.002, 10, "the 3D view to change after the click")
+    board.record.save_screenshot("explore-node-clicked.png", board.page.screenshot())
+
+    # Compare: the minimum clicked next is shown beside it, superposed
+    board.click("Compare")
+    other = next(n for n in nodes if n["id"] not in (first_id, target["id"]))
+    board.click_node(other)
+    text = wait_until(lambda: "RMSD" in board.comparison() and board.comparison(), 10, "the comparison")
+    assert f"Minimum {target['id']}** (left)" in text or f"Minimum {target['id']} (left)" in text, text
+    second = board.page.locator(".so3k-second-view .so3k-stage canvas")
+    second.wait_for()
+    assert non_background(png_pixels(second.screenshot())) > 1000, "the second viewer shows no molecule"
+    board.record.save_screenshot("explore-compare.png", board.page.screenshot())
+    board.check_clean()
+
+
+def test_explore_pause_resume_stop_and_md_frames_into_the_store(explore_board):
+    board = explore_board
+    board.run_until_points(20)  # MD on the MD tab, then its frames quenched into the Explore store
+    board.click("Stop")
+    board.wait_status("Stopped")
+    board.click("Quench frames into Explore")
+    board.wait_status("Quenched", timeout=RUN_TIMEOUT_S)
+    board.open_explore()
+    wait_until(lambda: len(board.nodes()) >= 1, 10, "the quenched minima in the graph")
+    rows = board.page.locator(".so3k-minima .tabulator-row")
+    wait_until(lambda: any("md1" in text for text in rows.all_inner_texts()), 10, "a minimum found by the MD quench")
+
+    board.fill("Hops per walker", 400)
+    board.click("Explore")
+    board.wait_explore_status("Exploring", timeout=EXPLORE_TIMEOUT_S)
+    board.click("Pause")
+    board.page.get_by_role("button", name="Resume", exact=True).wait_for(timeout=10_000)
+    board.wait_explore_status("Paused", timeout=60)
+    board.click("Resume")
+    board.page.get_by_role("button", name="Pause", exact=True).wait_for(timeout=10_000)
+    board.wait_explore_status("Exploring", timeout=30)
+    board.click("Stop")
+    status = board.wait_explore_status("Stopped", timeout=60)
+    assert "hops" in status and "/800" in status, status
+    assert board.page.get_by_role("button", name="Explore", exact=True).is_enabled()
+    board.check_clean()
