@@ -142,6 +142,13 @@ def test_lbfgs_lennard_jones_cluster_reaches_the_icosahedron():
     again = relax([starts[1], relaxed], model, config)
     assert again.steps[1] == 0 and np.array_equal(again.positions[1], result.positions[0])
     np.testing.assert_allclose(again.positions[0], result.positions[1], atol=1e-10)
+    # an expanded icosahedron: its list reserves less room for the pairs within the cutoff (yet
+    # shares the batch), and it starts on negative curvature (skipped pairs must not stall it)
+    wide = catalog.load_molecule("ar13")
+    wide.positions = 1.2 * (wide.positions - wide.positions.mean(axis=0))
+    mixed = relax([starts[0], wide], model, config)
+    assert mixed.all_converged and mixed.energy[1] == pytest.approx(result.energy[0], abs=1e-7)
+    assert mixed.steps[1] < 30 and mixed.energy[0] == pytest.approx(result.energy[0], abs=1e-9)
 
 
 def test_lbfgs_batched_as_alone_and_irelax_on_muller_brown():
