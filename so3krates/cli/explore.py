@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--md-timestep", type=float, default=0.5, help="escape MD time step, fs")
     parser.add_argument("--md-minima", type=int, default=3, help="escape until this many energy minima passed")
     parser.add_argument("--fmax", type=float, default=0.01, help="relaxation threshold, eV/Å")
+    parser.add_argument("--relax", choices=("lbfgs", "fire"), default="lbfgs", help="minimiser (default lbfgs)")
     parser.add_argument("--energy-window", type=float, default=None, help="duplicate check: energy window, eV")
     parser.add_argument("--rmsd", type=float, default=None, help="duplicate check: aligned RMSD below this is the same, Å")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
@@ -91,7 +92,8 @@ def run(args) -> int:
 
     atoms = read_start(args.structure)
     hopping = HoppingConfig(temperature=args.temperature, e_diff=args.e_diff, md_timestep=args.md_timestep,
-                            md_minima=args.md_minima, fmax=args.fmax, dtype=args.dtype, seed=args.seed)
+                            md_minima=args.md_minima, fmax=args.fmax, relax_method=args.relax, dtype=args.dtype,
+                            seed=args.seed)
     tolerances = MatchTolerances(**{name: value for name, value in
                                     (("energy_window", args.energy_window), ("rmsd", args.rmsd)) if value is not None})
     config = ExplorationConfig(walkers=args.walkers, hops=args.hops, hopping=hopping, scheduler=args.scheduler,

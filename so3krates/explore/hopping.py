@@ -53,6 +53,7 @@ class HoppingConfig:
     md_chunk_steps: int = 25
     fmax: float = 0.01  # eV/Å, relaxation threshold
     relax_max_steps: int = 2000
+    relax_method: str = "lbfgs"  # "lbfgs" or "fire" (so3krates.explore.relax); L-BFGS needs ~half FIRE's steps
     dtype: str = "float64"
     seed: int = 0
 
@@ -65,6 +66,8 @@ class HoppingConfig:
         for name in ("md_minima", "md_max_steps", "md_chunk_steps", "relax_max_steps"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 problems.append(f"{name} must be a positive integer")
+        if self.relax_method not in ("lbfgs", "fire"):
+            problems.append(f"relax_method must be 'lbfgs' or 'fire', got {self.relax_method!r}")
         if problems:
             raise ValueError("invalid HoppingConfig: " + "; ".join(problems))
 
@@ -136,7 +139,8 @@ def relax_start(atoms: ase.Atoms, model, config: HoppingConfig) -> tuple[np.ndar
 
 
 def _relax_config(config: HoppingConfig) -> RelaxConfig:
-    return RelaxConfig(fmax=config.fmax, max_steps=config.relax_max_steps, dtype=config.dtype)
+    return RelaxConfig(fmax=config.fmax, max_steps=config.relax_max_steps, dtype=config.dtype,
+                       method=config.relax_method)
 
 
 def _momenta(atoms: ase.Atoms, positions: np.ndarray, temperature: float, key) -> np.ndarray:
@@ -289,7 +293,8 @@ def _count_minima(energies: Float[np.ndarray, " steps"]) -> int:
 
 def quench_frames(frames: Float[np.ndarray, "frames n 3"], frame_energies: Float[np.ndarray, " frames"],
                   atoms: ase.Atoms, model, store, *, found_by: str = "md", key_prefix: str | None = None,
-                  fmax: float = 0.01, max_steps: int = 2000, dtype: str = "float64") -> list[int | None]:
+                  fmax: float = 0.01, max_steps: int = 2000, dtype: str = "float64",
+                  method: str = "lbfgs") -> list[int | None]:
     """Relax MD frames (in one batch) into the store; successive frames that relax to different
     minima add a transition whose barrier upper bound is the higher of their MD energies.
     Returns the store id per frame (None where the relaxation did not converge)."""
@@ -299,7 +304,7 @@ def quench_frames(frames: Float[np.ndarray, "frames n 3"], frame_energies: Float
         image = atoms.copy()
         image.positions = positions
         images.append(image)
-    result = relax(images, model, RelaxConfig(fmax=fmax, max_steps=max_steps, dtype=dtype))
+    result = relax(images, model, RelaxConfig(fmax=fmax, max_steps=max_steps, dtype=dtype, method=method))
     ids: list[int | None] = []
     for k in range(len(frames)):
         key = None if key_prefix is None else f"{key_prefix}/{k}"
