@@ -32,6 +32,7 @@ app: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python bench/potential.py
 	$(BIN)/python bench/md.py
+	$(BIN)/python bench/relax.py
 	$(BIN)/python bench/app.py
 
 # Re-pin every dependency (run after changing pyproject.toml; commit the result).
