@@ -33,6 +33,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/potential.py
 	$(BIN)/python bench/md.py
 	$(BIN)/python bench/relax.py
+	$(BIN)/python bench/explore.py
 	$(BIN)/python bench/app.py
 
 # Re-pin every dependency (run after changing pyproject.toml; commit the result).
