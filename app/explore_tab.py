@@ -188,7 +188,7 @@ class ExploreTab:
         return points.opts(
             color="energy", cmap="viridis", size="size", colorbar=True, clabel=f"ΔE ({unit})", line_color="black",
             tools=["hover", "tap"], xaxis=None, ylabel=f"energy above the lowest minimum ({unit})",
-            title="Minima (colour: energy, size: visits) and transitions", responsive=True, height=360,
+            title="PES graph (colour: energy, size: visits)", responsive=True, height=360,
             framewise=True, padding=0.1, show_grid=True, nonselection_alpha=0.5, selection_line_color="red",
             selection_line_width=3, hover_tooltips=[("minimum", "@index"), (f"ΔE ({unit})", "@energy{0.0000}"),
                                                      ("visits", "@visits"), ("found by", "@found_by")],
@@ -212,7 +212,7 @@ class ExploreTab:
         self.shown_version = snapshot.version
         if snapshot.landscape != self.landscape:  # a new landscape: nothing of the old one stays selected
             self.landscape, self.selected = snapshot.landscape, []
-            self.viewer.visible, self.second_viewer.visible = True, False
+            self._show_second(False)
         self.minima = {m.id: m for m in snapshot.minima}
         table = self._table(snapshot)
         drawn = (table.to_json(), sorted(snapshot.graph.edges(data="count")), self.unit)
@@ -234,20 +234,18 @@ class ExploreTab:
         if snapshot.progress is not None and snapshot.exploration is self.session.exploration \
                 and not self.session.quenching:
             self.status.object = self.progress_text(snapshot)
-        elif not snapshot.minima:
-            self.status.object = "Starting: relaxing the starting structure (a first run compiles for a while)…"
+            if snapshot.progress.state == "failed":
+                self.show_error(f"The exploration failed: {snapshot.progress.message}")
 
     def progress_text(self, snapshot) -> str:
         p = snapshot.progress
         state = {"running": "Exploring", "paused": "Paused", "stopped": "Stopped", "finished": "Finished",
                  "failed": "Failed", "idle": "Starting"}.get(p.state, p.state)
         if p.state == "running" and p.hops_done == 0:
-            state = "Starting (relaxing the start, compiling the escape MD)"
-        text = (f"**{state}** · hops {p.hops_done}/{p.hops_total} · minima found {p.minima_found} · "
+            state = "Starting (relaxing the start; a first run compiles the escape MD for a while)"
+        where = f" · {self.session.landscape.title}" if self.session.landscape is not None else ""
+        return (f"**{state}**{where} · hops {p.hops_done}/{p.hops_total} · minima found {p.minima_found} · "
                 f"unique {p.unique} · transitions {p.transitions} · {p.hops_per_minute:.0f} hops/min")
-        if p.state == "failed":
-            self.show_error(f"The exploration failed: {p.message}")
-        return text
 
     def state(self, snapshot) -> str:
         """The exploration's state as the page knows it (a snapshot may predate the last Explore)."""
@@ -316,7 +314,7 @@ class ExploreTab:
         lowest = min(m.energy for m in self.minima.values())
         self.viewer.set_structure(numbers=numbers, positions=first.positions, title=f"minimum {first.id}")
         if len(chosen) < 2:
-            self.second_viewer.visible = False
+            self._show_second(False)
             self.comparison.object = (f"**Minimum {first.id}**: ΔE = {(first.energy - lowest) * scale:.4f} "
                                       f"{self.unit} above the lowest · {first.count} visits · found by "
                                       f"{first.found_by}")
@@ -326,11 +324,25 @@ class ExploreTab:
         classes = equivalent_atom_classes(numbers, first.positions)
         best = aligned_rmsd(second.positions, first.positions, classes)
         self.second_viewer.set_structure(numbers=numbers, positions=moved, title=f"minimum {second.id}")
-        self.second_viewer.visible = True
+        self._show_second(True)
         self.comparison.object = (
             f"**Minimum {first.id}** (left) vs **minimum {second.id}** (right, superposed onto the left): "
             f"ΔE = {(second.energy - first.energy) * scale:+.4f} {self.unit} · RMSD {rmsd:.3f} Å after rotation "
             f"(same atom order) · {best:.3f} Å allowing inversion and equivalent-atom swaps (the store's measure)")
+
+    def _show_second(self, visible: bool) -> None:
+        """Show or hide the second viewer; the first one changes width, so both are recentred
+        once the browser has laid them out again."""
+        if self.second_viewer.visible == visible:
+            return
+        self.second_viewer.visible = visible
+        if pn.state.curdoc is not None:
+            pn.state.curdoc.add_timeout_callback(self._recentre, 400)
+
+    def _recentre(self) -> None:
+        self.viewer.reset_view()
+        if self.second_viewer.visible:
+            self.second_viewer.reset_view()
 
     # --- buttons ----------------------------------------------------------------------------
 

@@ -107,12 +107,22 @@ def test_explore_grows_the_graph_and_a_node_click_shows_that_minimum(explore_boa
     wait_until(lambda: changed_fraction(before, board.pixels()) > 0.002, 10, "the 3D view to change after the click")
     board.record.save_screenshot("explore-node-clicked.png", board.page.screenshot())
 
+    # a table row does the same
+    rows = board.page.locator(".so3k-minima .tabulator-row")
+    row_ids = [int(text.split()[0]) for text in rows.all_inner_texts()]
+    picked = next(i for i in row_ids if i not in (first_id, target["id"]))
+    clicked = board.pixels()
+    rows.nth(row_ids.index(picked)).click()
+    wait_until(lambda: f"Minimum {picked}:" in board.comparison(), 10,
+               f"minimum {picked} in the viewer (it says {board.comparison()!r})")
+    wait_until(lambda: changed_fraction(clicked, board.pixels()) > 0.002, 10, "the 3D view to change after a row click")
+
     # Compare: the minimum clicked next is shown beside it, superposed
     board.click("Compare")
-    other = next(n for n in nodes if n["id"] not in (first_id, target["id"]))
+    other = next(n for n in nodes if n["id"] != picked)
     board.click_node(other)
     text = wait_until(lambda: "RMSD" in board.comparison() and board.comparison(), 10, "the comparison")
-    assert f"Minimum {target['id']}** (left)" in text or f"Minimum {target['id']} (left)" in text, text
+    assert f"Minimum {picked} (left) vs minimum {other['id']} (right" in text, text
     second = board.page.locator(".so3k-second-view .so3k-stage canvas")
     second.wait_for()
     assert non_background(png_pixels(second.screenshot())) > 1000, "the second viewer shows no molecule"
