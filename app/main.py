@@ -289,6 +289,8 @@ def tick() -> None:
     for event in page.session.drain():
         handle(event)
     now = time.monotonic()
+    if tabs.active != 0:  # the MD viewer is not in the page: nothing to pace on, keep the newest frame
+        del page.playback[:-1]
     if page.playback and (viewer.drawn or now - page.last_push > 0.5):
         if not paced.value:
             del page.playback[:-PLAYBACK_LAG]
@@ -512,10 +514,11 @@ def cleanup(session_context, callback=callback, session=page.session, explore=ex
 
 pn.state.on_session_destroyed(cleanup)
 replot()
+# dynamic: a tab's widgets are in the page only while it is shown (MD is not paced on a hidden viewer)
+tabs = pn.Tabs(("MD", pn.Row(controls, main, sizing_mode="stretch_width")), ("Explore", explore.layout),
+               dynamic=True, sizing_mode="stretch_width")
 pn.Column(
     pn.pane.Markdown("# so3krates · live molecular dynamics and minima exploration", margin=(0, 10)),
-    # dynamic: a tab's widgets are in the page only while it is shown
-    pn.Tabs(("MD", pn.Row(controls, main, sizing_mode="stretch_width")), ("Explore", explore.layout),
-            dynamic=True, sizing_mode="stretch_width"),
+    tabs,
     sizing_mode="stretch_width",
 ).servable(title="so3krates")
