@@ -16,7 +16,7 @@ side by side, the second superposed onto the first.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -410,14 +410,12 @@ class ExploreTab:
 
     # --- MD frames into the store ---------------------------------------------------------------
 
-    def quench(self, frames: np.ndarray, energies: np.ndarray) -> str:
+    def quench(self, frames: Sequence[np.ndarray], energies: np.ndarray) -> str:
         """Relax MD frames (at most MAX_QUENCH_FRAMES, evenly spaced) into the store of the MD
         tab's landscape; returns the line for the MD tab's status."""
         target = self.target()
-        frames, energies = np.asarray(frames), np.asarray(energies)
-        if len(frames) > MAX_QUENCH_FRAMES:
-            keep = np.unique(np.linspace(0, len(frames) - 1, MAX_QUENCH_FRAMES).round().astype(int))
-            frames, energies = frames[keep], energies[keep]
+        keep = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), MAX_QUENCH_FRAMES)).round().astype(int))
+        frames, energies = np.stack([frames[i] for i in keep]), np.asarray(energies)[keep]
         hopping = self.hopping()
         landscape = self.session.landscape_for(target.atoms, target.model, target.model_key, target.title,
                                                target.model_label, hopping.to_dict())

@@ -443,7 +443,7 @@ def on_quench(event) -> None:
         return
     clear_error()
     try:
-        status.object = explore.quench(np.stack(history.positions), history.column("potential_energy"))
+        status.object = explore.quench(list(history.positions), history.column("potential_energy"))
     except (RuntimeError, ValueError) as error:
         show_error(f"Cannot quench: {error}")
 
