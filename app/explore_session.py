@@ -29,8 +29,9 @@ import ase
 import networkx as nx
 import numpy as np
 
-from so3krates.explore import Exploration, ExplorationConfig, MinimaStore, Progress, build_graph, quench_frames
-from so3krates.explore.graph import disconnectivity_plot
+from so3krates.explore import (
+    Exploration, ExplorationConfig, MinimaStore, Progress, build_graph, disconnectivity_plot, quench_frames,
+)
 from so3krates.viz.landscape import graph_layout
 
 REFRESH_S = 0.5  # store reads while something writes to it
