@@ -8,7 +8,7 @@ In one run, with the shipped tri-alanine model (data/models/ac_ala3_nhme), float
 1. so3krates: one minima-hopping walker (``Exploration``, threads backend, in this process) for
    a fixed wall-time budget;
 2. ASE's ``MinimaHopping`` driving the same model through ``SO3kratesCalculator`` for the same
-   budget, with the same method settings (T0 1000 K, E_diff 0.5 eV, 3 MD minima, 0.5 fs,
+   budget, with the same method settings (T0 1000 K, E_diff 0.5 eV, 20 MD minima, 0.5 fs,
    relaxation to 0.01 eV/Å; ASE's default optimizer BFGSLineSearch);
 3. both sides' minima are counted with one criterion: ASE's minima go into a fresh
    ``MinimaStore`` with the same tolerances as ours. CPU time is this process's
@@ -47,7 +47,7 @@ from so3krates.explore import Exploration, ExplorationConfig, HoppingConfig, Min
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 MOLECULE = "ac_ala3_nhme"
-HOPPING = HoppingConfig(temperature=1000.0, e_diff=0.5, md_minima=3, md_timestep=0.5, fmax=0.01)
+HOPPING = HoppingConfig(temperature=1000.0, e_diff=0.5, md_minima=20, md_timestep=0.5, fmax=0.01)
 
 
 def ours(atoms, model, budget_s: float, out: Path) -> dict:
@@ -185,7 +185,7 @@ def report(mine, theirs, xtb, scaled, budget, wall_s, load_before, load_after) -
         f"{' (so3krates/ with uncommitted changes)' if dirty else ', so3krates/ clean'}. Total {wall_s:.0f} s; "
         f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end. Ac-Ala3-NHMe with the "
         f"shipped model, float64, {budget:.0f} s of wall time per side, the same minima-hopping settings "
-        "(T0 1000 K, E_diff 0.5 eV, 3 MD minima, 0.5 fs, fmax 0.01 eV/Å); unique = distinct under the store's "
+        "(T0 1000 K, E_diff 0.5 eV, 20 MD minima, 0.5 fs, fmax 0.01 eV/Å); unique = distinct under the store's "
         "tolerances for both sides; CPU time of the whole process, start-up and compilation included.", "",
         "| explorer | hops | unique minima | CPU-s | unique per CPU-minute |",
         "|---|---|---|---|---|",

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from so3krates.cli.common import apply_config_file
+from so3krates.explore.hopping import HoppingConfig
 
 
 def register(subparsers) -> None:
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--temperature", type=float, default=1000.0, help="first escape temperature, K")
     parser.add_argument("--e-diff", type=float, default=0.5, help="first acceptance threshold, eV")
     parser.add_argument("--md-timestep", type=float, default=0.5, help="escape MD time step, fs")
-    parser.add_argument("--md-minima", type=int, default=3, help="escape until this many energy minima passed")
+    parser.add_argument("--md-minima", type=int, default=HoppingConfig.md_minima, help="escape until this many energy minima passed")
     parser.add_argument("--fmax", type=float, default=0.01, help="relaxation threshold, eV/Å")
     parser.add_argument("--relax", choices=("lbfgs", "fire"), default="lbfgs", help="minimiser (default lbfgs)")
     parser.add_argument("--energy-window", type=float, default=None, help="duplicate check: energy window, eV")
@@ -87,7 +88,6 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from so3krates.explore.campaign import Exploration, ExplorationConfig
-    from so3krates.explore.hopping import HoppingConfig
     from so3krates.explore.store import MatchTolerances
 
     atoms = read_start(args.structure)

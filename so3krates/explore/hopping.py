@@ -3,7 +3,8 @@ of ongoing MD.
 
 One hop: from the current minimum, an NVE escape run with velocities drawn at the walker's
 temperature T, stopped once the potential energy has passed ``md_minima`` minima along the
-trajectory; FIRE relaxation of the last frame; the minimum goes into the store (duplicates are
+trajectory (two steps down, two up: vibrational jitter does not count); relaxation (L-BFGS by
+default) of the frame at the last of those minima; the minimum goes into the store (duplicates are
 merged there) with the transition current -> new, whose barrier upper bound is the highest
 potential energy recorded on the way. Then the two feedbacks of the method:
 
@@ -47,7 +48,11 @@ class HoppingConfig:
     beta_new: float = 1 / 1.05
     alpha_accept: float = 1 / 1.02
     alpha_reject: float = 1.02
-    md_minima: int = 3  # escape until the potential energy passed this many minima
+    # escape until the potential energy passed this many minima. 20 (~100 fs at 1000 K): jitted MD
+    # is cheap next to a relaxation, and a flexible molecule needs that long to cross a torsion
+    # barrier; with 3, tri-alanine walkers mostly fell back into their own minimum (3 distinct
+    # minima in 15 hops, against 12 with 20, at nearly the same hops per minute)
+    md_minima: int = 20
     md_timestep: float = 0.5  # fs
     md_max_steps: int = 2000
     md_chunk_steps: int = 25
@@ -152,8 +157,10 @@ def _momenta(atoms: ase.Atoms, positions: np.ndarray, temperature: float, key) -
 
 
 def _escape(atoms: ase.Atoms, model, cfg: HoppingConfig, task: ExcursionTask) -> tuple[np.ndarray, float]:
-    """NVE from the minimum until the potential energy passed ``md_minima`` minima (guards off:
-    an escape is meant to be violent; a non-finite energy still raises BlowUpError)."""
+    """NVE from the minimum until the potential energy has passed ``md_minima`` minima; returns
+    the frame at the last of them (the bottom of the basin the trajectory reached, so the
+    relaxation starts low) and the highest energy on the way there. Guards off: an escape is
+    meant to be violent; a non-finite energy still raises BlowUpError."""
     start = atoms.copy()
     start.positions = task.positions
     md = MDConfig(ensemble="nve", temperature=task.temperature, timestep=cfg.md_timestep,
@@ -161,14 +168,15 @@ def _escape(atoms: ase.Atoms, model, cfg: HoppingConfig, task: ExcursionTask) ->
                   max_temperature_factor=None, max_bond_stretch=None, max_force=None)
     key = jax.random.wrap_key_data(np.asarray(task.escape_key, np.uint32))
     simulation = Simulation(start, model, md, momenta=_momenta(atoms, task.positions, task.temperature, key))
-    energies = [task.energy]
-    positions = task.positions
+    energies, frames = [task.energy], [task.positions]
     for result in simulation.irun(steps=cfg.md_max_steps):
         energies.extend(result.potential_energy.tolist())
-        positions = result.positions[-1]
-        if _count_minima(np.asarray(energies)) >= cfg.md_minima:
-            break
-    return np.asarray(positions, np.float64), float(np.max(energies))
+        frames.extend(np.asarray(result.positions, np.float64))
+        minima = _passed_minima(np.asarray(energies))
+        if len(minima) >= cfg.md_minima:
+            stop = minima[cfg.md_minima - 1]
+            return frames[stop], float(np.max(energies[:stop + 1]))
+    return frames[-1], float(np.max(energies))  # out of steps: relax from where it got to
 
 
 class MinimaHoppingWalker:
@@ -284,11 +292,17 @@ class MinimaHoppingWalker:
             yield self.hop()
 
 
-def _count_minima(energies: Float[np.ndarray, " steps"]) -> int:
-    """Local minima of a sampled curve: the slope turns from negative to positive."""
-    slope = np.sign(np.diff(energies))
-    slope = slope[slope != 0]
-    return int(np.sum((slope[:-1] < 0) & (slope[1:] > 0)))
+def _passed_minima(energies: Float[np.ndarray, " steps"], persistence: int = 2) -> list[int]:
+    """Steps where a sampled curve passed a minimum: at least ``persistence`` steps down into it
+    and as many up out of it (single-step jitter of a vibrating molecule does not count)."""
+    e = energies
+    n, found = len(e), []
+    for i in range(persistence, n - persistence):
+        down = all(e[i - k - 1] >= e[i - k] for k in range(persistence))
+        up = all(e[i + k + 1] >= e[i + k] for k in range(persistence))
+        if down and up and (not found or i > found[-1] + persistence):
+            found.append(i)
+    return found
 
 
 def quench_frames(frames: Float[np.ndarray, "frames n 3"], frame_energies: Float[np.ndarray, " frames"],

@@ -22,8 +22,9 @@ from so3krates.explore.hopping import HoppingConfig
 from so3krates.explore.store import MinimaStore, aligned_rmsd
 
 # Ar13 with Lennard-Jones: an escape takes a fraction of a second and finds new minima at once
-HOPPING = HoppingConfig(temperature=200.0, e_diff=0.05, md_timestep=5.0, fmax=1e-3)
-CLI_OPTIONS = ["--model", "lj", "--temperature", "200", "--e-diff", "0.05", "--md-timestep", "5", "--fmax", "1e-3"]
+HOPPING = HoppingConfig(temperature=200.0, e_diff=0.05, md_timestep=5.0, md_minima=3, fmax=1e-3)
+CLI_OPTIONS = ["--model", "lj", "--temperature", "200", "--e-diff", "0.05", "--md-timestep", "5", "--md-minima", "3",
+               "--fmax", "1e-3"]
 
 
 @pytest.fixture(scope="module")

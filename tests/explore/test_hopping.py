@@ -6,7 +6,7 @@ import pytest
 from ase import Atoms
 
 from so3krates.explore.graph import graph_from_store, minimax_path
-from so3krates.explore.hopping import HoppingConfig, MinimaHoppingWalker, _count_minima, quench_frames
+from so3krates.explore.hopping import HoppingConfig, MinimaHoppingWalker, _passed_minima, quench_frames
 from so3krates.explore.store import MatchTolerances, MinimaStore
 
 MB = dict(A=(-200.0, -100.0, -170.0, 15.0), a=(-1.0, -1.0, -6.5, 0.7), b=(0.0, 0.0, 11.0, 0.6),
@@ -31,8 +31,10 @@ def which(energy: float) -> int:
     return int(np.argmin([abs(energy - e) for e, _ in MINIMA]))
 
 
-def test_count_minima():
-    assert _count_minima(np.array([3.0, 2.0, 1.0, 2.0, 2.0, 3.0, 1.0, 0.5, 4.0])) == 2
+def test_passed_minima_need_two_steps_down_and_two_up():
+    curve = np.array([3.0, 2.0, 1.0, 2.0, 2.0, 3.0, 1.0, 0.5, 4.0, 5.0, 4.5, 5.5, 6.0])
+    assert _passed_minima(curve) == [2, 7]  # the dip at 10 has one step down only
+    assert _passed_minima(curve[:9]) == [2]  # not yet climbed out of the second
 
 
 def test_hopping_finds_every_minimum_and_the_connectivity(tmp_path):
