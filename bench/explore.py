@@ -3,7 +3,8 @@
     .venv/bin/python bench/explore.py            # ~15 min; appends a section to bench/RESULTS.md
     .venv/bin/python bench/explore.py --quick    # short budgets, prints only
 
-In one run, with the shipped tri-alanine model (data/models/ac_ala3_nhme), float64 on both sides:
+In one run, with the shipped tri-alanine model (data/models/ac_ala3_nhme), relaxations in float64
+on both sides (our escape MD runs in float32, HoppingConfig's default; ASE's calculator in float64):
 
 1. so3krates: one minima-hopping walker (``Exploration``, threads backend, in this process) for
    a fixed wall-time budget;
@@ -184,7 +185,7 @@ def report(mine, theirs, xtb, scaled, budget, wall_s, load_before, load_after) -
         f"device {jax.devices()[0]}; jax {jax.__version__}). Code: commit {commit}"
         f"{' (so3krates/ with uncommitted changes)' if dirty else ', so3krates/ clean'}. Total {wall_s:.0f} s; "
         f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end. Ac-Ala3-NHMe with the "
-        f"shipped model, float64, {budget:.0f} s of wall time per side, the same minima-hopping settings "
+        f"shipped model, relaxations in float64 on both sides (ours escapes in float32, ASE's in float64), {budget:.0f} s of wall time per side, the same minima-hopping settings "
         "(T0 1000 K, E_diff 0.5 eV, 20 MD minima, 0.5 fs, fmax 0.01 eV/Å); unique = distinct under the store's "
         "tolerances for both sides; CPU time of the whole process, start-up and compilation included.", "",
         "| explorer | hops | unique minima | CPU-s | unique per CPU-minute |",

@@ -59,7 +59,8 @@ class HoppingConfig:
     fmax: float = 0.01  # eV/Å, relaxation threshold
     relax_max_steps: int = 2000
     relax_method: str = "lbfgs"  # "lbfgs" or "fire" (so3krates.explore.relax); L-BFGS needs ~half FIRE's steps
-    dtype: str = "float64"
+    dtype: str = "float64"  # the relaxations (minimum energies are compared to meV)
+    md_dtype: str = "float32"  # the escape MD (~1.5x faster on CPU; it only has to get somewhere)
     seed: int = 0
 
     def __post_init__(self):
@@ -71,6 +72,9 @@ class HoppingConfig:
         for name in ("md_minima", "md_max_steps", "md_chunk_steps", "relax_max_steps"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 problems.append(f"{name} must be a positive integer")
+        for name in ("dtype", "md_dtype"):
+            if getattr(self, name) not in ("float32", "float64"):
+                problems.append(f"{name} must be 'float32' or 'float64', got {getattr(self, name)!r}")
         if self.relax_method not in ("lbfgs", "fire"):
             problems.append(f"relax_method must be 'lbfgs' or 'fire', got {self.relax_method!r}")
         if problems:
@@ -164,7 +168,7 @@ def _escape(atoms: ase.Atoms, model, cfg: HoppingConfig, task: ExcursionTask) ->
     start = atoms.copy()
     start.positions = task.positions
     md = MDConfig(ensemble="nve", temperature=task.temperature, timestep=cfg.md_timestep,
-                  chunk_steps=cfg.md_chunk_steps, record_every=1, dtype=cfg.dtype, remove_rotation=False,
+                  chunk_steps=cfg.md_chunk_steps, record_every=1, dtype=cfg.md_dtype, remove_rotation=False,
                   max_temperature_factor=None, max_bond_stretch=None, max_force=None)
     key = jax.random.wrap_key_data(np.asarray(task.escape_key, np.uint32))
     simulation = Simulation(start, model, md, momenta=_momenta(atoms, task.positions, task.temperature, key))
