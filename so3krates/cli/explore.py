@@ -99,6 +99,8 @@ def run(args) -> int:
     config = ExplorationConfig(walkers=args.walkers, hops=args.hops, hopping=hopping, scheduler=args.scheduler,
                                tolerances=tolerances)
     model = load_explore_model(args.model)
+    if hasattr(model, "check_elements"):
+        model.check_elements(atoms.numbers)  # before any walker starts: a clear error, exit 2
     exploration = Exploration(atoms, model, args.out, config,
                               description={"structure": args.structure, "model": args.model, "command": sys.argv})
     before = exploration.progress()

@@ -151,3 +151,17 @@ def test_killed_command_resumes_exactly_where_it_stopped(tmp_path, argon):
         assert (a["hop"], a["outcome"], a["minimum"], a["accepted"]) == (b["hop"], b["outcome"], b["minimum"], b["accepted"])
         np.testing.assert_allclose([a["energy"] or 0, a["temperature"], a["e_diff"]],
                                    [b["energy"] or 0, b["temperature"], b["e_diff"]], rtol=1e-9)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["nothere.xyz", "--model", "lj"], "no such structure file"),
+    (["ar13", "--model", "ethanol"], "not in the model's training elements"),
+    (["ar13", "--model", "lj", "--walkers", "0"], "walkers must be a positive integer"),
+    (["ar13", "--model", "xtb"], "cannot drive the jitted walkers"),
+])
+def test_explore_command_user_errors(tmp_path, capsys, arguments, message):
+    from so3krates.cli import main
+
+    assert main(["explore", *arguments, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "minima.sqlite").exists()
