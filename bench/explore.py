@@ -9,8 +9,9 @@ on both sides (our escape MD runs in float32, HoppingConfig's default; ASE's cal
 1. so3krates: one minima-hopping walker (``Exploration``, threads backend, in this process) for
    a fixed wall-time budget;
 2. ASE's ``MinimaHopping`` driving the same model through ``SO3kratesCalculator`` for the same
-   budget, with the same method settings (T0 1000 K, E_diff 0.5 eV, 20 MD minima, 0.5 fs,
-   relaxation to 0.01 eV/Å; ASE's default optimizer BFGSLineSearch);
+   budget, with the same method settings (T0 1000 K, E_diff 0.5 eV, escapes over HoppingConfig's
+   md_minima potential-energy minima or --md-minima, 0.5 fs, relaxation to 0.01 eV/Å; ASE's
+   default optimizer BFGSLineSearch);
 3. both sides' minima are counted with one criterion: ASE's minima go into a fresh
    ``MinimaStore`` with the same tolerances as ours. CPU time is this process's
    (``time.process_time``: every thread, start-up and compilation included on both sides);
@@ -26,6 +27,7 @@ A benchmark, not a test: missed targets are reported, never fatal.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -48,7 +50,7 @@ from so3krates.explore import Exploration, ExplorationConfig, HoppingConfig, Min
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 MOLECULE = "ac_ala3_nhme"
-HOPPING = HoppingConfig(temperature=1000.0, e_diff=0.5, md_minima=20, md_timestep=0.5, fmax=0.01)
+HOPPING = HoppingConfig(temperature=1000.0, e_diff=0.5, md_timestep=0.5, fmax=0.01)
 
 
 def ours(atoms, model, budget_s: float, out: Path) -> dict:
@@ -140,7 +142,11 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=None, help="seconds per side (default 240, quick 60)")
     parser.add_argument("--xtb", type=int, default=None, help="minima checked with xTB (default 10, quick 3)")
     parser.add_argument("--scaling-budget", type=float, default=None, help="timed seconds per worker count")
+    parser.add_argument("--md-minima", type=int, default=None, help="escape length for both sides (default: HoppingConfig's)")
     args = parser.parse_args()
+    global HOPPING
+    if args.md_minima is not None:
+        HOPPING = dataclasses.replace(HOPPING, md_minima=args.md_minima)
     budget = args.budget or (60.0 if args.quick else 240.0)
     xtb_count = args.xtb or (3 if args.quick else 10)
     scaling_budget = args.scaling_budget or (40.0 if args.quick else 120.0)
@@ -171,6 +177,10 @@ def main() -> None:
             stream.write("\n" + text)
 
 
+def _meV(value) -> str:
+    return "n/a" if value is None else f"{1000 * value:.0f} meV"
+
+
 def report(mine, theirs, xtb, scaled, budget, wall_s, load_before, load_after) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -186,7 +196,7 @@ def report(mine, theirs, xtb, scaled, budget, wall_s, load_before, load_after) -
         f"{' (so3krates/ with uncommitted changes)' if dirty else ', so3krates/ clean'}. Total {wall_s:.0f} s; "
         f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end. Ac-Ala3-NHMe with the "
         f"shipped model, relaxations in float64 on both sides (ours escapes in float32, ASE's in float64), {budget:.0f} s of wall time per side, the same minima-hopping settings "
-        "(T0 1000 K, E_diff 0.5 eV, 20 MD minima, 0.5 fs, fmax 0.01 eV/Å); unique = distinct under the store's "
+        f"(T0 1000 K, E_diff 0.5 eV, {HOPPING.md_minima} MD minima, 0.5 fs, fmax 0.01 eV/Å); unique = distinct under the store's "
         "tolerances for both sides; CPU time of the whole process, start-up and compilation included.", "",
         "| explorer | hops | unique minima | CPU-s | unique per CPU-minute |",
         "|---|---|---|---|---|",
@@ -197,7 +207,7 @@ def report(mine, theirs, xtb, scaled, budget, wall_s, load_before, load_after) -
         f"Ratio {rate_ours / rate_ase if rate_ase else float('inf'):.1f}x (target 3x). GFN2-xTB re-relaxation of the "
         f"{xtb['checked']} lowest minima: {xtb['confirmed']} stay minima ({100 * confirmed:.0f}%, target 90%), "
         f"{xtb['new']} are new relative to the training data; mean |E_model - E_xTB| "
-        f"{xtb['summary'].get('energy_error_mae')} eV.", "",
+        f"{_meV(xtb['summary'].get('energy_error_mae'))}.", "",
         "| Dask LocalCluster walkers (one worker process each) | hops/min after start-up | speed-up |",
         "|---|---|---|",
         *[f"| {s['walkers']} | {s['hops_per_min']:.2f} | "
