@@ -88,7 +88,9 @@ def test_explore_grows_the_graph_and_a_node_click_shows_that_minimum(explore_boa
                f"alert {board.explore_alert()!r})", interval=0.25)
     status = board.explore_status()
     assert "hops 20/20" in status and "unique" in status and "hops/min" in status, status
-    nodes = wait_until(lambda: len(board.nodes()) >= 3 and board.nodes(), 10, "three minima in the graph")
+    # ethanol has two conformers up to mirror images (anti, gauche); how many more loosely relaxed
+    # variants 20 hops add depends on how the two walkers interleave
+    nodes = wait_until(lambda: len(board.nodes()) >= 2 and board.nodes(), 10, "two minima in the graph")
     assert counts == sorted(counts), f"the graph lost nodes on the way: {counts}"
     assert len(board.page.locator(".so3k-minima .tabulator-row").all()) == len(nodes)  # one table row each
 
@@ -110,7 +112,7 @@ def test_explore_grows_the_graph_and_a_node_click_shows_that_minimum(explore_boa
     # a table row does the same
     rows = board.page.locator(".so3k-minima .tabulator-row")
     row_ids = [int(text.split()[0]) for text in rows.all_inner_texts()]
-    picked = next(i for i in row_ids if i not in (first_id, target["id"]))
+    picked = next(i for i in row_ids if i != target["id"])
     clicked = board.pixels()
     rows.nth(row_ids.index(picked)).click()
     wait_until(lambda: f"Minimum {picked}:" in board.comparison(), 10,
