@@ -28,21 +28,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from _report import heading  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from so3krates import SO3kratesCalculator, catalog, cli  # noqa: E402
@@ -182,19 +180,13 @@ def _meV(value) -> str:
 
 
 def report(mine, theirs, xtb, scaled, budget, wall_s, load_before, load_after) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "so3krates"], cwd=ROOT, capture_output=True, text=True).stdout
     rate_ours = mine["unique"] / (mine["cpu_s"] / 60)
     rate_ase = theirs["unique"] / (theirs["cpu_s"] / 60)
     confirmed = xtb["confirmed"] / max(xtb["checked"], 1)
     speedup = scaled[1]["hops_per_min"] / scaled[0]["hops_per_min"] if scaled[0]["hops_per_min"] else float("nan")
     lines = [
-        f"## Exploration: unique minima per CPU-minute ({now})", "",
-        f"`bench/explore.py` on {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"device {jax.devices()[0]}; jax {jax.__version__}). Code: commit {commit}"
-        f"{' (so3krates/ with uncommitted changes)' if dirty else ', so3krates/ clean'}. Total {wall_s:.0f} s; "
-        f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end. Ac-Ala3-NHMe with the "
+        *heading("bench/explore.py: unique minima per CPU-minute", wall_s, load_before, load_after), "",
+        "Ac-Ala3-NHMe with the "
         f"shipped model, relaxations in float64 on both sides (ours escapes in float32, ASE's in float64), {budget:.0f} s of wall time per side, the same minima-hopping settings "
         f"(T0 1000 K, E_diff 0.5 eV, {HOPPING.md_minima} MD minima, 0.5 fs, fmax 0.01 eV/Å); unique = distinct under the store's "
         "tolerances for both sides; CPU time of the whole process, start-up and compilation included.", "",
@@ -213,8 +205,7 @@ def report(mine, theirs, xtb, scaled, budget, wall_s, load_before, load_after) -
         *[f"| {s['walkers']} | {s['hops_per_min']:.2f} | "
           f"{s['hops_per_min'] / scaled[0]['hops_per_min'] if scaled[0]['hops_per_min'] else float('nan'):.2f}x |"
           for s in scaled], "",
-        f"Scaling 1 -> 2 workers: {speedup:.2f}x on {os.cpu_count()} cores (XLA already spreads one worker's "
-        "work over both cores, so less than 2x is expected here).", "",
+        f"Scaling 1 -> 2 workers: {speedup:.2f}x on {os.cpu_count()} cores.", "",
     ]
     return "\n".join(lines)
 

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _report import heading  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -157,17 +156,8 @@ def main() -> None:
 
 
 def report(rows, wall_s, load_before, load_after) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "so3krates"], cwd=ROOT, capture_output=True, text=True).stdout
     lines = [
-        f"## {now}: bench/md.py",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device "
-        f"{jax.devices()[0]}; Python {platform.python_version()}, jax {jax.__version__}. Code: commit {commit}"
-        f"{' (so3krates/ with uncommitted changes)' if dirty else ', so3krates/ clean'}. Total wall time {wall_s:.0f} s. "
-        f"Load average (1 min) {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end (2 cores shared "
-        "with other work: timings are only as good as the machine was quiet).",
+        *heading("bench/md.py", wall_s, load_before, load_after),
         "",
         "MD with the default ModelConfig (F=132, 3 layers, degrees 1-3, 5 Å; zero-initialised readout, random "
         "elsewhere) plus Morse bond restraints that keep the molecule intact, float32, Langevin BAOAB 300 K, 0.5 fs, "

@@ -22,13 +22,12 @@ A benchmark, not a test: nothing here is fatal.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _report import heading  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -130,18 +129,9 @@ def print_row(r) -> None:
 
 
 def report(rows, agreement, count, wall_s, load_before, load_after) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "so3krates"], cwd=ROOT, capture_output=True, text=True).stdout
     default = RelaxConfig()
     lines = [
-        f"## {now}: bench/relax.py",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device "
-        f"{jax.devices()[0]}; Python {platform.python_version()}, jax {jax.__version__}. Code: commit {commit}"
-        f"{' (so3krates/ with uncommitted changes)' if dirty else ', so3krates/ clean'}. Total wall time {wall_s:.0f} s. "
-        f"Load average (1 min) {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end (2 cores shared "
-        "with other work: timings are only as good as the machine was quiet).",
+        *heading("bench/relax.py", wall_s, load_before, load_after),
         "",
         f"`relax` with the shipped models, float64, {count} starts per molecule (the molecule rattled by {RATTLE} Å, "
         f"seeds 0-{count - 1}) relaxed in one batch; RelaxConfig defaults (fmax {default.fmax} eV/Å, max_move "
