@@ -18,11 +18,16 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(INSTALLED)
 
+# Two pytest processes: one process running all ~430 tests died inside XLA (SIGSEGV/SIGABRT while
+# compiling, ~300 tests in, three times); each half alone never did. Both halves always run.
+SPLIT := tests/app tests/explore
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q
+	status=0; $(BIN)/python -m pytest -q $(SPLIT) || status=1; \
+	$(BIN)/python -m pytest -q $(addprefix --ignore=,$(SPLIT)) || status=1; exit $$status
 
 test-fast: $(INSTALLED)
-	$(BIN)/python -m pytest -q -m "not slow"
+	status=0; $(BIN)/python -m pytest -q -m "not slow" $(SPLIT) || status=1; \
+	$(BIN)/python -m pytest -q -m "not slow" $(addprefix --ignore=,$(SPLIT)) || status=1; exit $$status
 
 app: $(INSTALLED)
 	$(BIN)/panel serve app/ --address $(HOST) --port $(PORT) \

@@ -13,12 +13,6 @@ import so3krates  # noqa: F401  (enables float64)
 from so3krates import ModelConfig, init_model
 from so3krates.potential import Potential
 
-# JAX's persistent compilation cache stays on in the processes the tests start (panel serve, the
-# CLI, Dask workers) but is off in this one: twice a full run died (SIGSEGV, then SIGABRT) inside
-# executable.serialize() while writing a cache entry for tests/test_shipped_models.py (jax 0.10.2,
-# CPU), about 270 tests in; neither run of the same tests in a shorter session crashed.
-jax.config.update("jax_enable_compilation_cache", False)
-
 SMALL = dict(num_features=24, num_heads=2, num_radial_basis_fn=8, energy_regression_dim=16, output_is_zero_at_init=False)
 
 CONFIGS = {
