@@ -43,7 +43,6 @@ from so3krates.explore.hopping import (
 from so3krates.explore.store import MatchTolerances, MinimaStore
 from so3krates.files import atomic_write
 
-SCHEDULERS = ("threads", "local")  # or a Dask scheduler address
 GRAPH_EXPORT_EVERY_S = 10.0
 MAX_RESUBMITS = 5  # consecutive lost excursions of one walker before the exploration gives up
 
