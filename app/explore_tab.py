@@ -244,8 +244,11 @@ class ExploreTab:
         if p.state == "running" and p.hops_done == 0:
             state = "Starting (relaxing the start; a first run compiles the escape MD for a while)"
         where = f" · {self.session.landscape.title}" if self.session.landscape is not None else ""
+        compiled = f" · {p.compilations} programs compiled"
+        if p.last_compile_hop is not None:
+            compiled += f" (last at hop {p.last_compile_hop})"
         return (f"**{state}**{where} · hops {p.hops_done}/{p.hops_total} · minima found {p.minima_found} · "
-                f"unique {p.unique} · transitions {p.transitions} · {p.hops_per_minute:.0f} hops/min")
+                f"unique {p.unique} · transitions {p.transitions} · {p.hops_per_minute:.0f} hops/min{compiled}")
 
     def state(self, snapshot) -> str:
         """The exploration's state as the page knows it (a snapshot may predate the last Explore)."""

@@ -24,11 +24,14 @@ import panel as pn
 from explore_tab import ExploreTab, Target  # app/ is on sys.path while Bokeh runs this file
 from session import Event, MDSession
 from so3krates import catalog, load_model
+from so3krates.compilation import compilations, install as count_compilations
 from so3krates.data.units import ENERGY_UNITS
 from so3krates.data.upload import MAX_ATOMS, MAX_BYTES, read_structure
 from so3krates.md import MDConfig
 from so3krates.system import StructureError
 from so3krates.viz import MoleculeViewer
+
+count_compilations()  # from the first program on: the status reports them
 
 pn.extension("filedropper", "tabulator", notifications=False)
 hv.extension("bokeh", logo=False)
@@ -127,6 +130,7 @@ class Page:
         self.plotted = 0  # frames of the history already in the plots
         self.last_plot = 0.0
         self.speed = None  # (steps/s, ns/day) of the last timed chunk
+        self.last_compile_step = None  # the step of the last chunk that compiled a program
         self.switching = False  # a molecule change is updating the model widget
         self.last_upload = None  # (name, bytes) of the upload handled last
         viewer.set_structure(atoms, title=self.title)
@@ -219,7 +223,15 @@ def running_text() -> str:
     if len(history):
         parts.append(f"step {history.columns['step'][-1]:,} · {history.columns['time_fs'][-1] / 1000:.3f} ps · "
                      f"T = {history.columns['temperature'][-1]:.0f} K")
+    if page.last_compile_step is not None:
+        parts.append(compile_text(f"last at step {page.last_compile_step:,}"))
     return " · ".join(parts)
+
+
+def compile_text(last: str) -> str:
+    """How many XLA programs this server has compiled (JAX's own count): a warm-up's worth, then
+    flat; a number that keeps growing while MD runs is a bug worth reporting."""
+    return f"{compilations()} programs compiled in this server ({last})"
 
 
 def update_buttons() -> None:
@@ -245,6 +257,8 @@ def handle(event: Event) -> None:
                 page.playback.append((result.positions[i], int(result.step[i]) + session.step_offset))
         if result.steps_done and not result.compiled and result.wall_s > 0:
             page.speed = (result.steps_done / result.wall_s, result.ns_per_day)
+        if result.compiled:
+            page.last_compile_step = int(result.step[-1]) + session.step_offset if result.num_frames else 0
         status.object = running_text()
     elif event.kind == "blowup":
         error = event.detail

@@ -22,8 +22,10 @@ atoms moved more than half the skin and reports overflow as a flag, never an exc
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import threading
 from collections.abc import Sequence
 
 import jax
@@ -166,12 +168,14 @@ class NeighborList:
     """A fixed-capacity pair list of one structure, rebuilt inside jit when atoms moved.
 
     ``overflow`` is set (and stays set) when a rebuild found more pairs than fit; the host loop
-    then reallocates with :func:`allocate_neighbor_list` and redoes the chunk.
+    then grows the list (:func:`so3krates.md.forces.grow_neighbor_list`) and redoes the chunk.
 
-    With ``active_fraction`` set, :func:`active_graph` hands a model only the pairs within the
-    cutoff, compacted into ``active_capacity`` slots (a fixed share of the pair capacity, so it
-    grows with the list): the skin pairs, which contribute exactly zero, then cost no filter
-    evaluations. More pairs within the cutoff than that also sets ``overflow``.
+    With ``active_capacity`` set, :func:`active_graph` hands a model only the pairs within the
+    cutoff, compacted into that many slots: the skin pairs, which contribute exactly zero, then
+    cost no filter evaluations. More pairs within the cutoff than that also sets ``overflow``.
+
+    The capacities are static (they fix the compiled program's shapes): they come from the
+    shared :data:`PAIR_CAPACITIES`, so every list of one size bucket gets the same ones.
     """
 
     graph: Graph
@@ -181,35 +185,96 @@ class NeighborList:
     num_rebuilds: Int[Array, ""]
     cutoff: float = dataclasses.field(metadata=dict(static=True))
     skin: float = dataclasses.field(metadata=dict(static=True))
-    active_fraction: float | None = dataclasses.field(default=None, metadata=dict(static=True))
+    active_capacity: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
-    def active_capacity(self) -> int | None:
-        """Slots for the pairs within the cutoff (None: the model sees every pair of the list)."""
-        if self.active_fraction is None:
-            return None
-        capacity = self.graph.pair_first.shape[-1]
-        # a function of the capacity alone, so a grown list (overflow, resume) gets the same room
-        # however it was grown; multiples of 8 keep the rows aligned for vectorised kernels
-        return min(capacity, 8 * math.ceil(capacity * self.active_fraction / 8 - 1e-9))
+    def capacity(self) -> int:
+        return int(self.graph.pair_first.shape[-1])
+
+    @property
+    def periodic(self) -> bool:
+        return bool(np.any(np.asarray(self.image_offsets) != 0))
+
+    @property
+    def size_key(self) -> tuple:
+        """What lists sharing their capacities have in common (see :class:`PairCapacities`): the
+        padded atom count, the cutoff, whether pairs are compacted, and for periodic systems the
+        skin (a free molecule's list holds all its pairs, so the skin does not matter there)."""
+        skin = self.skin if self.periodic else None
+        return (int(self.graph.positions.shape[-2]), self.cutoff, skin, self.periodic, self.active_capacity is not None)
+
+
+def pair_bucket(n: int) -> int:
+    """A pair capacity on the bucket grid, a multiple of 8 (rows aligned for vectorised kernels)."""
+    return 8 * -(-bucket(n) // 8)
+
+
+class PairCapacities:
+    """High-water marks of pair capacities per size bucket, shared by every list of the process.
+
+    A neighbour list's capacities are array shapes, so each distinct pair of capacities is a
+    distinct compiled program (escape MD, relaxation, ...). Sized from each structure's own pair
+    count, they would follow the geometry: an extended conformer of a peptide needs fewer pairs
+    than a folded one, and a minima-hopping run compiled new programs on every hop until the
+    process ran out of memory maps. Instead, every list of one size bucket (padded atom count,
+    cutoff, skin, periodicity) gets the largest room any of them needed so far: the capacities
+    only grow, a step of the bucket grid at a time, so a long run settles on one program per
+    bucket after its first few hops. Padding pairs contribute exact zeros, so results do not
+    depend on the room. Thread-safe; bounded to ``max_keys`` buckets (least recently used go).
+    """
+
+    def __init__(self, max_keys: int = 64):
+        self._marks: collections.OrderedDict[tuple, tuple[int, int | None]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.max_keys = max_keys
+
+    def reserve(self, key: tuple, capacity: int, active: int | None) -> tuple[int, int | None]:
+        """The capacities to use for a list of ``key`` that needs (``capacity``, ``active``): at
+        least those, and at least the largest handed out for ``key`` before; recorded."""
+        with self._lock:
+            old_capacity, old_active = self._marks.pop(key, (0, None))
+            capacity = max(capacity, old_capacity)
+            if active is not None:
+                active = min(max(active, old_active or 0), capacity)
+            self._marks[key] = (capacity, active)
+            while len(self._marks) > self.max_keys:
+                self._marks.popitem(last=False)
+            return capacity, active
+
+    def clear(self) -> None:
+        with self._lock:
+            self._marks.clear()
+
+
+PAIR_CAPACITIES = PairCapacities()
 
 
 def allocate_neighbor_list(
-    system: System, cutoff: float, skin: float = 0.5, capacity_factor: float = 1.25, active: bool = False
+    system: System, cutoff: float, skin: float = 0.5, capacity_factor: float = 1.25, active: bool = False,
+    capacities: PairCapacities | None = PAIR_CAPACITIES,
 ) -> NeighborList:
     """Build a list on the host with spare capacity for later in-jit rebuilds.
 
-    ``active``: also reserve ``capacity_factor`` x the pairs within the cutoff for
-    :func:`active_graph` (the list's ``active_fraction``).
+    Room for ``capacity_factor`` x the pairs within ``cutoff + skin`` (and, with ``active``,
+    ``capacity_factor`` x those within the cutoff for :func:`active_graph`), rounded up to the
+    bucket grid and raised to what ``capacities`` handed out to lists of this size before (None:
+    this structure's own needs only). A free molecule of up to ``ALL_PAIRS_MAX_ATOMS`` atoms gets
+    room for all its pairs.
     """
     first, second, offsets = find_pairs(system.positions, system.cell, system.pbc, cutoff + skin)
-    graph = build_graph(system, cutoff, skin, num_pairs=bucket(int(len(first) * capacity_factor) + 1))
-    fraction = None
+    capacity = pair_bucket(int(len(first) * capacity_factor) + 1)
+    if not np.any(system.pbc) and system.num_atoms <= ALL_PAIRS_MAX_ATOMS:
+        # room for every pair: such a list never overflows, whatever the geometry, and costs
+        # little, since the in-jit rebuild searches all pairs anyway and the model sees only
+        # the active pairs
+        capacity = pair_bucket(system.num_atoms * (system.num_atoms - 1) // 2)
+    active_capacity = None
     if active:
         vectors = system.positions[second] - system.positions[first] + offsets @ np.asarray(system.cell)
         within = int(np.sum(np.einsum("pa,pa->p", vectors, vectors) < cutoff**2))
-        fraction = min(1.0, (int(within * capacity_factor) + 1) / graph.pair_first.shape[0])
-    return NeighborList(
+        active_capacity = pair_bucket(int(within * capacity_factor) + 1)
+    graph = build_graph(system, cutoff, skin, num_pairs=max(capacity, len(first)))
+    nl = NeighborList(
         graph=graph,
         reference_positions=graph.positions,
         image_offsets=_image_offsets(system, cutoff + skin),
@@ -217,8 +282,49 @@ def allocate_neighbor_list(
         num_rebuilds=np.array(0, dtype=np.int32),
         cutoff=float(cutoff),
         skin=float(skin),
-        active_fraction=fraction,
+        active_capacity=None if active_capacity is None else min(active_capacity, graph.pair_first.shape[0]),
     )
+    if capacities is None:
+        return nl
+    capacity, active_capacity = capacities.reserve(nl.size_key, nl.capacity, nl.active_capacity)
+    return resize_neighbor_list(nl, capacity, active_capacity)
+
+
+def resize_neighbor_list(nl: NeighborList, capacity: int, active_capacity: int | None = None,
+                         truncate: bool = False) -> NeighborList:
+    """The same list (same pairs, same reference positions, same rebuild schedule) with room for
+    ``capacity`` pairs (at least the pairs it holds, unless ``truncate``: a template whose arrays
+    are about to be replaced) and ``active_capacity`` of them within the cutoff (None: as now; a
+list without compaction stays without). Works on lists
+    with leading batch axes too (numpy in, numpy out)."""
+    graph = nl.graph
+    old = graph.pair_first.shape[-1]
+    held = int(np.max(np.sum(np.asarray(graph.pair_mask), axis=-1), initial=0))
+    if capacity < held and not truncate:
+        raise ValueError(f"cannot shrink a neighbour list holding {held} pairs to {capacity}")
+    if nl.active_capacity is None:
+        active_capacity = None
+    else:
+        active_capacity = min(nl.active_capacity if active_capacity is None else active_capacity, capacity)
+    if capacity == old:
+        return dataclasses.replace(nl, active_capacity=active_capacity)
+    dummy = graph.positions.shape[-2] - 1
+
+    def fit(array, fill, axis=-1):  # the pair axis: last, or second to last for offsets
+        array = np.asarray(array)
+        axis = array.ndim + axis
+        if capacity < old:  # only padding beyond ``held`` (the real pairs come first)
+            return np.take(array, np.arange(capacity), axis=axis)
+        widths = [(0, 0)] * array.ndim
+        widths[axis] = (0, capacity - old)
+        return np.pad(array, widths, constant_values=fill)
+
+    graph = dataclasses.replace(
+        graph,
+        pair_first=fit(graph.pair_first, dummy), pair_second=fit(graph.pair_second, dummy),
+        pair_offsets=fit(graph.pair_offsets, 0, axis=-2), pair_mask=fit(graph.pair_mask, False),
+    )
+    return dataclasses.replace(nl, graph=graph, active_capacity=active_capacity)
 
 
 def _within_cutoff(nl: NeighborList, graph: Graph, positions) -> Bool[Array, " p"]:
@@ -237,7 +343,7 @@ def active_graph(nl: NeighborList, positions: Float[Array, "n 3"]) -> Graph:
     """
     graph = dataclasses.replace(nl.graph, positions=positions)
     capacity = nl.active_capacity
-    if capacity is None:
+    if capacity is None or capacity >= nl.capacity:
         return graph
     inside = _within_cutoff(nl, graph, jax.lax.stop_gradient(positions))
     (index,) = jnp.nonzero(inside, size=capacity, fill_value=0)

@@ -10,8 +10,11 @@ import pytest
 from ase.build import molecule
 
 import so3krates  # noqa: F401  (enables float64)
+import so3krates.compilation
 from so3krates import ModelConfig, init_model
 from so3krates.potential import Potential
+
+so3krates.compilation.install()  # tests count compilations with it
 
 SMALL = dict(num_features=24, num_heads=2, num_radial_basis_fn=8, energy_regression_dim=16, output_is_zero_at_init=False)
 
@@ -66,3 +69,13 @@ def rattled_molecule(name: str, seed: int = 0, amount: float = 0.05):
     atoms = molecule(name)
     atoms.rattle(amount, seed=seed)
     return atoms
+
+
+@pytest.fixture(autouse=True)
+def fresh_pair_capacities():
+    """Each test starts with no remembered neighbour-list room (the process-wide high-water marks
+    of so3krates.neighbors.PAIR_CAPACITIES), so its capacities do not depend on the tests before it."""
+    from so3krates.neighbors import PAIR_CAPACITIES
+
+    PAIR_CAPACITIES.clear()
+    yield

@@ -24,6 +24,7 @@ from so3krates.neighbors import (
     Graph,
     NeighborList,
     allocate_neighbor_list,
+    resize_neighbor_list,
     bucket,
     build_graph,
     find_pairs,
@@ -538,7 +539,8 @@ def test_in_jit_overflow_is_a_flag_not_an_exception():
     sparse[:, 0] = 5.0 * np.arange(num_atoms)
     system = System.create(sparse, np.full(num_atoms, 6))
     cutoff, skin = 3.0, 0.5
-    nl = allocate_neighbor_list(system, cutoff, skin)
+    # a free molecule's list has room for all its pairs (it cannot overflow): cut it down
+    nl = resize_neighbor_list(allocate_neighbor_list(system, cutoff, skin), 8)
     capacity = nl.graph.pair_first.shape[0]
     assert int(np.sum(nl.graph.pair_mask)) == 0 and not bool(nl.overflow)
 
@@ -628,7 +630,7 @@ def test_in_jit_overflow_boundary(extra):
     num_atoms, cutoff, skin = 14, 3.0, 0.5
     far = np.zeros((num_atoms, 3))
     far[:, 0] = 5.0 * np.arange(num_atoms)
-    nl = allocate_neighbor_list(System.create(far, np.full(num_atoms, 6)), cutoff, skin)
+    nl = resize_neighbor_list(allocate_neighbor_list(System.create(far, np.full(num_atoms, 6)), cutoff, skin), 8)
     capacity = nl.graph.pair_first.shape[0]
     # a sub-chain of m atoms 2 Å apart has m - 1 pairs within cutoff + skin = 3.5 Å (4 Å is out)
     chain = capacity + 1 + extra
@@ -640,3 +642,46 @@ def test_in_jit_overflow_boundary(extra):
     assert int(nl.num_rebuilds) == 1
     assert bool(nl.overflow) == bool(extra)
     assert int(np.sum(nl.graph.pair_mask)) == capacity
+
+
+def test_a_free_molecule_list_holds_every_pair_and_never_overflows():
+    # room for all n(n-1)/2 pairs: however the molecule folds, the list (and so the compiled
+    # program's shapes) stays the same
+    system = molecule_system("CH3CH2OH")
+    n = system.num_atoms
+    nl = allocate_neighbor_list(system, 2.0, 0.5, capacities=None)
+    assert nl.capacity >= n * (n - 1) // 2
+    squeezed = padded(nl, system.positions * 0.3)  # every pair now within the cutoff
+    nl = update(nl, squeezed)
+    assert int(nl.num_rebuilds) == 1 and not bool(nl.overflow)
+    assert int(np.sum(nl.graph.pair_mask)) == n * (n - 1) // 2
+
+
+def test_lists_of_one_size_share_the_largest_room_handed_out():
+    # a folded and an extended conformer of one molecule (more and fewer pairs within the
+    # cutoff): whichever comes first, both get the same capacities, so they share programs
+    from so3krates.neighbors import PairCapacities
+
+    folded = molecule_system("CH3CH2OH")
+    extended = dataclasses.replace(folded, positions=folded.positions * 1.6)
+    capacities = PairCapacities()
+    first = allocate_neighbor_list(extended, 2.5, 0.5, active=True, capacities=capacities)
+    second = allocate_neighbor_list(folded, 2.5, 0.5, active=True, capacities=capacities)
+    alone = allocate_neighbor_list(extended, 2.5, 0.5, active=True, capacities=None)
+    assert alone.active_capacity < second.active_capacity  # the folded one needs more room
+    third = allocate_neighbor_list(extended, 2.5, 0.5, active=True, capacities=capacities)
+    assert (third.capacity, third.active_capacity) == (second.capacity, second.active_capacity)
+    assert first.active_capacity <= second.active_capacity
+    assert jax.tree.structure(third) == jax.tree.structure(second)  # same static metadata
+
+
+def test_pair_capacities_only_grow_and_stay_bounded():
+    from so3krates.neighbors import PairCapacities
+
+    capacities = PairCapacities(max_keys=3)
+    assert capacities.reserve("a", 64, 32) == (64, 32)
+    assert capacities.reserve("a", 48, 40) == (64, 40)
+    assert capacities.reserve("a", 80, None) == (80, None)
+    for key in "bcde":
+        capacities.reserve(key, 8, 8)
+    assert len(capacities._marks) == 3

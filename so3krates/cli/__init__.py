@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from so3krates.compilation import install
+
+    install()  # count XLA compilations from the first (explore reports them)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

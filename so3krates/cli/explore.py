@@ -113,7 +113,7 @@ def run(args) -> int:
     def show(progress) -> None:
         bar.update(progress.hops_done - bar.n)
         bar.set_postfix(found=progress.minima_found, unique=progress.unique,
-                        hops_min=f"{progress.hops_per_minute:.1f}", refresh=False)
+                        hops_min=f"{progress.hops_per_minute:.1f}", compiled=progress.compilations, refresh=False)
 
     try:
         progress = exploration.run(show)
@@ -124,5 +124,7 @@ def run(args) -> int:
     bar.close()
     print(f"so3krates explore: {progress.hops_done} hops, {progress.minima_found} minima found, "
           f"{progress.unique} unique, {progress.transitions} transitions in {args.out} "
-          f"({progress.hops_per_minute:.1f} hops/min)", file=sys.stderr)
+          f"({progress.hops_per_minute:.1f} hops/min; {progress.compilations} programs compiled"
+          f"{'' if progress.last_compile_hop is None else f', the last at hop {progress.last_compile_hop}'})",
+          file=sys.stderr)
     return 0

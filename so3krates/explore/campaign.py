@@ -36,6 +36,7 @@ from typing import Any, Callable
 import ase
 import numpy as np
 
+from so3krates.compilation import thread_compilations
 from so3krates.explore.graph import export_beside
 from so3krates.explore.hopping import (
     Excursion, ExcursionTask, HoppingConfig, HopResult, MinimaHoppingWalker, relax_start, run_excursion,
@@ -74,6 +75,10 @@ class Progress:
     hops_per_minute: float  # in this run (not counting hops done before a resume)
     state: str  # "idle", "running", "paused", "stopped", "finished", "failed"
     message: str = ""
+    # XLA programs the walkers' work compiled in this run, wherever it ran (counted by JAX on the
+    # thread or worker that compiled): a warm-up's worth, then no more
+    compilations: int = 0
+    last_compile_hop: int | None = None  # the hop (this run's count) that compiled last
 
     @property
     def done(self) -> bool:
@@ -106,6 +111,7 @@ class Exploration:
         self._state, self._message = "idle", ""
         self._hops_at_start, self._started_at = 0, None
         self._hops_done = self._hops_before()
+        self._compilations, self._last_compile_hop = 0, None
 
     # --- what is explored, checked on resume --------------------------------------------------
 
@@ -196,7 +202,8 @@ class Exploration:
         elapsed = 0.0 if self._started_at is None else time.monotonic() - self._started_at
         rate = 60.0 * (self._hops_done - self._hops_at_start) / elapsed if elapsed > 0 else 0.0
         return Progress(self._hops_done, self.config.walkers * self.config.hops, sum(m.count for m in minima),
-                        len(minima), len(self.store.transitions()), rate, self._state, self._message)
+                        len(minima), len(self.store.transitions()), rate, self._state, self._message,
+                        self._compilations, self._last_compile_hop)
 
     # --- the driver -----------------------------------------------------------------------------
 
@@ -217,7 +224,11 @@ class Exploration:
     def _make_walkers(self, backend) -> list[MinimaHoppingWalker]:
         states = self.out_dir / "walkers"
         fresh = [k for k in range(self.config.walkers) if not (states / f"walker{k}.json").exists()]
-        start = backend.result(backend.submit_start()) if fresh else None
+        start = None
+        if fresh:
+            positions, energy, compilations = backend.result(backend.submit_start())
+            start = positions, energy
+            self._compilations += compilations
         return [MinimaHoppingWalker(self.atoms, self.model, self.store,
                                     dataclasses.replace(self.config.hopping, seed=self.config.hopping.seed + k),
                                     name=f"walker{k}", state_dir=states, start=start, log=self._log)
@@ -265,6 +276,9 @@ class Exploration:
     def _log(self, name: str, result: HopResult) -> None:
         with self._lock:
             self._hops_done += 1
+            if result.compilations:
+                self._compilations += result.compilations
+                self._last_compile_hop = self._hops_done - self._hops_at_start
             line = json.dumps({"walker": name, "time": time.time(), **dataclasses.asdict(result)})
             with open(self.out_dir / "hops.jsonl", "a", encoding="utf-8") as log:
                 log.write(line + "\n")
@@ -310,7 +324,7 @@ class _Threads:
         return self.pool.submit(run_excursion, self.atoms, self.model, self.config, task)
 
     def submit_start(self):
-        return self.pool.submit(relax_start, self.atoms, self.model, self.config)
+        return self.pool.submit(_counted_start, self.atoms, self.model, self.config)
 
     @staticmethod
     def wait_any(futures, timeout: float):
@@ -383,5 +397,12 @@ def _remote_excursion(token: str, model, atoms, config: HoppingConfig, task: Exc
     return run_excursion(atoms, _worker_model(token, model), config, task)
 
 
-def _remote_start(token: str, model, atoms, config: HoppingConfig) -> tuple[np.ndarray, float]:
-    return relax_start(atoms, _worker_model(token, model), config)
+def _counted_start(atoms, model, config: HoppingConfig) -> tuple[np.ndarray, float, int]:
+    """The walkers' first minimum, and how many programs relaxing it compiled."""
+    before = thread_compilations()
+    positions, energy = relax_start(atoms, model, config)
+    return positions, energy, thread_compilations() - before
+
+
+def _remote_start(token: str, model, atoms, config: HoppingConfig) -> tuple[np.ndarray, float, int]:
+    return _counted_start(atoms, _worker_model(token, model), config)

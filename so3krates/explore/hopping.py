@@ -33,6 +33,7 @@ import jax
 import numpy as np
 from jaxtyping import Float
 
+from so3krates.compilation import thread_compilations
 from so3krates.explore.relax import RelaxConfig, relax
 from so3krates.files import atomic_write
 from so3krates.md import BlowUpError, MDConfig, Simulation
@@ -95,6 +96,7 @@ class HopResult:
     temperature: float  # K, after the feedback
     e_diff: float  # eV, after the feedback
     message: str = ""
+    compilations: int = 0  # programs the excursion compiled (0 once warm: more means a compile leak)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +122,20 @@ class Excursion:
     energy: float | None = None
     barrier: float | None = None  # highest energy on the way
     message: str = ""
+    compilations: int = 0  # XLA programs compiled while it ran (counted by JAX, on its thread)
 
 
 def run_excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTask) -> Excursion:
     """One escape MD from the task's minimum, then the relaxation of its last frame (pure: the same
-    task gives the same result, wherever it runs)."""
+    task gives the same result, wherever it runs). The programs it runs are shared by every hop,
+    walker and exploration of the process (one escape and one relaxation program per model,
+    size bucket and dtype); ``compilations`` says how many it had to compile."""
+    before = thread_compilations()
+    excursion = _excursion(atoms, model, config, task)
+    return dataclasses.replace(excursion, compilations=thread_compilations() - before)
+
+
+def _excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTask) -> Excursion:
     try:
         end, barrier = _escape(atoms, model, config, task)
     except BlowUpError as error:  # too hot for this model
@@ -264,7 +275,8 @@ class MinimaHoppingWalker:
         if excursion.outcome != "relaxed":  # too hot for this model, or a rough landing: cool down
             self.temperature *= cfg.beta_new
             return self._finish(task, HopResult(hop, excursion.outcome, None, False, None, excursion.barrier,
-                                                self.temperature, self.e_diff, excursion.message))
+                                                self.temperature, self.e_diff, excursion.message,
+                                                excursion.compilations))
         energy = excursion.energy
         found, is_new = self.store.add(excursion.positions, energy, self.name, key=tag)
         barrier = max(excursion.barrier, energy, self.energy)
@@ -280,7 +292,8 @@ class MinimaHoppingWalker:
             self.e_diff *= cfg.alpha_accept if accepted else cfg.alpha_reject
         if accepted:
             self.current, self.energy, self.positions = found, energy, np.asarray(excursion.positions, np.float64)
-        return self._finish(task, HopResult(hop, outcome, found, accepted, energy, barrier, self.temperature, self.e_diff))
+        return self._finish(task, HopResult(hop, outcome, found, accepted, energy, barrier, self.temperature, self.e_diff,
+                                            compilations=excursion.compilations))
 
     def _finish(self, task: ExcursionTask, result: HopResult) -> HopResult:
         if self.log is not None:

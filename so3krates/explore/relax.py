@@ -54,8 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
-from so3krates.md.forces import any_overflow, grow_neighbor_list, make_force_field, neighbor_capacity
-from so3krates.neighbors import NeighborList, bucket
+from so3krates.md.forces import any_overflow, grow_after_overflow, grow_neighbor_list, make_force_field, neighbor_room
 from so3krates.system import System
 
 METHODS = ("fire", "lbfgs")
@@ -326,27 +325,15 @@ def _as_batch(structures) -> tuple[System, np.ndarray]:
 
 
 def _allocate(force_field, template: System, positions: np.ndarray):
-    """One neighbour list per structure, all with the room of the largest (so they stack): the
-    same pair capacity and, where the model sees only the pairs within the cutoff, the same
-    share of it for those (the largest structure's)."""
+    """One neighbour list per structure, all with the room of the largest (so they stack)."""
     lists = [force_field.allocate(dataclasses.replace(template, positions=x)) for x in positions]
     if lists[0] is None:
         return np.zeros(len(lists))
-    room = max(neighbor_capacity(n) for n in lists)
-    lists = [grow_neighbor_list(n, room) for n in lists]
-    treedef = jax.tree.structure(lists[0], is_leaf=_is_list)
-    columns = list(zip(*(jax.tree.leaves(n, is_leaf=_is_list) for n in lists)))  # one per list of a structure
-    for k, column in enumerate(columns):
-        if _is_list(column[0]):
-            shares = [nl.active_fraction for nl in column if nl.active_fraction is not None]
-            share = max(shares) if shares else None
-            columns[k] = [dataclasses.replace(nl, active_fraction=share) for nl in column]
-    lists = [jax.tree.unflatten(treedef, leaves) for leaves in zip(*columns)]
+    rooms = [neighbor_room(n) for n in lists]
+    capacity = max(room[0] for room in rooms)
+    actives = [room[1] for room in rooms if room[1] is not None]
+    lists = [grow_neighbor_list(n, capacity, max(actives) if actives else None) for n in lists]
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *lists)
-
-
-def _is_list(x) -> bool:
-    return isinstance(x, NeighborList)
 
 
 def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[RelaxState, int]]:
@@ -364,8 +351,7 @@ def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[RelaxState, int]
         new = _chunk_batch(state, force_field, fmax, max_steps, compiled)
         if state.neighbors is not None and bool(any_overflow(new.neighbors)):
             # redo the chunk with more room: the same pairs, so the same result as a larger list
-            room = bucket(neighbor_capacity(state.neighbors) + 1)
-            state = dataclasses.replace(state, neighbors=grow_neighbor_list(state.neighbors, room))
+            state = dataclasses.replace(state, neighbors=grow_after_overflow(state.neighbors))
             reallocations += 1
             continue
         state = new

@@ -28,7 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from so3krates.neighbors import NeighborList, active_graph, allocate_neighbor_list, update_neighbor_list
+from so3krates.neighbors import (
+    PAIR_CAPACITIES, NeighborList, active_graph, allocate_neighbor_list, pair_bucket, resize_neighbor_list,
+    update_neighbor_list,
+)
 from so3krates.potential import Potential, atomic_energies, with_dtype
 from so3krates.reference import ReferenceError, XTBReference
 from so3krates.system import System
@@ -198,30 +201,38 @@ def any_overflow(neighbors):
     return flag
 
 
-def grow_neighbor_list(neighbors, capacity: int):
-    """The same list (same pairs, same reference positions) with room for ``capacity`` pairs.
+def neighbor_room(neighbors) -> tuple[int, int | None] | None:
+    """(pair capacity, active capacity) of the lists, the largest of each (None without a list)."""
+    lists = neighbor_lists(neighbors)
+    if not lists:
+        return None
+    actives = [nl.active_capacity for nl in lists if nl.active_capacity is not None]
+    return max(nl.capacity for nl in lists), (max(actives) if actives else None)
+
+
+def grow_neighbor_list(neighbors, capacity: int, active_capacity: int | None = None):
+    """The same lists (same pairs, same reference positions) with room for ``capacity`` pairs and
+    ``active_capacity`` of them within the cutoff (None: as they are); never smaller than now.
 
     Growing keeps the rebuild schedule untouched, so a run that reallocates computes exactly
     what a run with this capacity from the start computes. Works on a leading replica axis too.
     """
-    if not isinstance(neighbors, NeighborList):
-        return jax.tree.map(lambda x: grow_neighbor_list(x, capacity) if _is_list(x) else x, neighbors, is_leaf=_is_list)
-    graph = neighbors.graph
-    old = graph.pair_first.shape[-1]
-    extra = capacity - old
-    if extra <= 0:
-        return neighbors
-    dummy = graph.positions.shape[-2] - 1
+    def grow(nl: NeighborList) -> NeighborList:
+        active = None if active_capacity is None else max(active_capacity, nl.active_capacity or 0)
+        grown = resize_neighbor_list(nl, max(capacity, nl.capacity), active)
+        return dataclasses.replace(grown, overflow=np.zeros_like(np.asarray(nl.overflow)))
 
-    def pad(array, fill, axis=-1):  # the pair axis: last, or second to last for offsets
-        array = np.asarray(array)
-        widths = [(0, 0)] * array.ndim
-        widths[array.ndim + axis] = (0, extra)
-        return np.pad(array, widths, constant_values=fill)
+    return jax.tree.map(lambda x: grow(x) if _is_list(x) else x, neighbors, is_leaf=_is_list)
 
-    graph = dataclasses.replace(
-        graph,
-        pair_first=pad(graph.pair_first, dummy), pair_second=pad(graph.pair_second, dummy),
-        pair_offsets=pad(graph.pair_offsets, 0, axis=-2), pair_mask=pad(graph.pair_mask, False),
-    )
-    return dataclasses.replace(neighbors, graph=graph, overflow=np.zeros_like(np.asarray(neighbors.overflow)))
+
+def grow_after_overflow(neighbors):
+    """The reaction to an overflow: every list one step up the bucket grid (pair and active
+    capacity), recorded in the shared :data:`~so3krates.neighbors.PAIR_CAPACITIES` so that later
+    lists of this size start with the room this one needed."""
+    def grow(nl: NeighborList) -> NeighborList:
+        capacity = pair_bucket(nl.capacity + 1)
+        active = None if nl.active_capacity is None else pair_bucket(nl.active_capacity + 1)
+        capacity, active = PAIR_CAPACITIES.reserve(nl.size_key, capacity, active)
+        return grow_neighbor_list(nl, capacity, active)
+
+    return jax.tree.map(lambda x: grow(x) if _is_list(x) else x, neighbors, is_leaf=_is_list)

@@ -27,7 +27,7 @@ import numpy as np
 from ase.data import covalent_radii
 
 from so3krates.md.forces import neighbor_lists
-from so3krates.neighbors import find_pairs
+from so3krates.neighbors import bucket, find_pairs
 from so3krates.system import System
 
 GUARDS = ("non-finite", "too-close", "force", "bond-stretch", "temperature")
@@ -40,10 +40,15 @@ class Bonds:
     second: np.ndarray  # (b,) int32
     shift: np.ndarray  # (b, 3) lattice shift in Å (offset @ cell)
     length: np.ndarray  # (b,) starting length, Å
+    mask: np.ndarray  # (b,) bool: False on padding bonds
 
 
-def find_bonds(system: System, factor: float = 1.2, dtype="float64") -> Bonds:
-    """Covalent bonds of the starting structure: d < factor * (r_cov,i + r_cov,j)."""
+def find_bonds(system: System, factor: float = 1.2, dtype="float64", padded: bool = False) -> Bonds:
+    """Covalent bonds of the starting structure: d < factor * (r_cov,i + r_cov,j).
+
+    ``padded``: room for ``bucket(max(bonds, atoms))`` bonds, the rest masked padding, so that
+    every geometry of one molecule (a minima-hopping escape starts from a different one each
+    hop; a bond may just form or break) gives the MD chunk the same shapes."""
     radii = covalent_radii[np.asarray(system.numbers)]
     reach = factor * 2 * radii.max()
     first, second, offsets = find_pairs(system.positions, system.cell, system.pbc, reach)
@@ -51,9 +56,17 @@ def find_bonds(system: System, factor: float = 1.2, dtype="float64") -> Bonds:
     vectors = system.positions[second] - system.positions[first] + shift
     length = np.linalg.norm(vectors, axis=1)
     bonded = (length < factor * (radii[first] + radii[second])) & (length > 0)
+    count = int(np.sum(bonded))
+    size = bucket(max(count, system.num_atoms)) if padded else count
+
+    def pad(values, fill, dtype):
+        values = np.asarray(values, dtype)
+        return np.concatenate([values, np.full((size - count,) + values.shape[1:], fill, dtype)])
+
     return Bonds(
-        first=first[bonded].astype(np.int32), second=second[bonded].astype(np.int32),
-        shift=shift[bonded].astype(dtype), length=length[bonded].astype(dtype),
+        first=pad(first[bonded], 0, np.int32), second=pad(second[bonded], 0, np.int32),
+        shift=pad(shift[bonded], 0.0, dtype), length=pad(length[bonded], 1.0, dtype),
+        mask=pad(np.ones(count, bool), False, bool),
     )
 
 
@@ -140,9 +153,9 @@ def check(state, temperature_now, target_temperature, bonds: Bonds, thresholds):
     # bond stretch
     if bonds.first.shape[0]:
         bond_vectors = positions[bonds.second] - positions[bonds.first] + bonds.shift.astype(dtype)
-        ratio = jnp.sqrt(jnp.sum(bond_vectors**2, axis=1)) / bonds.length.astype(dtype)
+        ratio = jnp.where(bonds.mask, jnp.sqrt(jnp.sum(bond_vectors**2, axis=1)) / bonds.length.astype(dtype), 0.0)
         longest = jnp.argmax(ratio)
-        max_ratio = ratio[longest]
+        max_ratio = jnp.where(jnp.any(bonds.mask), ratio[longest], jnp.asarray(1.0, dtype))
         flags.append(jnp.array(False) if max_bond_stretch is None else max_ratio > max_bond_stretch)
         atoms.append(jnp.stack([bonds.first[longest], bonds.second[longest]]).astype(jnp.int32))
     else:

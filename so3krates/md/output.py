@@ -38,7 +38,8 @@ from ase.io.trajectory import Trajectory
 
 from so3krates.files import atomic_write
 from so3krates.md.config import MDConfig
-from so3krates.md.forces import grow_neighbor_list, neighbor_capacity
+from so3krates.md.forces import neighbor_room
+from so3krates.neighbors import NeighborList, resize_neighbor_list
 from so3krates.md.simulate import ChunkResult, Simulation
 
 FORMAT_VERSION = 1
@@ -99,12 +100,14 @@ def _state_arrays(state) -> dict[str, np.ndarray]:
 
 def save_checkpoint(path: Path, simulation: Simulation, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the complete state and its metadata to ``path`` (npz) atomically; return the metadata."""
+    room = neighbor_room(simulation.state.neighbors)
     metadata = {
         "format_version": FORMAT_VERSION,
         "step": simulation.step,
         "time_fs": simulation.time_fs,
         "reallocations": simulation.reallocations,
-        "neighbor_capacity": neighbor_capacity(simulation.state.neighbors),
+        "neighbor_capacity": None if room is None else room[0],
+        "active_neighbor_capacity": None if room is None else room[1],
         "replicas": simulation.replicas,
         "md_config": simulation.config.to_dict(),
         "numbers": np.asarray(simulation.system.numbers).tolist(),
@@ -142,8 +145,11 @@ def restore_state(simulation: Simulation, metadata: dict[str, Any], arrays: dict
         raise ValueError(f"{path}: the checkpoint has replicas={metadata.get('replicas')}, not {simulation.replicas}")
     template = simulation.state
     capacity = metadata.get("neighbor_capacity")
-    if capacity is not None:
-        template = dataclasses.replace(template, neighbors=grow_neighbor_list(template.neighbors, capacity))
+    if capacity is not None:  # the checkpoint's room, whatever the fresh allocation got
+        active = metadata.get("active_neighbor_capacity")
+        template = dataclasses.replace(template, neighbors=jax.tree.map(
+            lambda x: resize_neighbor_list(x, capacity, active, truncate=True) if isinstance(x, NeighborList) else x,
+            template.neighbors, is_leaf=lambda x: isinstance(x, NeighborList)))
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves = []
     for key_path, leaf in flat:

@@ -29,14 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.compilation import thread_compilations
 from so3krates.md import guards as guard_module
 from so3krates.md.config import CONTROLS, MDConfig
 from so3krates.md.forces import (
-    CALLBACK_ERRORS, any_overflow, grow_neighbor_list, neighbor_lists, make_force_field, neighbor_capacity,
+    CALLBACK_ERRORS, any_overflow, grow_after_overflow, neighbor_lists, make_force_field,
 )
 from so3krates.md.guards import GUARDS, BlowUpError, GuardStatus, find_bonds
 from so3krates.md.integrators import MDState, langevin, nose_hoover, nve
-from so3krates.neighbors import NeighborList, bucket
 from so3krates.system import System
 
 # Changing these needs a new Simulation (they fix the state's layout or the starting point).
@@ -130,8 +130,18 @@ def _init(key, positions, masses, neighbors, momenta, force_field, controls, spe
     return state, _frame(integrator, state)
 
 
+def _state_frame(state, force_field, controls, spec: ChunkSpec):
+    return _frame(build_integrator(spec, force_field, controls), state)
+
+
 _chunk_single = jax.jit(_chunk, static_argnames=("spec",))
 _init_single = jax.jit(_init, static_argnames=("spec",))
+_frame_single = jax.jit(_state_frame, static_argnames=("spec",))
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _frame_replicas(state, force_field, controls, spec):
+    return jax.vmap(lambda s: _state_frame(s, force_field, controls, spec))(state)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -248,7 +258,7 @@ class Simulation:
         self.replicas = replicas
         cfg = self.config
         self.force_field = make_force_field(model, self.system, cfg.dtype, cfg.skin, cfg.capacity_factor)
-        self.bonds = find_bonds(self.system, cfg.bond_detection_factor, cfg.dtype)
+        self.bonds = find_bonds(self.system, cfg.bond_detection_factor, cfg.dtype, padded=True)
         self._initial_momenta = None if momenta is None else np.asarray(momenta, cfg.dtype)
         self._observers: list[tuple[Callable, int, tuple, dict]] = []
         self.reset()
@@ -330,9 +340,9 @@ class Simulation:
         return self._result(self._current_frame(), steps_done=0, wall_s=0.0, compiled=False, status=None)
 
     def _current_frame(self):
-        integrator = build_integrator(self.spec(), self.force_field, self.controls)
-        frame_fn = (lambda s: _frame(integrator, s)) if self.replicas is None else jax.vmap(lambda s: _frame(integrator, s))
-        frame = jax.tree.map(np.asarray, frame_fn(self.state))
+        frame_fn = _frame_single if self.replicas is None else _frame_replicas
+        # spec(1): one program per ensemble, whatever the chunk length
+        frame = jax.tree.map(np.asarray, frame_fn(self.state, self.force_field, self.controls, self.spec(1)))
         axis = 0 if self.replicas is None else 1
         return {k: np.expand_dims(v, axis) for k, v in frame.items()}
 
@@ -367,11 +377,11 @@ class Simulation:
         spec = dataclasses.replace(self.spec(steps), record_every=record_every)
         start = self.state
         name, fn = ("chunk", _chunk_single) if self.replicas is None else ("chunk-replicas", _chunk_replicas)
-        compiled = False
+        compilations = thread_compilations()
         began = time.perf_counter()
         while True:
             controls = self.controls
-            compiled |= self._mark_compiled(name, spec, start, self.force_field, controls, self.bonds)
+            self._mark_compiled(name, spec, start, self.force_field, controls, self.bonds)
             state, status, frames = fn(start, self.force_field, controls, self.bonds, spec)
             status = jax.tree.map(np.asarray, status)
             if not np.any(status.overflow):
@@ -379,12 +389,12 @@ class Simulation:
             # redo the chunk from its start with the next size of the bucket grid (1.14-1.25x the
             # room): same pairs, same rebuilds. Every slot costs a model evaluation at every
             # step from now on, so a possible second redo is cheaper than doubling.
-            capacity = bucket(neighbor_capacity(start.neighbors) + 1)
-            start = dataclasses.replace(start, neighbors=grow_neighbor_list(start.neighbors, capacity))
+            start = dataclasses.replace(start, neighbors=grow_after_overflow(start.neighbors))
             self.reallocations += 1
         frames = jax.tree.map(np.asarray, frames)
         jax.block_until_ready(state)
         wall = time.perf_counter() - began
+        compiled = thread_compilations() > compilations  # counted by JAX (this thread's calls)
         start_step = int(np.max(np.asarray(start.step)))
         self.state = state
         result = self._result(frames, steps_done=steps, wall_s=wall, compiled=compiled, status=status,

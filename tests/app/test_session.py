@@ -91,6 +91,26 @@ def test_new_ensemble_continues_from_the_current_state(argon):
     assert np.max(np.abs(first_new.positions[0] - last_positions)) < 0.05  # one step away, not a restart
 
 
+def test_ensemble_switches_compile_nothing_after_each_ensemble_ran_once():
+    # tri-alanine (its neighbour and bond counts change as it moves): every switch continues
+    # from other positions, once enough to give each new Simulation its own programs; now the
+    # first run of each ensemble compiles, and switching back and forth compiles nothing
+    from so3krates.compilation import count_compilations
+
+    atoms, model = catalog.load_molecule("ac_ala3_nhme"), catalog.load_builtin_model("ac_ala3_nhme")
+    session = MDSession(atoms, model, MDConfig(chunk_steps=20, record_every=10, temperature=500.0))
+    cycle = ["langevin", "nve", "nose-hoover"]
+    for ensemble in cycle + cycle[:1]:  # warm-up: each ensemble entered and left once
+        session.configure(ensemble=ensemble)
+        run_then(session, chunks(2), session.pause)
+    with count_compilations() as counter:
+        for ensemble in cycle * 2:
+            session.configure(ensemble=ensemble)
+            run_then(session, chunks(2), session.pause)
+    assert session.step_offset + session.simulation.step >= 9 * 40
+    assert counter.count == 0, f"compiled: {counter.functions}"
+
+
 def test_a_blowup_is_reported_with_the_frames_before_it(argon):
     atoms, model = argon
     squeezed = atoms.copy()

@@ -165,3 +165,31 @@ def test_explore_command_user_errors(tmp_path, capsys, arguments, message):
     assert main(["explore", *arguments, "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "minima.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_a_long_exploration_compiles_nothing_after_its_warm_up(tmp_path):
+    # The shipped tri-alanine model, whose neighbour counts change from hop to hop (an exploration
+    # once compiled 2-5 new programs per hop until XLA could no longer map code, ~27 hops in):
+    # warm-up hops compile the escape and relaxation programs, every later hop of every walker
+    # reuses them, as does a second exploration in the same process.
+    from so3krates.compilation import count_compilations
+
+    atoms, model = load_molecule("ac_ala3_nhme"), load_builtin_model("ac_ala3_nhme")
+    hopping = HoppingConfig(seed=11, md_minima=5)
+    warm = Exploration(atoms, model, tmp_path / "run", ExplorationConfig(walkers=2, hops=2, hopping=hopping,
+                                                                         scheduler="threads"))
+    assert warm.run().compilations > 0  # the warm-up: counted and reported
+    with count_compilations() as counter:
+        long = Exploration(atoms, model, tmp_path / "run", ExplorationConfig(walkers=2, hops=8, hopping=hopping,
+                                                                             scheduler="threads"))
+        progress = long.run()
+    assert progress.hops_done == 16 and progress.state == "finished"
+    assert counter.count == 0, f"compiled after warm-up: {counter.functions}"
+    assert progress.compilations == 0 and progress.last_compile_hop is None
+    assert all(record["compilations"] == 0 for record in read_hops(tmp_path / "run")[4:])
+    # another exploration of the same molecule (another directory, another seed) shares them too
+    with count_compilations() as counter:
+        Exploration(atoms, model, tmp_path / "other", ExplorationConfig(
+            walkers=2, hops=2, hopping=HoppingConfig(seed=3, md_minima=5), scheduler="threads")).run()
+    assert counter.count == 0, f"a new exploration compiled: {counter.functions}"

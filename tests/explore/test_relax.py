@@ -175,3 +175,24 @@ def test_lbfgs_failures_are_reported():
     # a step into NaN is not taken: the structure stops at its last finite point, reported failed
     cliff = relax(Atoms("H", positions=[[0.5, 0.0, 0.0]]), lambda x: jnp.log(1.0 - x[0, 0]), RelaxConfig(method="lbfgs"))
     assert cliff.failed[0] and not cliff.converged[0] and np.isfinite(cliff.energy[0]) and cliff.positions[0, 0, 0] < 1.0
+
+
+def test_relaxing_different_structures_of_one_molecule_compiles_once():
+    # frames of the shipped tri-alanine data set: folded and extended conformers with different
+    # neighbour counts (each once got its own programs); after the first, none compiles anything,
+    # neither through relax() nor through irelax() (the dashboard's Relax button)
+    import ase.io
+
+    from so3krates.compilation import count_compilations
+
+    model = catalog.load_builtin_model("ac_ala3_nhme")
+    frames = ase.io.read(catalog.DATA / "datasets" / "ac_ala3_nhme.extxyz", index="::150")
+    config = RelaxConfig(fmax=0.05, max_steps=60, method="lbfgs")
+    relax(frames[0], model, config)
+    list(irelax(frames[0], model, fmax=0.05, max_steps=10))
+    with count_compilations() as counter:
+        for atoms in frames[1:]:
+            relax(atoms, model, config)
+            list(irelax(atoms, model, fmax=0.05, max_steps=10))
+    assert len(frames) >= 6
+    assert counter.count == 0, f"compiled: {counter.functions}"

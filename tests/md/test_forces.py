@@ -44,7 +44,7 @@ def test_the_model_sees_exactly_the_pairs_within_the_cutoff_and_the_same_forces(
     assert len(skin_pairs) > len(first)  # the list itself holds skin pairs the model never sees
 
     energy, forces = jax.jit(force_field.__call__)(positions, nl)
-    whole = dataclasses.replace(nl, active_fraction=None)  # the model over every listed pair
+    whole = dataclasses.replace(nl, active_capacity=None)  # the model over every listed pair
     energy_all, forces_all = jax.jit(force_field.__call__)(positions, whole)
     assert np.abs(np.asarray(forces)).max() > 1e-3  # a real check: the forces are not all zero
     np.testing.assert_allclose(energy, energy_all, rtol=0, atol=1e-12)
@@ -58,6 +58,6 @@ def test_more_pairs_within_the_cutoff_than_the_active_room_is_an_overflow(tiny_p
     nl = force_field.allocate(system)
     positions = jnp.asarray(system.positions)
     assert not bool(jax.jit(force_field.update)(nl, positions).overflow)
-    cramped = dataclasses.replace(nl, active_fraction=0.5 * nl.active_fraction)  # half the room it needs
+    cramped = dataclasses.replace(nl, active_capacity=nl.active_capacity // 2)  # half the room it needs
     assert cramped.active_capacity < len(find_pairs(system.positions, system.cell, system.pbc, tiny_potential.cutoff)[0])
     assert bool(jax.jit(force_field.update)(cramped, positions).overflow)

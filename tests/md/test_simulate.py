@@ -14,7 +14,8 @@ from ase.md.verlet import VelocityVerlet
 from so3krates import SO3kratesCalculator, System
 from so3krates.md import MDConfig, Simulation
 from so3krates.lennard_jones import lennard_jones_potential
-from so3krates.md.forces import grow_neighbor_list, neighbor_capacity
+from so3krates.compilation import count_compilations
+from so3krates.md.forces import grow_neighbor_list, neighbor_room
 from so3krates.md.output import RunWriter, read_checkpoint
 
 
@@ -46,25 +47,45 @@ def test_nve_agrees_with_ase_velocity_verlet_for_100_steps(tiny_potential):
 
 
 def test_overflow_reallocates_and_matches_a_large_buffer():
-    """An expanded Ar55 cluster contracts: more pairs than the tight initial list holds."""
+    """An expanded Ar55 cluster contracts: more pairs within the cutoff than the tight initial
+    list has room for (a free cluster's list holds all pairs; the model's compacted share overflows)."""
     atoms = Icosahedron("Ar", 3)
-    atoms.positions *= 1.08
+    atoms.positions *= 1.15
     potential = lennard_jones_potential(sigma=3.405, epsilon=0.0104, cutoff=6.0)
     config = MDConfig(ensemble="nve", temperature=50.0, timestep=5.0, chunk_steps=200, record_every=10, dtype="float64",
                       skin=0.3, capacity_factor=1.0)
     small = Simulation(atoms, potential, config)
-    initial = neighbor_capacity(small.state.neighbors)
+    initial = neighbor_room(small.state.neighbors)
     grown = small.run(2000)
     assert small.reallocations >= 1
-    final = neighbor_capacity(small.state.neighbors)
-    assert final > initial
+    final = neighbor_room(small.state.neighbors)
+    assert final[1] > initial[1]
 
     large = Simulation(atoms, potential, config)
-    large.state = dataclasses.replace(large.state, neighbors=grow_neighbor_list(large.state.neighbors, final))
+    large.state = dataclasses.replace(large.state, neighbors=grow_neighbor_list(large.state.neighbors, *final))
+    assert neighbor_room(large.state.neighbors) == final
     reference = large.run(2000)
     assert large.reallocations == 0
     np.testing.assert_array_equal(grown.positions, reference.positions)
     np.testing.assert_array_equal(grown.conserved, reference.conserved)
+
+
+def test_a_new_simulation_starts_with_the_room_an_earlier_one_grew_to():
+    # the grown room is remembered for the size bucket: the next run of this cluster (or of any
+    # structure of its size) compiles nothing new and never overflows where the first did
+    atoms = Icosahedron("Ar", 3)
+    atoms.positions *= 1.15
+    potential = lennard_jones_potential(sigma=3.405, epsilon=0.0104, cutoff=6.0)
+    config = MDConfig(ensemble="nve", temperature=50.0, timestep=5.0, chunk_steps=200, record_every=10, dtype="float64",
+                      skin=0.3, capacity_factor=1.0)
+    first = Simulation(atoms, potential, config)
+    first.run(2000)
+    assert first.reallocations >= 1
+    second = Simulation(atoms, potential, config)
+    assert neighbor_room(second.state.neighbors) == neighbor_room(first.state.neighbors)
+    with count_compilations() as counter:
+        second.run(2000)
+    assert second.reallocations == 0 and counter.count == 0, counter.functions
 
 
 def test_resume_from_disk_after_stopping_the_generator_is_identical(tmp_path, bound_ethanol):
