@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/explore.py            # ~15 min; appends a section to bench/RESULTS.md
     .venv/bin/python bench/explore.py --quick    # short budgets, prints only
+    .venv/bin/python bench/explore.py --soak     # 1,000 hops in one process: memory maps, RSS, compiles
 
 In one run, with the shipped tri-alanine model (data/models/ac_ala3_nhme), relaxations in float64
 on both sides (our escape MD runs in float32, HoppingConfig's default; ASE's calculator in float64):
@@ -22,6 +23,12 @@ on both sides (our escape MD runs in float32, HoppingConfig's default; ASE's cal
 
 Targets (issue 6): at least 3x ASE's unique minima per CPU-minute; at least 90% confirmed.
 A benchmark, not a test: missed targets are reported, never fatal.
+
+``--soak`` (issue 12): 1,000 hops (``--soak-hops``) of two walkers on the threads backend in one
+process, sampling every few seconds the process's memory maps (lines of /proc/self/maps: the
+kernel's limit, vm.max_map_count, is 65,530 by default, and every compiled XLA program takes
+some), its resident memory and the XLA compilations counted by JAX. A table and a plot
+(bench/soak.png) go to RESULTS.md; after the warm-up all three must stay flat.
 """
 
 from __future__ import annotations
@@ -134,14 +141,123 @@ def scaling(atoms, model, walkers: int, budget_s: float, out: Path) -> dict:
     return {"walkers": walkers, "hops": len(counted), "hops_per_min": 60 * len(counted) / span if counted else 0.0}
 
 
+def _memory() -> tuple[int, float]:
+    """(memory maps, resident MB) of this process."""
+    with open("/proc/self/maps") as maps:
+        count = sum(1 for _ in maps)
+    with open("/proc/self/status") as status:
+        rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return count, rss_kb / 1024
+
+
+def soak(hops: int, warm_up: int, out: Path, every_s: float = 5.0) -> list[dict]:
+    """``hops`` hops of two threads-backend walkers; one sample every ``every_s`` seconds."""
+    from so3krates.compilation import compilations
+
+    atoms, model = catalog.load_molecule(MOLECULE), catalog.load_builtin_model(MOLECULE)
+    exploration = Exploration(atoms, model, out, ExplorationConfig(walkers=2, hops=-(-hops // 2), hopping=HOPPING,
+                                                                    scheduler="threads"),
+                              description={"model": MOLECULE})
+    samples, started = [], time.monotonic()
+
+    def sample() -> dict:
+        progress = exploration.progress()
+        maps, rss = _memory()
+        row = {"time_s": time.monotonic() - started, "hops": progress.hops_done, "maps": maps, "rss_mb": rss,
+               "compilations": compilations(), "unique": progress.unique, "state": progress.state}
+        samples.append(row)
+        return row
+
+    sample()
+    exploration.start()
+    last_print = -1
+    while exploration.progress().state == "running":
+        time.sleep(every_s)
+        row = sample()
+        if row["hops"] // 50 != last_print:
+            last_print = row["hops"] // 50
+            print(f"  {row['time_s']:6.0f} s  hop {row['hops']:5d}  maps {row['maps']:6d}  RSS {row['rss_mb']:7.0f} MB  "
+                  f"compilations {row['compilations']}  unique {row['unique']}", flush=True)
+    sample()
+    if samples[-1]["state"] == "failed":
+        raise RuntimeError(f"the soak's exploration failed: {exploration.progress().message}")
+    return samples
+
+
+def soak_plot(samples: list[dict], warm_up: int, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    hops = [s["hops"] for s in samples]
+    figure = Figure(figsize=(9, 6.5), layout="constrained")
+    axes = figure.subplots(3, 1, sharex=True)
+    for ax, key, label in zip(axes, ("maps", "rss_mb", "compilations"),
+                              ("memory maps", "resident memory (MB)", "XLA compilations")):
+        ax.plot(hops, [s[key] for s in samples], marker=".", lw=1)
+        ax.axvline(warm_up, color="grey", ls="--", lw=0.8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"{len(samples)} samples of {hops[-1]} minima hops (Ac-Ala3-NHMe, 2 walkers, one process); "
+                      f"dashed: end of warm-up", fontsize=9)
+    axes[-1].set_xlabel("hops done")
+    figure.savefig(path, dpi=110)
+
+
+def soak_report(samples: list[dict], warm_up: int, wall_s: float, load_before, load_after) -> str:
+    warm = next((s for s in samples if s["hops"] >= warm_up), samples[-1])
+    end = samples[-1]
+    rows = []
+    for target in range(0, end["hops"] + 1, max(end["hops"] // 10, 1)):
+        row = next((s for s in samples if s["hops"] >= target), None)
+        if row is not None and row not in rows:
+            rows.append(row)
+    if rows[-1]["hops"] != end["hops"]:
+        rows.append(end)
+    minutes = (end["time_s"] - warm["time_s"]) / 60
+    rate = (end["hops"] - warm["hops"]) / minutes if minutes > 0 else float("nan")
+    flat = end["compilations"] == warm["compilations"]
+    lines = [
+        *heading(f"bench/explore.py --soak: {end['hops']} hops in one process", wall_s, load_before, load_after), "",
+        f"Two minima-hopping walkers (threads backend) on Ac-Ala3-NHMe with the shipped model, one process; "
+        f"sampled every few seconds. After the warm-up ({warm_up} hops): memory maps {warm['maps']:,} -> "
+        f"{end['maps']:,} ({end['maps'] - warm['maps']:+,}), resident memory {warm['rss_mb']:.0f} -> "
+        f"{end['rss_mb']:.0f} MB ({end['rss_mb'] - warm['rss_mb']:+.0f} MB), XLA compilations "
+        f"{warm['compilations']} -> {end['compilations']} ({'flat' if flat else 'NOT flat'}); "
+        f"{rate:.1f} hops/min after the warm-up; {end['unique']} unique minima.", "",
+        "| hops | time (s) | memory maps | resident MB | compilations | unique minima |",
+        "|---|---|---|---|---|---|",
+        *[f"| {s['hops']} | {s['time_s']:.0f} | {s['maps']:,} | {s['rss_mb']:.0f} | {s['compilations']} | {s['unique']} |"
+          for s in rows], "",
+        "![memory maps, resident memory and compilations against hops](soak.png)", "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short budgets, print only")
+    parser.add_argument("--soak", action="store_true", help="1,000 hops in one process: memory maps, RSS, compiles")
+    parser.add_argument("--soak-hops", type=int, default=1000, help="hops of the soak (two walkers together)")
     parser.add_argument("--budget", type=float, default=None, help="seconds per side (default 240, quick 60)")
     parser.add_argument("--xtb", type=int, default=None, help="minima checked with xTB (default 10, quick 3)")
     parser.add_argument("--scaling-budget", type=float, default=None, help="timed seconds per worker count")
     parser.add_argument("--md-minima", type=int, default=None, help="escape length for both sides (default: HoppingConfig's)")
     args = parser.parse_args()
+    from so3krates.compilation import install
+
+    install()
+    if args.soak:
+        load_before, started = os.getloadavg(), time.monotonic()
+        warm_up = 20
+        with tempfile.TemporaryDirectory(prefix="so3krates-bench-soak-") as tmp:
+            print(f"soak: {args.soak_hops} hops, 2 walkers, one process ...", flush=True)
+            samples = soak(args.soak_hops, warm_up, Path(tmp) / "soak")
+        soak_plot(samples, warm_up, ROOT / "bench" / "soak.png")
+        text = soak_report(samples, warm_up, time.monotonic() - started, load_before, os.getloadavg())
+        print(text)
+        if not args.quick:
+            with open(RESULTS, "a") as stream:
+                stream.write("\n" + text)
+        return
     global HOPPING
     if args.md_minima is not None:
         HOPPING = dataclasses.replace(HOPPING, md_minima=args.md_minima)

@@ -7,7 +7,9 @@ positions come from the plot's own scales); what changes is checked on the viewe
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 
 import pytest
 from browser import changed_fraction, non_background, png_pixels, wait_until
@@ -166,4 +168,58 @@ def test_explore_pause_resume_stop_and_md_frames_into_the_store(explore_board):
     status = board.wait_explore_status("Stopped", timeout=60)
     assert "hops" in status and "/800" in status, status
     assert board.page.get_by_role("button", name="Explore", exact=True).is_enabled()
+    board.check_clean()
+
+
+def server_memory(pid: int) -> tuple[int, float]:
+    """(memory maps, resident MB) of the server process."""
+    with open(f"/proc/{pid}/maps") as maps:
+        count = sum(1 for _ in maps)
+    with open(f"/proc/{pid}/status") as status:
+        rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return count, rss_kb / 1024
+
+
+@pytest.mark.slow
+def test_a_200_hop_exploration_leaves_the_server_alive_and_its_memory_flat(app_server, explore_board):
+    # Tri-alanine on the Threads backend: its programs once recompiled on every hop, until the
+    # server ran out of memory maps and crashed with every visitor's session (~27 hops in).
+    board = explore_board
+    board.choose_molecule("Ac-Ala3-NHMe (tri-alanine)")
+    board.wait_status("Ac-Ala3-NHMe")
+    board.open_explore()
+    board.fill("Walkers", 2)
+    board.fill("Hops per walker", 100)
+    board.click("Explore")
+    pid = app_server.process.pid
+    samples = []
+
+    def progressed(hops: int):
+        def check() -> bool:
+            samples.append(server_memory(pid))
+            status = board.explore_status()
+            done = re.search(r"hops (\d+)/", status)
+            return ("Finished" in status or (done is not None and int(done.group(1)) >= hops)) and status
+        return check
+
+    wait_until(progressed(40), EXPLORE_TIMEOUT_S, f"40 hops (status {board.explore_status()!r}, "
+               f"alert {board.explore_alert()!r})", interval=1.0)
+    warm_maps, warm_rss = server_memory(pid)
+    status = wait_until(progressed(200), 600, f"200 hops (status {board.explore_status()!r}, "
+                        f"alert {board.explore_alert()!r})", interval=1.0)
+    status = wait_until(lambda: "Finished" in board.explore_status() and board.explore_status(), 60, "Finished")
+    end_maps, end_rss = server_memory(pid)
+    board.record.save_screenshot("explore-200-hops.png", board.page.screenshot())
+    assert "hops 200/200" in status, status
+    # the status reports the compilations; all of them during the warm-up
+    compiled = re.search(r"(\d+) programs compiled(?: \(last at hop (\d+)\))?", status)
+    assert compiled is not None, status
+    assert compiled.group(2) is None or int(compiled.group(2)) <= 40, status
+    # flat: a leak was ~2,000 maps and ~100 MB per hop
+    assert end_maps - warm_maps < 300, f"memory maps {warm_maps} -> {end_maps} over 160 hops"
+    assert end_rss - warm_rss < 150, f"resident memory {warm_rss:.0f} -> {end_rss:.0f} MB over 160 hops"
+    # and the server is alive: it answers, and a new page works
+    assert app_server.process.poll() is None
+    with urllib.request.urlopen(app_server.url, timeout=60) as response:
+        assert response.status == 200
     board.check_clean()
