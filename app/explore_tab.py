@@ -227,6 +227,9 @@ class ExploreTab:
             finally:
                 self.syncing = False
             self.pipe.send(self._graph_data(snapshot))
+            if len(self.selected) == 1 and self.selected[0] in self.minima:
+                # a lower minimum or another visit since it was chosen: the line follows the table
+                self.comparison.object = self.single_text(self.minima[self.selected[0]])
         if snapshot.disconnectivity is not None:
             self.disconnectivity.object = snapshot.disconnectivity
         if not self.selected and snapshot.minima:
@@ -314,13 +317,10 @@ class ExploreTab:
         numbers = landscape.atoms.numbers
         first = chosen[0]
         scale = 1.0 / ENERGY_UNITS[self.unit]
-        lowest = min(m.energy for m in self.minima.values())
         self.viewer.set_structure(numbers=numbers, positions=first.positions, title=f"minimum {first.id}")
         if len(chosen) < 2:
             self._show_second(False)
-            self.comparison.object = (f"**Minimum {first.id}**: ΔE = {(first.energy - lowest) * scale:.4f} "
-                                      f"{self.unit} above the lowest · {first.count} visits · found by "
-                                      f"{first.found_by}")
+            self.comparison.object = self.single_text(first)
             return
         second = chosen[1]
         moved, rmsd = superpose(second.positions, first.positions)
@@ -332,6 +332,12 @@ class ExploreTab:
             f"**Minimum {first.id}** (left) vs **minimum {second.id}** (right, superposed onto the left): "
             f"ΔE = {(second.energy - first.energy) * scale:+.4f} {self.unit} · RMSD {rmsd:.3f} Å after rotation "
             f"(same atom order) · {best:.3f} Å allowing inversion and equivalent-atom swaps (the store's measure)")
+
+    def single_text(self, minimum) -> str:
+        """One minimum's line: its energy above the lowest found so far, visits, finder."""
+        lowest = min(m.energy for m in self.minima.values())
+        return (f"**Minimum {minimum.id}**: ΔE = {(minimum.energy - lowest) / ENERGY_UNITS[self.unit]:.4f} "
+                f"{self.unit} above the lowest · {minimum.count} visits · found by {minimum.found_by}")
 
     def _show_second(self, visible: bool) -> None:
         """Show or hide the second viewer; the first one changes width, so both are recentred

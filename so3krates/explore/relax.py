@@ -55,6 +55,7 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 
 from so3krates.md.forces import any_overflow, grow_after_overflow, grow_neighbor_list, make_force_field, neighbor_room
+from so3krates.neighbors import bucket
 from so3krates.system import System
 
 METHODS = ("fire", "lbfgs")
@@ -337,7 +338,12 @@ def _allocate(force_field, template: System, positions: np.ndarray):
 
 
 def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[RelaxState, int]]:
+    """Relax in chunks, yielding (state, reallocations); the batch is padded with copies of its
+    last structure up to a bucket size (a quench of 37 frames and one of 39 share a program), and
+    the copies, which relax exactly like their original, are cut off by :func:`_result`."""
     template, positions = _as_batch(structures)
+    extra = bucket(len(positions), minimum=1) - len(positions)
+    positions = np.concatenate([positions, np.repeat(positions[-1:], extra, axis=0)])
     force_field = make_force_field(model, template, cfg.dtype, cfg.skin, cfg.capacity_factor)
     positions = positions.astype(cfg.dtype)
     # one program for every fmax and max_steps (traced arguments), and one start for every chunk length
@@ -358,16 +364,19 @@ def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[RelaxState, int]
         yield state, reallocations
 
 
-def _result(state: RelaxState, cfg: RelaxConfig, reallocations: int) -> RelaxResult:
-    forces = np.asarray(state.forces, np.float64)
-    energy = np.asarray(state.energy, np.float64)
+def _result(state: RelaxState, cfg: RelaxConfig, reallocations: int, count: int) -> RelaxResult:
+    """The first ``count`` structures' results (the rest pad the batch)."""
+    def first(values, dtype=None) -> np.ndarray:
+        return np.asarray(values, dtype)[:count]
+
+    forces, energy = first(state.forces, np.float64), first(state.energy, np.float64)
     largest = np.sqrt(np.max(np.sum(forces**2, axis=-1), axis=-1))
     finite = np.isfinite(energy) & np.all(np.isfinite(forces), axis=(-1, -2))
     # a failed structure's state is its last good step: it failed if it stopped early unconverged
     converged = finite & (largest < cfg.fmax)
-    steps = np.asarray(state.steps)
-    failed = np.asarray(state.done) & ~converged
-    return RelaxResult(np.asarray(state.positions, np.float64), energy, largest, converged, failed, steps, reallocations)
+    failed = first(state.done) & ~converged
+    return RelaxResult(first(state.positions, np.float64), energy, largest, converged, failed, first(state.steps),
+                       reallocations)
 
 
 def relax(structures: ase.Atoms | System | Sequence[ase.Atoms | System], model,
@@ -378,7 +387,7 @@ def relax(structures: ase.Atoms | System | Sequence[ase.Atoms | System], model,
     state, reallocations = None, 0
     for state, reallocations in _run(structures, model, cfg):
         pass
-    return _result(state, cfg, reallocations)
+    return _result(state, cfg, reallocations, len(_as_batch(structures)[1]))
 
 
 def irelax(atoms: ase.Atoms | System, model, *, fmax: float = 0.05, max_steps: int = 500, every: int = 5,
@@ -386,7 +395,7 @@ def irelax(atoms: ase.Atoms | System, model, *, fmax: float = 0.05, max_steps: i
     """Relax one structure, yielding its progress every ``every`` steps and at the end."""
     cfg = RelaxConfig(fmax=fmax, max_steps=max_steps, chunk_steps=every, dtype=dtype, method=method)
     for state, reallocations in _run(atoms, model, cfg):
-        result = _result(state, cfg, reallocations)
+        result = _result(state, cfg, reallocations, 1)
         steps = int(result.steps[0])
         done = bool(np.asarray(state.done)[0]) or steps >= max_steps
         yield RelaxStep(steps, result.positions[0], float(result.energy[0]), float(result.max_force[0]),

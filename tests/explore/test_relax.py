@@ -196,3 +196,24 @@ def test_relaxing_different_structures_of_one_molecule_compiles_once():
             list(irelax(atoms, model, fmax=0.05, max_steps=10))
     assert len(frames) >= 6
     assert counter.count == 0, f"compiled: {counter.functions}"
+
+
+def test_batches_of_nearby_sizes_share_one_program():
+    # a quench of 9 frames and one of 10 (the dashboard picks as many as the history holds) run
+    # one program: the batch is padded to its bucket with copies that are cut off again
+    from so3krates.compilation import count_compilations
+
+    argon, model = catalog.load_molecule("ar13"), catalog.load_builtin_model(catalog.LENNARD_JONES_ARGON)
+    starts = []
+    for seed in range(10):
+        atoms = argon.copy()
+        atoms.rattle(0.1, seed=seed)
+        starts.append(atoms)
+    config = RelaxConfig(fmax=1e-3, max_steps=500)
+    nine = relax(starts[:9], model, config)
+    with count_compilations() as counter:
+        ten = relax(starts, model, config)
+    assert counter.count == 0, counter.functions
+    assert len(nine.energy) == 9 and len(ten.energy) == 10 and ten.positions.shape == (10, 13, 3)
+    assert nine.all_converged and ten.all_converged
+    np.testing.assert_allclose(ten.energy[:9], nine.energy, rtol=0, atol=1e-9)
