@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
@@ -62,7 +63,9 @@ class SO3kratesCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a cell that is periodic in all three directions")
         graph = build_graph(system, self.potential.cutoff)
         self._check_distances(graph)
-        out = evaluate(self.potential, graph, dtype=self.dtype, stress=want_stress)
+        # one transfer to the host, then numpy: slicing device arrays to this molecule's atom
+        # count would compile a small program for every new count
+        out = jax.device_get(evaluate(self.potential, graph, dtype=self.dtype, stress=want_stress))
         n = system.num_atoms
         energy = float(out["energy"][0])
         self.results = {

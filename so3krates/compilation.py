@@ -10,7 +10,9 @@ that compiles on every iteration runs out of memory maps after a few dozen itera
 * :func:`compilations` the number of programs compiled so far in this process;
 * :func:`compiled_functions` how many of them per function name (``"jit(_chunk)"``: 3);
 * :class:`CompileCounter` (``with count_compilations() as counter: ...; counter.count``) the
-  programs compiled inside a block, by any thread, with their names.
+  programs compiled inside a block, by any thread, with their names;
+* :class:`BoundedJit` (``bounded_jit``) ``jax.jit`` with its programs in a process-wide set of
+  bounded size (:func:`program_limit`), so that the memory compiled code takes stays bounded.
 
 The listener is installed on first use (JAX keeps listeners for the life of the process and
 offers no way to remove one, so exactly one is ever installed); compilations before that first
@@ -21,10 +23,16 @@ use are not counted. The ``so3krates`` command, the dashboard and the test suite
 from __future__ import annotations
 
 import collections
+import functools
+import inspect
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import jax
+import numpy as np
 from jax import monitoring
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -102,3 +110,135 @@ class CompileCounter:
 def count_compilations() -> Iterator[CompileCounter]:
     """``with count_compilations() as counter:`` ... ``counter.count`` programs compiled in the block."""
     yield CompileCounter()
+
+
+# --- a bounded set of compiled programs ------------------------------------------------------------
+#
+# JAX keeps every program a jitted function ever compiled for as long as the function lives (its
+# caches hold up to thousands of entries), and on the CPU each whole-model program maps a few
+# hundred regions of memory (the 42-atom model's energy and forces: ~440). A process that meets
+# many molecules, models and settings (the dashboard's server, a test suite, a notebook) would
+# reach the kernel's limit of 65,530 maps after ~100-150 such programs and die inside XLA. So the
+# library's long-running programs (MD chunks, relaxations) are compiled through
+# :class:`BoundedJit`: each program gets a jitted function of its own, held in one process-wide
+# least-recently-used set of at most :func:`program_limit` programs. Evicting one drops the last
+# reference to its function, and JAX frees the program with it; coming back to it compiles again.
+
+_DEFAULT_PROGRAM_LIMIT = 64
+
+
+class _Programs:
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self.evicted = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple, make: Callable[[], Any]):
+        with self.lock:
+            program = self.held.get(key)
+            if program is not None:
+                self.held.move_to_end(key)
+                return program
+            program = self.held[key] = make()
+            while len(self.held) > self.limit:
+                self.held.popitem(last=False)
+                self.evicted += 1
+            return program
+
+    def __contains__(self, key: tuple) -> bool:
+        with self.lock:
+            return key in self.held
+
+
+_PROGRAMS = _Programs(int(os.environ.get("SO3KRATES_MAX_PROGRAMS", _DEFAULT_PROGRAM_LIMIT)))
+
+
+def program_limit() -> int:
+    """How many programs compiled through :class:`BoundedJit` the process keeps at most."""
+    return _PROGRAMS.limit
+
+
+def set_program_limit(limit: int) -> None:
+    """Keep at most ``limit`` programs (``SO3KRATES_MAX_PROGRAMS`` sets the default, 64): more
+    lets more molecules and settings stay compiled at once, at a few hundred memory maps each."""
+    if not (isinstance(limit, int) and limit >= 1):
+        raise ValueError(f"the program limit must be a positive integer, got {limit!r}")
+    with _PROGRAMS.lock:
+        _PROGRAMS.limit = limit
+        while len(_PROGRAMS.held) > limit:
+            _PROGRAMS.held.popitem(last=False)
+            _PROGRAMS.evicted += 1
+
+
+def programs_held() -> int:
+    """Programs compiled through :class:`BoundedJit` that the process holds now."""
+    with _PROGRAMS.lock:
+        return len(_PROGRAMS.held)
+
+
+def programs_evicted() -> int:
+    """Programs dropped so far to stay within the limit (each is compiled again if needed)."""
+    with _PROGRAMS.lock:
+        return _PROGRAMS.evicted
+
+
+def _leaf_signature(leaf) -> tuple:
+    return np.shape(leaf), str(getattr(leaf, "dtype", type(leaf).__name__)), bool(getattr(leaf, "weak_type", False))
+
+
+class BoundedJit:
+    """``jax.jit(fun, static_argnames=...)`` whose programs live in the process-wide bounded set.
+
+    One program per (static arguments, pytree structure with its static metadata, shapes and
+    dtypes of the array arguments): exactly what makes JAX compile anew, so a call that finds
+    its program runs it, and one that does not compiles it (and may push out the least recently
+    used program of any function).
+    """
+
+    def __init__(self, fun: Callable, static_argnames: tuple[str, ...] = ()):
+        self.fun, self.static_argnames = fun, tuple(static_argnames)
+        parameters = list(inspect.signature(fun).parameters)
+        self._static_positions = {parameters.index(name): name for name in self.static_argnames}
+        functools.update_wrapper(self, fun)
+
+    def _key(self, args, kwargs) -> tuple:
+        """The program of a call (statics by name: see _normalised)."""
+        static = tuple((name, kwargs[name]) for name in self.static_argnames if name in kwargs)
+        dynamic = {name: value for name, value in kwargs.items() if name not in self.static_argnames}
+        leaves, treedef = jax.tree.flatten((args, dynamic))
+        return (self, static, treedef, tuple(_leaf_signature(leaf) for leaf in leaves))
+
+    def _program(self):
+        fun = self.fun
+        # a function object of its own (with ``fun``'s signature, for the static names): JAX keeps
+        # the program as long as this function lives, and frees it once the set drops it
+        program = functools.wraps(fun)(lambda *args, **kwargs: fun(*args, **kwargs))
+        return jax.jit(program, static_argnames=self.static_argnames)
+
+    def _normalised(self, args, kwargs) -> tuple[tuple, dict]:
+        """Static arguments given by position passed by name instead (JAX compiles a call with
+        ``spec`` by position and one with ``spec=`` by name separately)."""
+        positions = [k for k in self._static_positions if k < len(args)]
+        if not positions:
+            return args, kwargs
+        first = min(positions)
+        if any(k not in self._static_positions for k in range(first, len(args))):
+            raise TypeError(f"{self.fun.__name__}: pass static arguments after the others, or by name")
+        named = {self._static_positions[k]: args[k] for k in range(first, len(args))}
+        return args[:first], {**kwargs, **named}
+
+    def __call__(self, *args, **kwargs):
+        args, kwargs = self._normalised(args, kwargs)
+        return _PROGRAMS.get(self._key(args, kwargs), self._program)(*args, **kwargs)
+
+    def is_compiled(self, *args, **kwargs) -> bool:
+        """Whether a call with these arguments would find its program (no compilation)."""
+        return self._key(*self._normalised(args, kwargs)) in _PROGRAMS
+
+
+def bounded_jit(fun: Callable | None = None, *, static_argnames: tuple[str, ...] = ()):
+    """Decorator form of :class:`BoundedJit` (``@bounded_jit(static_argnames=("spec",))``)."""
+    if fun is None:
+        return lambda f: BoundedJit(f, static_argnames)
+    return BoundedJit(fun, static_argnames)

@@ -217,7 +217,8 @@ class PairCapacities:
     count, they would follow the geometry: an extended conformer of a peptide needs fewer pairs
     than a folded one, and a minima-hopping run compiled new programs on every hop until the
     process ran out of memory maps. Instead, every list of one size bucket (padded atom count,
-    cutoff, skin, periodicity) gets the largest room any of them needed so far: the capacities
+    cutoff, periodicity, compaction, and the skin of periodic lists: see ``NeighborList.size_key``)
+    gets the largest room any of them needed so far: the capacities
     only grow, a step of the bucket grid at a time, so a long run settles on one program per
     bucket after its first few hops. Padding pairs contribute exact zeros, so results do not
     depend on the room. Thread-safe; bounded to ``max_keys`` buckets (least recently used go).
@@ -258,12 +259,12 @@ def allocate_neighbor_list(
     Room for ``capacity_factor`` x the pairs within ``cutoff + skin`` (and, with ``active``,
     ``capacity_factor`` x those within the cutoff for :func:`active_graph`), rounded up to the
     bucket grid and raised to what ``capacities`` handed out to lists of this size before (None:
-    this structure's own needs only). A free molecule of up to ``ALL_PAIRS_MAX_ATOMS`` atoms gets
-    room for all its pairs.
+    this structure's own needs only). With ``active``, a free molecule of up to
+    ``ALL_PAIRS_MAX_ATOMS`` atoms gets room for all its pairs in the list itself.
     """
     first, second, offsets = find_pairs(system.positions, system.cell, system.pbc, cutoff + skin)
     capacity = pair_bucket(int(len(first) * capacity_factor) + 1)
-    if not np.any(system.pbc) and system.num_atoms <= ALL_PAIRS_MAX_ATOMS:
+    if active and not np.any(system.pbc) and system.num_atoms <= ALL_PAIRS_MAX_ATOMS:
         # room for every pair: such a list never overflows, whatever the geometry, and costs
         # little, since the in-jit rebuild searches all pairs anyway and the model sees only
         # the active pairs

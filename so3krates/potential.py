@@ -17,7 +17,6 @@ Units: eV, Å, amu, fs; velocities in Å/fs, so J is in eV Å/fs.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -28,6 +27,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 from jaxtyping import Array, Float
 
+from so3krates.compilation import bounded_jit
 from so3krates.model import ModelConfig, SO3krates, tabulation
 from so3krates.model.basis import safe_norm
 from so3krates.neighbors import Graph, build_graph, find_pairs, unbatch
@@ -159,7 +159,7 @@ def atomic_energies(
     return jnp.where(graph.atom_mask, energies, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("dtype", "stress"))
+@bounded_jit(static_argnames=("dtype", "stress"))
 def evaluate(potential: Potential, graph: Graph, dtype: str = "float32", stress: bool = False) -> dict[str, Array]:
     """Energy per structure, per-atom energies, forces and (optionally) stress of a graph."""
     dtype = DTYPES[dtype]
@@ -223,7 +223,7 @@ def unfold(system: System, cutoff: float, interaction_range: float) -> UnfoldedS
     return UnfoldedSystem(build_graph(open_system, cutoff), replica_of, system.num_atoms)
 
 
-@functools.partial(jax.jit, static_argnames=("num_cell_atoms", "dtype"))
+@bounded_jit(static_argnames=("num_cell_atoms", "dtype"))
 def _heat_flux(potential, graph, velocities, masses, num_cell_atoms: int, dtype: str):
     dtype = DTYPES[dtype]
     potential, graph = with_dtype(potential, dtype), _graph_with_dtype(graph, dtype)

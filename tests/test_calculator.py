@@ -12,7 +12,7 @@ from ase.calculators.test import calculate_numerical_forces
 from so3krates import StructureError
 from so3krates.calculator import SO3kratesCalculator
 from so3krates.checkpoint import save_model
-from so3krates.potential import evaluate
+from so3krates.compilation import count_compilations
 from tests.conftest import rattled_molecule
 from tests.test_potential import periodic_cell
 
@@ -51,15 +51,17 @@ def test_loads_a_checkpoint_directory_and_reuses_compiled_code(potentials, tmp_p
     first = rattled_molecule("CH3CH2OH", seed=1)
     first.calc = calculator
     first.get_forces()
-    compiled = evaluate._cache_size()
-    for seed in range(3):  # same molecule, new geometry: same bucket, no recompilation
-        moved = rattled_molecule("CH3CH2OH", seed=10 + seed, amount=0.1)
-        moved.calc = calculator
-        moved.get_forces()
-    propanol_like = rattled_molecule("CH3CH2OCH3")  # 12 atoms: the same atom bucket (16)
-    propanol_like.calc = calculator
-    propanol_like.get_potential_energy()
-    assert evaluate._cache_size() <= compiled + 1  # at most one new pair bucket
+    with count_compilations() as counter:
+        for seed in range(3):  # same molecule, new geometry: same bucket, no recompilation
+            moved = rattled_molecule("CH3CH2OH", seed=10 + seed, amount=0.1)
+            moved.calc = calculator
+            moved.get_forces()
+    assert counter.count == 0, counter.functions
+    with count_compilations() as counter:
+        propanol_like = rattled_molecule("CH3CH2OCH3")  # 12 atoms: the same atom bucket (16)
+        propanol_like.calc = calculator
+        propanol_like.get_potential_energy()
+    assert counter.count <= 1, counter.functions  # at most one new pair bucket
 
 
 def test_rejects_unknown_elements_zero_volume_and_overlapping_atoms(potentials):

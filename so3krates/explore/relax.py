@@ -45,7 +45,6 @@ over its own frozen state, so only these two functions differ:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterator, Sequence
 
 import ase
@@ -54,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
+from so3krates.compilation import bounded_jit
 from so3krates.md.forces import any_overflow, grow_after_overflow, grow_neighbor_list, make_force_field, neighbor_room
 from so3krates.neighbors import bucket
 from so3krates.system import System
@@ -302,12 +302,12 @@ def _start(positions, neighbors, force_field, fmax, cfg: RelaxConfig) -> RelaxSt
     return RelaxState(positions, forces, energy, jnp.asarray(0), converged | ~finite, neighbors, method)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@bounded_jit(static_argnames=("cfg",))
 def _start_batch(positions, neighbors, force_field, fmax, cfg):
     return jax.vmap(lambda x, n: _start(x, n, force_field, fmax, cfg))(positions, neighbors)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@bounded_jit(static_argnames=("cfg",))
 def _chunk_batch(state, force_field, fmax, max_steps, cfg):
     return jax.vmap(lambda s: _chunk(s, force_field, fmax, max_steps, cfg))(state)
 
@@ -387,7 +387,8 @@ def relax(structures: ase.Atoms | System | Sequence[ase.Atoms | System], model,
     state, reallocations = None, 0
     for state, reallocations in _run(structures, model, cfg):
         pass
-    return _result(state, cfg, reallocations, len(_as_batch(structures)[1]))
+    count = 1 if isinstance(structures, (ase.Atoms, System)) else len(structures)
+    return _result(state, cfg, reallocations, count)
 
 
 def irelax(atoms: ase.Atoms | System, model, *, fmax: float = 0.05, max_steps: int = 500, every: int = 5,

@@ -187,12 +187,6 @@ def neighbor_lists(neighbors) -> list[NeighborList]:
     return [x for x in jax.tree.leaves(neighbors, is_leaf=_is_list) if _is_list(x)]
 
 
-def neighbor_capacity(neighbors) -> int | None:
-    """The largest pair capacity of the lists (None without a list)."""
-    lists = neighbor_lists(neighbors)
-    return max(int(nl.graph.pair_first.shape[-1]) for nl in lists) if lists else None
-
-
 def any_overflow(neighbors):
     lists = neighbor_lists(neighbors)
     flag = jnp.array(False)

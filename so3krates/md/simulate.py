@@ -19,7 +19,6 @@ and a frame is recorded every ``record_every`` steps. Only the recorded frames l
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from so3krates.compilation import thread_compilations
+from so3krates.compilation import bounded_jit, thread_compilations
 from so3krates.md import guards as guard_module
 from so3krates.md.config import CONTROLS, MDConfig
 from so3krates.md.forces import (
@@ -134,32 +133,26 @@ def _state_frame(state, force_field, controls, spec: ChunkSpec):
     return _frame(build_integrator(spec, force_field, controls), state)
 
 
-_chunk_single = jax.jit(_chunk, static_argnames=("spec",))
-_init_single = jax.jit(_init, static_argnames=("spec",))
-_frame_single = jax.jit(_state_frame, static_argnames=("spec",))
+# the programs live in the process's bounded set (so3krates.compilation): one per ensemble, size
+# bucket, dtype and model, shared by every Simulation, walker and session
+_chunk_single = bounded_jit(_chunk, static_argnames=("spec",))
+_init_single = bounded_jit(_init, static_argnames=("spec",))
+_frame_single = bounded_jit(_state_frame, static_argnames=("spec",))
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@bounded_jit(static_argnames=("spec",))
 def _frame_replicas(state, force_field, controls, spec):
     return jax.vmap(lambda s: _state_frame(s, force_field, controls, spec))(state)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@bounded_jit(static_argnames=("spec",))
 def _chunk_replicas(state, force_field, controls, bonds, spec):
     return jax.vmap(lambda s: _chunk(s, force_field, controls, bonds, spec))(state)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@bounded_jit(static_argnames=("spec",))
 def _init_replicas(keys, positions, masses, neighbors, momenta, force_field, controls, spec):
     return jax.vmap(lambda k: _init(k, positions, masses, neighbors, momenta, force_field, controls, spec))(keys)
-
-
-_SEEN: set = set()  # signatures compiled in this process
-
-
-def _signature(name, spec, *trees) -> tuple:
-    leaves, treedef = jax.tree.flatten(trees)
-    return (name, spec, treedef, tuple((np.shape(x), np.dtype(getattr(x, "dtype", type(x))).str) for x in leaves))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,11 +288,9 @@ class Simulation:
         spec = self.spec()
         args = (positions, masses, neighbors, self._initial_momenta, self.force_field, self.controls)
         if self.replicas is None:
-            self._mark_compiled("init", spec, key, *args)
             state, frame = _init_single(key, *args, spec=spec)
         else:
             keys = jax.random.split(key, self.replicas)
-            self._mark_compiled("init-replicas", spec, keys, *args)
             state, frame = _init_replicas(keys, *args, spec=spec)
         self.state: MDState = state
         self.time_fs = 0.0
@@ -325,15 +316,9 @@ class Simulation:
         return int(np.max(np.asarray(self.state.step)))
 
     def will_compile(self, steps: int | None = None) -> bool:
-        """Whether the next chunk (of ``steps``, default chunk_steps) compiles first in this process."""
-        name = "chunk" if self.replicas is None else "chunk-replicas"
-        return _signature(name, self.spec(steps), self.state, self.force_field, self.controls, self.bonds) not in _SEEN
-
-    def _mark_compiled(self, name, spec, *trees) -> bool:
-        signature = _signature(name, spec, *trees)
-        new = signature not in _SEEN
-        _SEEN.add(signature)
-        return new
+        """Whether the next chunk (of ``steps``, default chunk_steps) must compile its program first."""
+        fn = _chunk_single if self.replicas is None else _chunk_replicas
+        return not fn.is_compiled(self.state, self.force_field, self.controls, self.bonds, spec=self.spec(steps))
 
     def initial_frame(self) -> ChunkResult:
         """The current state as a one-frame result (e.g. the starting frame of a trajectory)."""
@@ -376,12 +361,11 @@ class Simulation:
         record_every = self.config.record_every if steps % self.config.record_every == 0 else steps
         spec = dataclasses.replace(self.spec(steps), record_every=record_every)
         start = self.state
-        name, fn = ("chunk", _chunk_single) if self.replicas is None else ("chunk-replicas", _chunk_replicas)
+        fn = _chunk_single if self.replicas is None else _chunk_replicas
         compilations = thread_compilations()
         began = time.perf_counter()
         while True:
             controls = self.controls
-            self._mark_compiled(name, spec, start, self.force_field, controls, self.bonds)
             state, status, frames = fn(start, self.force_field, controls, self.bonds, spec)
             status = jax.tree.map(np.asarray, status)
             if not np.any(status.overflow):
