@@ -152,7 +152,7 @@ def _memory() -> tuple[int, float]:
 
 def soak(hops: int, warm_up: int, out: Path, every_s: float = 5.0) -> list[dict]:
     """``hops`` hops of two threads-backend walkers; one sample every ``every_s`` seconds."""
-    from so3krates.compilation import compilations
+    from so3krates.compilation import compilations, programs_held
 
     atoms, model = catalog.load_molecule(MOLECULE), catalog.load_builtin_model(MOLECULE)
     exploration = Exploration(atoms, model, out, ExplorationConfig(walkers=2, hops=-(-hops // 2), hopping=HOPPING,
@@ -164,7 +164,8 @@ def soak(hops: int, warm_up: int, out: Path, every_s: float = 5.0) -> list[dict]
         progress = exploration.progress()
         maps, rss = _memory()
         row = {"time_s": time.monotonic() - started, "hops": progress.hops_done, "maps": maps, "rss_mb": rss,
-               "compilations": compilations(), "unique": progress.unique, "state": progress.state}
+               "compilations": compilations(), "programs": programs_held(), "unique": progress.unique,
+               "state": progress.state}
         samples.append(row)
         return row
 
@@ -223,10 +224,10 @@ def soak_report(samples: list[dict], warm_up: int, wall_s: float, load_before, l
         f"{end['rss_mb']:.0f} MB ({end['rss_mb'] - warm['rss_mb']:+.0f} MB), XLA compilations "
         f"{warm['compilations']} -> {end['compilations']} ({'flat' if flat else 'NOT flat'}); "
         f"{rate:.1f} hops/min after the warm-up; {end['unique']} unique minima.", "",
-        "| hops | time (s) | memory maps | resident MB | compilations | unique minima |",
-        "|---|---|---|---|---|---|",
-        *[f"| {s['hops']} | {s['time_s']:.0f} | {s['maps']:,} | {s['rss_mb']:.0f} | {s['compilations']} | {s['unique']} |"
-          for s in rows], "",
+        "| hops | time (s) | memory maps | resident MB | compilations | programs held | unique minima |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {s['hops']} | {s['time_s']:.0f} | {s['maps']:,} | {s['rss_mb']:.0f} | {s['compilations']} | "
+          f"{s['programs']} | {s['unique']} |" for s in rows], "",
         "![memory maps, resident memory and compilations against hops](soak.png)", "",
     ]
     return "\n".join(lines)

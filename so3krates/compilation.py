@@ -119,36 +119,39 @@ def count_compilations() -> Iterator[CompileCounter]:
 # hundred regions of memory (the 42-atom model's energy and forces: ~440). A process that meets
 # many molecules, models and settings (the dashboard's server, a test suite, a notebook) would
 # reach the kernel's limit of 65,530 maps after ~100-150 such programs and die inside XLA. So the
-# library's long-running programs (MD chunks, relaxations) are compiled through
-# :class:`BoundedJit`: each program gets a jitted function of its own, held in one process-wide
-# least-recently-used set of at most :func:`program_limit` programs. Evicting one drops the last
-# reference to its function, and JAX frees the program with it; coming back to it compiles again.
+# library's programs (MD chunks, relaxations, energies) are compiled through :class:`BoundedJit`,
+# whose jitted function is replaced by a fresh one once the process holds more than
+# :func:`program_limit` programs: dropping the old function frees its programs (JAX keys its
+# caches on the function), and those still in use compile again on their next call.
+#
+# A call costs what a jax.jit call costs, plus two reads of this thread's compilation count: the
+# bookkeeping (which program, how many held) happens only when a call compiled.
 
 _DEFAULT_PROGRAM_LIMIT = 64
 
 
 class _Programs:
+    """The programs compiled through every BoundedJit of the process, oldest first."""
+
     def __init__(self, limit: int):
         self.limit = limit
-        self.held: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self.held: collections.deque[tuple[BoundedJit, int]] = collections.deque()  # (owner, generation)
         self.evicted = 0
         self.lock = threading.Lock()
 
-    def get(self, key: tuple, make: Callable[[], Any]):
+    def add(self, owner: BoundedJit, generation: int) -> None:
         with self.lock:
-            program = self.held.get(key)
-            if program is not None:
-                self.held.move_to_end(key)
-                return program
-            program = self.held[key] = make()
-            while len(self.held) > self.limit:
-                self.held.popitem(last=False)
-                self.evicted += 1
-            return program
+            self.held.append((owner, generation))
+            self._shrink()
 
-    def __contains__(self, key: tuple) -> bool:
-        with self.lock:
-            return key in self.held
+    def _shrink(self) -> None:
+        while len(self.held) > self.limit:
+            owner, generation = self.held[0]
+            # the oldest program's function starts afresh: all its programs of that generation go
+            dropped = owner._renew(generation)
+            kept = collections.deque(entry for entry in self.held if entry != (owner, generation))
+            self.evicted += len(self.held) - len(kept) if dropped else 0
+            self.held = kept
 
 
 _PROGRAMS = _Programs(int(os.environ.get("SO3KRATES_MAX_PROGRAMS", _DEFAULT_PROGRAM_LIMIT)))
@@ -166,9 +169,7 @@ def set_program_limit(limit: int) -> None:
         raise ValueError(f"the program limit must be a positive integer, got {limit!r}")
     with _PROGRAMS.lock:
         _PROGRAMS.limit = limit
-        while len(_PROGRAMS.held) > limit:
-            _PROGRAMS.held.popitem(last=False)
-            _PROGRAMS.evicted += 1
+        _PROGRAMS._shrink()
 
 
 def programs_held() -> int:
@@ -188,33 +189,33 @@ def _leaf_signature(leaf) -> tuple:
 
 
 class BoundedJit:
-    """``jax.jit(fun, static_argnames=...)`` whose programs live in the process-wide bounded set.
-
-    One program per (static arguments, pytree structure with its static metadata, shapes and
-    dtypes of the array arguments): exactly what makes JAX compile anew, so a call that finds
-    its program runs it, and one that does not compiles it (and may push out the least recently
-    used program of any function).
-    """
+    """``jax.jit(fun, static_argnames=...)`` whose programs count against the process's limit."""
 
     def __init__(self, fun: Callable, static_argnames: tuple[str, ...] = ()):
         self.fun, self.static_argnames = fun, tuple(static_argnames)
         parameters = list(inspect.signature(fun).parameters)
         self._static_positions = {parameters.index(name): name for name in self.static_argnames}
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._jitted = self._fresh()
+        self._keys: set[tuple] = set()  # the calls the current jitted function compiled for
         functools.update_wrapper(self, fun)
 
-    def _key(self, args, kwargs) -> tuple:
-        """The program of a call (statics by name: see _normalised)."""
-        static = tuple((name, kwargs[name]) for name in self.static_argnames if name in kwargs)
-        dynamic = {name: value for name, value in kwargs.items() if name not in self.static_argnames}
-        leaves, treedef = jax.tree.flatten((args, dynamic))
-        return (self, static, treedef, tuple(_leaf_signature(leaf) for leaf in leaves))
-
-    def _program(self):
+    def _fresh(self):
         fun = self.fun
         # a function object of its own (with ``fun``'s signature, for the static names): JAX keeps
-        # the program as long as this function lives, and frees it once the set drops it
-        program = functools.wraps(fun)(lambda *args, **kwargs: fun(*args, **kwargs))
-        return jax.jit(program, static_argnames=self.static_argnames)
+        # its programs as long as it lives
+        return jax.jit(functools.wraps(fun)(lambda *args, **kwargs: fun(*args, **kwargs)),
+                       static_argnames=self.static_argnames)
+
+    def _renew(self, generation: int) -> bool:
+        """Drop this function's programs of ``generation`` (if still current): a fresh jit."""
+        with self._lock:
+            if generation != self._generation:
+                return False
+            self._generation += 1
+            self._jitted, self._keys = self._fresh(), set()
+            return True
 
     def _normalised(self, args, kwargs) -> tuple[tuple, dict]:
         """Static arguments given by position passed by name instead (JAX compiles a call with
@@ -228,13 +229,34 @@ class BoundedJit:
         named = {self._static_positions[k]: args[k] for k in range(first, len(args))}
         return args[:first], {**kwargs, **named}
 
+    def _key(self, args, kwargs) -> tuple:
+        """What makes JAX compile anew: static values, pytree structure (with its static
+        metadata), shapes and dtypes (statics by name: see _normalised)."""
+        static = tuple((name, kwargs[name]) for name in self.static_argnames if name in kwargs)
+        dynamic = {name: value for name, value in kwargs.items() if name not in self.static_argnames}
+        leaves, treedef = jax.tree.flatten((args, dynamic))
+        return static, treedef, tuple(_leaf_signature(leaf) for leaf in leaves)
+
     def __call__(self, *args, **kwargs):
         args, kwargs = self._normalised(args, kwargs)
-        return _PROGRAMS.get(self._key(args, kwargs), self._program)(*args, **kwargs)
+        with self._lock:
+            jitted, generation = self._jitted, self._generation
+        before = thread_compilations()
+        out = jitted(*args, **kwargs)
+        if thread_compilations() > before:  # compiled (or loaded from the persistent cache)
+            with self._lock:
+                current = generation == self._generation
+                if current:
+                    self._keys.add(self._key(args, kwargs))
+            if current:
+                _PROGRAMS.add(self, generation)
+        return out
 
     def is_compiled(self, *args, **kwargs) -> bool:
-        """Whether a call with these arguments would find its program (no compilation)."""
-        return self._key(*self._normalised(args, kwargs)) in _PROGRAMS
+        """Whether a call with these arguments finds its program (compiles nothing)."""
+        key = self._key(*self._normalised(args, kwargs))
+        with self._lock:
+            return key in self._keys
 
 
 def bounded_jit(fun: Callable | None = None, *, static_argnames: tuple[str, ...] = ()):
