@@ -46,14 +46,19 @@ def test_nve_agrees_with_ase_velocity_verlet_for_100_steps(tiny_potential):
     assert np.abs(ours.positions[-1] - ours.positions[0]).max() > 0.05  # the atoms really moved
 
 
-def test_overflow_reallocates_and_matches_a_large_buffer():
-    """An expanded Ar55 cluster contracts: more pairs within the cutoff than the tight initial
+def contracting_argon():
+    """An expanded Ar55 cluster that contracts: more pairs within the cutoff than a tight initial
     list has room for (a free cluster's list holds all pairs; the model's compacted share overflows)."""
     atoms = Icosahedron("Ar", 3)
     atoms.positions *= 1.15
     potential = lennard_jones_potential(sigma=3.405, epsilon=0.0104, cutoff=6.0)
     config = MDConfig(ensemble="nve", temperature=50.0, timestep=5.0, chunk_steps=200, record_every=10, dtype="float64",
                       skin=0.3, capacity_factor=1.0)
+    return atoms, potential, config
+
+
+def test_overflow_reallocates_and_matches_a_large_buffer():
+    atoms, potential, config = contracting_argon()
     small = Simulation(atoms, potential, config)
     initial = neighbor_room(small.state.neighbors)
     grown = small.run(2000)
@@ -73,11 +78,7 @@ def test_overflow_reallocates_and_matches_a_large_buffer():
 def test_a_new_simulation_starts_with_the_room_an_earlier_one_grew_to():
     # the grown room is remembered for the size bucket: the next run of this cluster (or of any
     # structure of its size) compiles nothing new and never overflows where the first did
-    atoms = Icosahedron("Ar", 3)
-    atoms.positions *= 1.15
-    potential = lennard_jones_potential(sigma=3.405, epsilon=0.0104, cutoff=6.0)
-    config = MDConfig(ensemble="nve", temperature=50.0, timestep=5.0, chunk_steps=200, record_every=10, dtype="float64",
-                      skin=0.3, capacity_factor=1.0)
+    atoms, potential, config = contracting_argon()
     first = Simulation(atoms, potential, config)
     first.run(2000)
     assert first.reallocations >= 1
