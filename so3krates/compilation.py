@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import gc
 import inspect
 import os
 import threading
@@ -124,10 +125,31 @@ def count_compilations() -> Iterator[CompileCounter]:
 # :func:`program_limit` programs: dropping the old function frees its programs (JAX keys its
 # caches on the function), and those still in use compile again on their next call.
 #
+# Two bounds: at most :func:`program_limit` programs, and, where the kernel tells (Linux), the
+# process's memory maps below half its limit (``vm.max_map_count``): a larger model's programs
+# are larger, and other code (JAX's own small programs, the caller's) maps memory too.
+#
 # A call costs what a jax.jit call costs, plus two reads of this thread's compilation count: the
-# bookkeeping (which program, how many held) happens only when a call compiled.
+# bookkeeping (which program, how many held, the maps) happens only when a call compiled.
 
-_DEFAULT_PROGRAM_LIMIT = 64
+_DEFAULT_PROGRAM_LIMIT = 48
+_MAP_BUDGET_FRACTION = 0.5
+
+
+def _memory_maps() -> int | None:
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return None
+
+
+def _map_limit() -> int | None:
+    try:
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return None
 
 
 class _Programs:
@@ -135,6 +157,7 @@ class _Programs:
 
     def __init__(self, limit: int):
         self.limit = limit
+        self.map_limit = _map_limit()
         self.held: collections.deque[tuple[BoundedJit, int]] = collections.deque()  # (owner, generation)
         self.evicted = 0
         self.lock = threading.Lock()
@@ -143,15 +166,22 @@ class _Programs:
         with self.lock:
             self.held.append((owner, generation))
             self._shrink()
+            budget = None if self.map_limit is None else int(_MAP_BUDGET_FRACTION * self.map_limit)
+            while budget is not None and self.held and (_memory_maps() or 0) > budget:
+                self._drop_oldest()
+                gc.collect()  # the dropped functions' programs go with the last reference to them
 
     def _shrink(self) -> None:
         while len(self.held) > self.limit:
-            owner, generation = self.held[0]
-            # the oldest program's function starts afresh: all its programs of that generation go
-            dropped = owner._renew(generation)
-            kept = collections.deque(entry for entry in self.held if entry != (owner, generation))
-            self.evicted += len(self.held) - len(kept) if dropped else 0
-            self.held = kept
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        # the oldest program's function starts afresh: all its programs of that generation go
+        owner, generation = self.held[0]
+        dropped = owner._renew(generation)
+        kept = collections.deque(entry for entry in self.held if entry != (owner, generation))
+        self.evicted += (len(self.held) - len(kept)) if dropped else 0
+        self.held = kept
 
 
 _PROGRAMS = _Programs(int(os.environ.get("SO3KRATES_MAX_PROGRAMS", _DEFAULT_PROGRAM_LIMIT)))
@@ -163,7 +193,7 @@ def program_limit() -> int:
 
 
 def set_program_limit(limit: int) -> None:
-    """Keep at most ``limit`` programs (``SO3KRATES_MAX_PROGRAMS`` sets the default, 64): more
+    """Keep at most ``limit`` programs (``SO3KRATES_MAX_PROGRAMS`` sets the default, 48): more
     lets more molecules and settings stay compiled at once, at a few hundred memory maps each."""
     if not (isinstance(limit, int) and limit >= 1):
         raise ValueError(f"the program limit must be a positive integer, got {limit!r}")

@@ -102,3 +102,18 @@ def test_static_arguments_come_last_or_by_name():
 def test_the_limit_must_be_a_positive_integer():
     with pytest.raises(ValueError, match="positive integer"):
         compilation.set_program_limit(0)
+
+
+def test_programs_are_dropped_to_keep_the_memory_maps_under_half_the_kernels_limit(monkeypatch, limit):
+    # larger models have larger programs: the count alone does not bound the maps
+    limit(1000)
+    mix = make_function()
+    mix(np.ones((2, 2)), 6)
+    gc.collect()
+    # pretend the kernel allows twice what the process maps now, plus room for two programs
+    monkeypatch.setattr(compilation._PROGRAMS, "map_limit", 2 * (memory_maps() + 60))
+    evicted = compilation.programs_evicted()
+    for size in range(3, 20):
+        mix(np.ones((size, size)), 6)
+    assert compilation.programs_evicted() > evicted
+    assert memory_maps() <= compilation._PROGRAMS.map_limit // 2 + 60  # one program over at most
