@@ -4,6 +4,7 @@ mid-run, and a killed command resumed; the store must end with no lost and no du
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -145,6 +146,8 @@ def test_killed_command_resumes_exactly_where_it_stopped(tmp_path, argon):
     resumed = subprocess.run(_explore_command(interrupted, 6), timeout=600, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
+    # the summary says how many programs the walkers compiled, and when the last one was
+    assert re.search(r"\d+ programs compiled, the last at hop \d+\)", resumed.stderr), resumed.stderr
     assert_complete_and_distinct(interrupted, 1, 6)
     # the same walker, the same PRNG keys, the same store answers: the same hops as without the kill
     for a, b in zip(read_hops(reference), read_hops(interrupted), strict=True):
