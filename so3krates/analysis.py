@@ -366,16 +366,14 @@ def backbone_dihedrals(images: ase.Atoms | Sequence[ase.Atoms], residues: Sequen
 def ramachandran_plot(phi: np.ndarray, psi: np.ndarray, path: str | Path, labels: Sequence[str] | None = None,
                       title: str = "Ramachandran plot") -> Path:
     """Scatter of psi against phi (degrees), one colour per residue (columns), written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: the process's pyplot backend stays as it is
 
     phi, psi = np.atleast_2d(phi), np.atleast_2d(psi)
     if phi.shape != psi.shape:
         raise ValueError(f"phi {phi.shape} and psi {psi.shape} must have the same shape")
     labels = labels or [f"residue {k + 1}" for k in range(phi.shape[1])]
-    figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
+    figure = Figure(figsize=(5, 5), dpi=100)
+    axes = figure.subplots()
     for k in range(phi.shape[1]):
         axes.scatter(phi[:, k], psi[:, k], s=6, alpha=0.6, label=labels[k])
     axes.set(xlim=(-180, 180), ylim=(-180, 180), xlabel="phi (degrees)", ylabel="psi (degrees)", title=title,
@@ -386,7 +384,6 @@ def ramachandran_plot(phi: np.ndarray, psi: np.ndarray, path: str | Path, labels
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    plt.close(figure)
     path = Path(path)
     atomic_write(path, buffer.getvalue())
     return path

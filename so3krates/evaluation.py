@@ -227,10 +227,7 @@ def select_frames(model_dir: str | Path, dataset: Dataset, split: str | None = N
 
 def save_plots(predictions: Predictions, directory: str | Path, title: str = "") -> list[Path]:
     """Parity plots (energy, forces) and force-error histograms as PNG files in ``directory``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: the process's pyplot backend stays as it is
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -240,7 +237,8 @@ def save_plots(predictions: Predictions, directory: str | Path, title: str = "")
     numbers = np.repeat(np.concatenate(predictions.numbers), 3)
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    fig = Figure(figsize=(10, 4.6))
+    axes = fig.subplots(1, 2)
     offset = np.mean(e_ref)  # total energies are large; show them relative to their mean
     for ax, ref, pred, label, unit in ((axes[0], e_ref - offset, e_pred - offset, f"energy (eV, from the mean {offset:.2f})", "eV"),
                                        (axes[1], f_ref, f_pred, "force component (eV/Å)", "eV/Å")):
@@ -255,9 +253,9 @@ def save_plots(predictions: Predictions, directory: str | Path, title: str = "")
     fig.tight_layout()
     paths.append(directory / "parity.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig = Figure(figsize=(10, 4.2))
+    axes = fig.subplots(1, 2)
     axes[0].hist(e_pred - e_ref, bins=40)
     axes[0].set_xlabel("energy error (eV)")
     axes[0].set_ylabel("structures")
@@ -270,7 +268,6 @@ def save_plots(predictions: Predictions, directory: str | Path, title: str = "")
     fig.tight_layout()
     paths.append(directory / "error_histogram.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
     return paths
 
 

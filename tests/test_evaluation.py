@@ -127,3 +127,21 @@ def test_plots_are_written(tmp_path):
     assert [p.name for p in paths] == ["parity.png", "error_histogram.png"]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
+    # a library draws on Figure objects; switching the process's pyplot backend (as the plots
+    # once did with matplotlib.use("Agg")) would break a notebook's inline plots
+    import matplotlib
+
+    from so3krates.analysis import ramachandran_plot
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        potential, numbers, positions, energies, forces = lj_frames()
+        save_plots(predict(potential, Dataset.create(numbers, positions, energies, forces), "float64"), tmp_path)
+        ramachandran_plot(np.array([[-60.0], [-70.0]]), np.array([[-45.0], [140.0]]), tmp_path / "rama.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
