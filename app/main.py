@@ -23,15 +23,15 @@ import panel as pn
 
 from explore_tab import ExploreTab, Target  # app/ is on sys.path while Bokeh runs this file
 from session import Event, MDSession
-from so3krates import catalog, load_model
-from so3krates.compilation import compilations, install as count_compilations
+from so3krates import catalog, configure, load_model
+from so3krates.compilation import compilations
 from so3krates.data.units import ENERGY_UNITS
 from so3krates.data.upload import MAX_ATOMS, MAX_BYTES, read_structure
 from so3krates.md import MDConfig
 from so3krates.system import StructureError
 from so3krates.viz import MoleculeViewer
 
-count_compilations()  # from the first program on: the status reports them
+configure()  # an entry point: float64 for Relax, the compilation cache, compile counts for the status
 
 pn.extension("filedropper", "tabulator", notifications=False)
 hv.extension("bokeh", logo=False)

@@ -50,8 +50,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from so3krates import SO3kratesCalculator, catalog, cli  # noqa: E402
+from so3krates import SO3kratesCalculator, catalog, cli, configure  # noqa: E402
 from so3krates.explore import Exploration, ExplorationConfig, HoppingConfig, MinimaStore  # noqa: E402
+
+configure()  # a script is an entry point: float64 relaxations, the compilation cache, compile counts
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 MOLECULE = "ac_ala3_nhme"
@@ -243,9 +245,6 @@ def main() -> None:
     parser.add_argument("--scaling-budget", type=float, default=None, help="timed seconds per worker count")
     parser.add_argument("--md-minima", type=int, default=None, help="escape length for both sides (default: HoppingConfig's)")
     args = parser.parse_args()
-    from so3krates.compilation import install
-
-    install()
     if args.soak:
         load_before, started = os.getloadavg(), time.monotonic()
         warm_up = 20

@@ -50,6 +50,8 @@ from so3krates.md import EnergyFunction, MDConfig, Simulation  # noqa: E402
 from so3krates.md.guards import find_bonds  # noqa: E402
 from so3krates.neighbors import build_graph  # noqa: E402
 
+so3krates.configure()  # a script is an entry point
+
 MOLECULES = {  # name: (MD steps per chunk, timed chunks, ASE steps)
     "ethanol": (500, 4, 200),
     "ac_ala3_nhme": (100, 3, 40),

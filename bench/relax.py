@@ -36,7 +36,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ase.optimize import LBFGS  # noqa: E402
 
-from so3krates import SO3kratesCalculator, catalog  # noqa: E402
+from so3krates import SO3kratesCalculator, catalog, configure  # noqa: E402
+
+configure()  # a script is an entry point: float64 relaxations
 from so3krates.explore.relax import METHODS, RelaxConfig, relax  # noqa: E402
 
 MOLECULES = ("ethanol", "ac_ala3_nhme")

@@ -43,12 +43,14 @@ def measure(molecule: str, model_kwargs: dict, batch_size: int) -> dict:
     import jax
     import numpy as np
 
-    from so3krates import ModelConfig
+    from so3krates import ModelConfig, configure
     from so3krates.data import Dataset
     from so3krates.data.batching import PairCache, ShapePlan, pack
     from so3krates.train import TrainConfig
     from so3krates.train.loop import _fresh_state
     from so3krates.train.step import make_optimizer, make_train_step
+
+    configure()
 
     atoms = ase.io.read(ROOT / "data" / "molecules" / f"{molecule}.xyz")
     rng = np.random.default_rng(0)

@@ -23,7 +23,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from so3krates.checkpoint import load_model
 from so3krates.neighbors import build_graph
-from so3krates.potential import DTYPES, Potential, evaluate, tabulate_radial_filters
+from so3krates.potential import Potential, evaluate, tabulate_radial_filters
+from so3krates.runtime import require_dtype
 from so3krates.system import StructureError, System
 
 
@@ -44,8 +45,7 @@ class SO3kratesCalculator(Calculator):
         (so3krates.potential.tabulate_radial_filters); None keeps the exact filters.
         """
         super().__init__(**kwargs)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        require_dtype(dtype)  # float64 without 64-bit types: an error now, not float32 later
         if not isinstance(model, Potential):
             model = load_model(model)
         if radial_table_spacing is not None:

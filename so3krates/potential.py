@@ -32,9 +32,8 @@ from so3krates.model import ModelConfig, SO3krates, tabulation
 from so3krates.model.basis import safe_norm
 from so3krates.neighbors import Graph, build_graph, find_pairs, unbatch
 from so3krates.ops import gather
+from so3krates.runtime import require_dtype
 from so3krates.system import NUM_ELEMENT_ROWS, StructureError, System
-
-DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
 
 class AtomicEnergyModel(Protocol):
@@ -162,7 +161,7 @@ def atomic_energies(
 @bounded_jit(static_argnames=("dtype", "stress"))
 def evaluate(potential: Potential, graph: Graph, dtype: str = "float32", stress: bool = False) -> dict[str, Array]:
     """Energy per structure, per-atom energies, forces and (optionally) stress of a graph."""
-    dtype = DTYPES[dtype]
+    dtype = jnp.dtype(require_dtype(dtype))
     potential, graph = with_dtype(potential, dtype), _graph_with_dtype(graph, dtype)
     g = graph.num_structures
 
@@ -225,7 +224,7 @@ def unfold(system: System, cutoff: float, interaction_range: float) -> UnfoldedS
 
 @bounded_jit(static_argnames=("num_cell_atoms", "dtype"))
 def _heat_flux(potential, graph, velocities, masses, num_cell_atoms: int, dtype: str):
-    dtype = DTYPES[dtype]
+    dtype = jnp.dtype(require_dtype(dtype))
     potential, graph = with_dtype(potential, dtype), _graph_with_dtype(graph, dtype)
     velocities = velocities.astype(dtype)
     in_cell = jnp.arange(graph.positions.shape[0]) < num_cell_atoms

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-import so3krates  # noqa: F401  (enables float64)
-import so3krates.compilation
+import so3krates
 from so3krates import ModelConfig, init_model
 from so3krates.potential import Potential
 
-so3krates.compilation.install()  # tests count compilations with it
+so3krates.configure()  # like every entry point: float64, the compilation cache, compile counts
 
 SMALL = dict(num_features=24, num_heads=2, num_radial_basis_fn=8, energy_regression_dim=16, output_is_zero_at_init=False)
 

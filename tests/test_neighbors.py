@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-import so3krates  # noqa: F401  (enables float64)
+import so3krates  # noqa: F401
 from so3krates.neighbors import (
     ALL_PAIRS_MAX_ATOMS,
     Graph,

@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from so3krates.compilation import install
+    from so3krates import configure
 
-    install()  # count XLA compilations from the first (explore reports them)
+    configure()  # an entry point: float64 available, the persistent compilation cache, compile counts
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ase
+import jax
 import numpy as np
 
 from so3krates.compilation import thread_compilations
+from so3krates.runtime import configure
 from so3krates.explore.graph import export_beside
 from so3krates.explore.hopping import (
     Excursion, ExcursionTask, HoppingConfig, HopResult, MinimaHoppingWalker, relax_start, run_excursion,
@@ -344,7 +346,10 @@ class _Dask:
 
         self.distributed = distributed
         self.lost_errors = (distributed.KilledWorker, concurrent.futures.CancelledError, OSError, TimeoutError)
-        self.atoms, self.model, self.config = atoms, model, config
+        # the model travels as numpy arrays: a worker sets up 64-bit types (as the driver has
+        # them) before computing, and a float64 JAX array unpickled before that would turn float32
+        self.atoms, self.model, self.config = atoms, jax.device_get(model), config
+        self.x64 = bool(jax.config.jax_enable_x64)
         # the workers keep the model they were sent under this token: one object, one set of
         # compiled functions per worker, however many tasks carry it
         self.token = uuid.uuid4().hex
@@ -361,10 +366,11 @@ class _Dask:
                 raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r}: {error}") from None
 
     def submit(self, task: ExcursionTask):
-        return self.client.submit(_remote_excursion, self.token, self.model, self.atoms, self.config, task, pure=False)
+        return self.client.submit(_remote_excursion, self.token, self.x64, self.model, self.atoms, self.config, task,
+                                  pure=False)
 
     def submit_start(self):
-        return self.client.submit(_remote_start, self.token, self.model, self.atoms, self.config, pure=False)
+        return self.client.submit(_remote_start, self.token, self.x64, self.model, self.atoms, self.config, pure=False)
 
     def wait_any(self, futures, timeout: float):
         try:
@@ -393,7 +399,13 @@ def _worker_model(token: str, model):
     return _WORKER_MODELS[token]
 
 
-def _remote_excursion(token: str, model, atoms, config: HoppingConfig, task: ExcursionTask) -> Excursion:
+def _worker_setup(x64: bool) -> None:
+    """A worker process is set up like the driver (its float64 relaxations need 64-bit types)."""
+    configure(x64=x64)
+
+
+def _remote_excursion(token: str, x64: bool, model, atoms, config: HoppingConfig, task: ExcursionTask) -> Excursion:
+    _worker_setup(x64)
     return run_excursion(atoms, _worker_model(token, model), config, task)
 
 
@@ -404,5 +416,6 @@ def _counted_start(atoms, model, config: HoppingConfig) -> tuple[np.ndarray, flo
     return positions, energy, thread_compilations() - before
 
 
-def _remote_start(token: str, model, atoms, config: HoppingConfig) -> tuple[np.ndarray, float, int]:
+def _remote_start(token: str, x64: bool, model, atoms, config: HoppingConfig) -> tuple[np.ndarray, float, int]:
+    _worker_setup(x64)
     return _counted_start(atoms, _worker_model(token, model), config)

@@ -188,7 +188,7 @@ def _status(energy, forces, fmax):
 def _fire_init(positions, forces, cfg: RelaxConfig) -> FireState:
     dtype = positions.dtype
     return FireState(jnp.zeros_like(positions), jnp.asarray(cfg.time_step, dtype), jnp.asarray(cfg.alpha_start, dtype),
-                     jnp.asarray(0))
+                     jnp.asarray(0, jnp.int32))
 
 
 def _fire_move(state: FireState, positions, forces, cfg: RelaxConfig) -> tuple[FireState, jax.Array]:
@@ -215,9 +215,9 @@ def _fire_move(state: FireState, positions, forces, cfg: RelaxConfig) -> tuple[F
 def _lbfgs_init(positions, forces, cfg: RelaxConfig) -> LbfgsState:
     dtype = positions.dtype
     empty = jnp.zeros((cfg.memory,) + positions.shape, dtype)
-    return LbfgsState(empty, empty, jnp.zeros(cfg.memory, dtype), jnp.asarray(cfg.memory - 1),
+    return LbfgsState(empty, empty, jnp.zeros(cfg.memory, dtype), jnp.asarray(cfg.memory - 1, jnp.int32),
                       jnp.asarray(1.0 / cfg.initial_curvature, dtype), positions, forces, jnp.asarray(False),
-                      jnp.asarray(0))
+                      jnp.asarray(0, jnp.int32))
 
 
 def _two_loop(state: LbfgsState, gradient):
@@ -299,7 +299,7 @@ def _start(positions, neighbors, force_field, fmax, cfg: RelaxConfig) -> RelaxSt
     energy, forces = force_field(positions, neighbors)
     finite, converged = _status(energy, forces, fmax)
     method = _METHODS[cfg.method][0](positions, forces, cfg)
-    return RelaxState(positions, forces, energy, jnp.asarray(0), converged | ~finite, neighbors, method)
+    return RelaxState(positions, forces, energy, jnp.asarray(0, jnp.int32), converged | ~finite, neighbors, method)
 
 
 @bounded_jit(static_argnames=("cfg",))
@@ -348,7 +348,7 @@ def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[RelaxState, int]
     positions = positions.astype(cfg.dtype)
     # one program for every fmax and max_steps (traced arguments), and one start for every chunk length
     compiled = dataclasses.replace(cfg, max_steps=1, fmax=1.0)
-    fmax, max_steps = jnp.asarray(cfg.fmax, cfg.dtype), jnp.asarray(cfg.max_steps)
+    fmax, max_steps = jnp.asarray(cfg.fmax, cfg.dtype), jnp.asarray(cfg.max_steps, jnp.int32)
     neighbors = _allocate(force_field, template, positions)
     state = _start_batch(positions, neighbors, force_field, fmax, dataclasses.replace(compiled, chunk_steps=1))
     reallocations = 0

@@ -34,6 +34,7 @@ from so3krates.neighbors import (
 )
 from so3krates.potential import Potential, atomic_energies, with_dtype
 from so3krates.reference import ReferenceError, XTBReference
+from so3krates.runtime import require_dtype
 from so3krates.system import System
 
 CALLBACK_ERRORS: list[str] = []  # messages of failed reference calculations, newest last
@@ -146,6 +147,7 @@ class SumForces:
 
 def make_force_field(model, system: System, dtype: str = "float32", skin: float = 0.5, capacity_factor: float = 1.25):
     """The force field for ``model`` (Potential, XTBReference, or ``energy(positions)``) on ``system``."""
+    require_dtype(dtype)
     if isinstance(model, Potential):
         model.check_elements(system.numbers)
         return PotentialForces(with_dtype(model, jnp.dtype(dtype)), float(skin), float(capacity_factor), dtype)

@@ -87,7 +87,7 @@ class GuardStatus:
     @staticmethod
     def initial(dtype) -> GuardStatus:
         return GuardStatus(
-            ok=jnp.array(True), step=jnp.array(-1, jnp.int64), flags=jnp.zeros(len(GUARDS), bool),
+            ok=jnp.array(True), step=jnp.array(-1, jnp.int32), flags=jnp.zeros(len(GUARDS), bool),
             atoms=jnp.full((len(GUARDS), 2), -1, jnp.int32), values=jnp.zeros(len(GUARDS), dtype),
             max_bond_ratio=jnp.array(1.0, dtype), min_distance=jnp.array(jnp.inf, dtype), overflow=jnp.array(False),
         )

@@ -49,7 +49,7 @@ class MDState:
     chain_positions: Float[Array, " m"]  # Nosé-Hoover xi (dimensionless); empty otherwise
     chain_velocities: Float[Array, " m"]  # Nosé-Hoover v_xi, 1/fs
     key: Array  # raw uint32 PRNG key
-    step: Array  # int64 steps done
+    step: Array  # int32 steps done (whatever JAX's 64-bit flag: 2^31 steps suffice)
     neighbors: Any  # the force field's neighbour list (None when it needs none)
 
     @property
@@ -145,7 +145,7 @@ def _init_factory(force_fn, default_temperature, chain_length, remove_rotation, 
         return MDState(
             positions=positions, momenta=jnp.asarray(momenta, dtype), masses=masses, forces=forces.astype(dtype),
             energy=energy.astype(dtype), heat=zero, chain_positions=jnp.zeros(chain_length, dtype),
-            chain_velocities=jnp.zeros(chain_length, dtype), key=key, step=jnp.zeros((), jnp.int64),
+            chain_velocities=jnp.zeros(chain_length, dtype), key=key, step=jnp.zeros((), jnp.int32),
             neighbors=neighbors,
         )
 

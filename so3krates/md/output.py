@@ -157,7 +157,11 @@ def restore_state(simulation: Simulation, metadata: dict[str, Any], arrays: dict
         if name not in arrays:
             raise ValueError(f"{path}: checkpoint lacks {name}")
         value = arrays[name]
-        if value.shape != np.shape(leaf) or value.dtype != np.asarray(leaf).dtype:
+        needed = np.asarray(leaf).dtype
+        if value.dtype != needed and value.dtype.kind == needed.kind == "i" \
+                and np.all(np.abs(value) <= np.iinfo(needed).max):
+            value = value.astype(needed)  # step counters were int64 in checkpoints before they were int32
+        if value.shape != np.shape(leaf) or value.dtype != needed:
             raise ValueError(
                 f"{path}: {name} has shape {value.shape} {value.dtype}, the simulation needs "
                 f"{np.shape(leaf)} {np.asarray(leaf).dtype} (different dtype, structure or settings?)"

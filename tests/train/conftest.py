@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-import so3krates  # noqa: F401  (enables float64)
+import so3krates  # noqa: F401
 from so3krates import ModelConfig
 from so3krates.data import Dataset
 from so3krates.train import TrainConfig

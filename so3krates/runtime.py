@@ -1,0 +1,58 @@
+"""Process-wide settings, made explicitly: ``so3krates.configure()``.
+
+Importing so3krates changes nothing outside it: JAX's configuration and matplotlib's backend stay
+as the importer left them. An entry point (the ``so3krates`` command, the dashboard, the test
+suite, the first cell of a notebook or script) calls :func:`configure` once:
+
+* ``x64``: JAX's 64-bit types, so that float64 (relaxations, finite-difference checks, minimum
+  energies compared to meV) is available on request. Every array the library creates carries an
+  explicit dtype, so float32 stays float32 either way; without it, asking for float64 is an error
+  (:func:`require_dtype`), never a silent float32. Counters (MD steps, relaxation steps) are
+  int32 whatever the flag: 2^31 steps of 0.5 fs are a microsecond of MD, more than any run here.
+* ``compilation_cache``: JAX's persistent compilation cache, so a second start of a program
+  skips XLA compilation; in ``$SO3KRATES_CACHE_DIR`` or ``~/.cache/so3krates/jax``, unless one
+  is configured already (``SO3KRATES_NO_COMPILATION_CACHE=1`` turns it off).
+* the count of XLA compilations (:mod:`so3krates.compilation`) starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+DTYPES = ("float32", "float64")
+
+
+def configure(x64: bool = True, compilation_cache: bool = True) -> None:
+    """Set up JAX for so3krates in this process (idempotent; call before computing anything)."""
+    from so3krates import compilation
+
+    compilation.install()
+    if x64:
+        jax.config.update("jax_enable_x64", True)
+    if compilation_cache and not jax.config.jax_compilation_cache_dir \
+            and not os.environ.get("SO3KRATES_NO_COMPILATION_CACHE"):
+        directory = Path(os.environ.get("SO3KRATES_CACHE_DIR", Path.home() / ".cache" / "so3krates" / "jax"))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return  # a read-only home: run without the cache rather than fail
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def require_dtype(name: str) -> np.dtype:
+    """The floating dtype called ``name`` ("float32" or "float64"), usable in this process.
+
+    float64 needs JAX's 64-bit types: without them JAX would quietly compute in float32.
+    """
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
+    if name == "float64" and not jax.config.jax_enable_x64:
+        raise RuntimeError("float64 was asked for, but JAX's 64-bit types are off in this process: call "
+                           "so3krates.configure() once before computing (or set JAX_ENABLE_X64=1)")
+    return np.dtype(name)
