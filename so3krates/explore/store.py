@@ -229,6 +229,22 @@ CREATE TABLE IF NOT EXISTS created_by_key (key TEXT PRIMARY KEY, minimum INTEGER
 """
 
 
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Write-ahead logging (persistent: set once on the file). Switching to it takes an exclusive
+    lock for which SQLite may not wait (another process opening the new file at the same moment
+    gets "database is locked" at once), so retry until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class MinimaStore:
     """Distinct minima of one molecule (fixed atoms and order) in an SQLite file; see the module docstring.
 
@@ -248,7 +264,7 @@ class MinimaStore:
         if self._bonds is not None and len(self._bonds) != len(self.numbers):
             raise ValueError(f"bonds has {len(self._bonds)} atoms but numbers has {len(self.numbers)}")
         with self._connection() as connection:
-            connection.execute("PRAGMA journal_mode=WAL")  # persistent: set once on the file
+            _use_wal(connection)
             with self._transaction(connection):
                 tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 if tables and "metadata" not in tables:
