@@ -16,8 +16,8 @@ that compiles on every iteration runs out of memory maps after a few dozen itera
 
 The listener is installed on first use (JAX keeps listeners for the life of the process and
 offers no way to remove one, so exactly one is ever installed); compilations before that first
-use are not counted. The ``so3krates`` command, the dashboard and the test suite call
-:func:`install` before anything compiles.
+use are not counted. :func:`so3krates.configure` (called by the ``so3krates`` command, the
+dashboard and the test suite before anything compiles) installs it.
 """
 
 from __future__ import annotations
