@@ -296,8 +296,8 @@ def resize_neighbor_list(nl: NeighborList, capacity: int, active_capacity: int |
     """The same list (same pairs, same reference positions, same rebuild schedule) with room for
     ``capacity`` pairs (at least the pairs it holds, unless ``truncate``: a template whose arrays
     are about to be replaced) and ``active_capacity`` of them within the cutoff (None: as now; a
-list without compaction stays without). Works on lists
-    with leading batch axes too (numpy in, numpy out)."""
+    list without compaction stays without). Works on lists with leading batch axes too (numpy in,
+    numpy out)."""
     graph = nl.graph
     old = graph.pair_first.shape[-1]
     held = int(np.max(np.sum(np.asarray(graph.pair_mask), axis=-1), initial=0))

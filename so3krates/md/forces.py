@@ -224,9 +224,13 @@ def grow_neighbor_list(neighbors, capacity: int, active_capacity: int | None = N
 def grow_after_overflow(neighbors):
     """The reaction to an overflow: every list one step up the bucket grid (pair and active
     capacity), recorded in the shared :data:`~so3krates.neighbors.PAIR_CAPACITIES` so that later
-    lists of this size start with the room this one needed."""
+    lists of this size start with the room this one needed. A free molecule's list never grows
+    past all its pairs (then only the model's share, the active capacity, had overflowed)."""
     def grow(nl: NeighborList) -> NeighborList:
         capacity = pair_bucket(nl.capacity + 1)
+        if not nl.periodic:
+            atoms = int(np.max(np.sum(np.asarray(nl.graph.atom_mask), axis=-1)))
+            capacity = max(nl.capacity, min(capacity, pair_bucket(atoms * (atoms - 1) // 2)))
         active = None if nl.active_capacity is None else pair_bucket(nl.active_capacity + 1)
         capacity, active = PAIR_CAPACITIES.reserve(nl.size_key, capacity, active)
         return grow_neighbor_list(nl, capacity, active)

@@ -65,6 +65,7 @@ def test_overflow_reallocates_and_matches_a_large_buffer():
     assert small.reallocations >= 1
     final = neighbor_room(small.state.neighbors)
     assert final[1] > initial[1]
+    assert final[0] == initial[0]  # the list itself held every pair already: only the model's share grew
 
     large = Simulation(atoms, potential, config)
     large.state = dataclasses.replace(large.state, neighbors=grow_neighbor_list(large.state.neighbors, *final))
