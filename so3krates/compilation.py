@@ -30,6 +30,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import jax
 import numpy as np
@@ -83,6 +84,13 @@ def thread_compilations() -> int:
     """Compilations so far made by the calling thread (a jitted call compiles on the caller's thread)."""
     install()
     return getattr(_local, "count", 0)
+
+
+def counted(fun: Callable, *args, **kwargs) -> tuple[Any, int]:
+    """``fun(*args, **kwargs)`` and the number of programs it compiled (on this thread)."""
+    before = thread_compilations()
+    result = fun(*args, **kwargs)
+    return result, thread_compilations() - before
 
 
 class CompileCounter:

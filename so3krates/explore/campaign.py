@@ -37,7 +37,7 @@ import ase
 import jax
 import numpy as np
 
-from so3krates.compilation import thread_compilations
+from so3krates.compilation import counted
 from so3krates.runtime import configure
 from so3krates.explore.graph import export_beside
 from so3krates.explore.hopping import (
@@ -411,9 +411,8 @@ def _remote_excursion(token: str, x64: bool, model, atoms, config: HoppingConfig
 
 def _counted_start(atoms, model, config: HoppingConfig) -> tuple[np.ndarray, float, int]:
     """The walkers' first minimum, and how many programs relaxing it compiled."""
-    before = thread_compilations()
-    positions, energy = relax_start(atoms, model, config)
-    return positions, energy, thread_compilations() - before
+    (positions, energy), compilations = counted(relax_start, atoms, model, config)
+    return positions, energy, compilations
 
 
 def _remote_start(token: str, x64: bool, model, atoms, config: HoppingConfig) -> tuple[np.ndarray, float, int]:

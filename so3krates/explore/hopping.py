@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jaxtyping import Float
 
-from so3krates.compilation import thread_compilations
+from so3krates.compilation import counted
 from so3krates.explore.relax import RelaxConfig, relax
 from so3krates.files import atomic_write
 from so3krates.md import BlowUpError, MDConfig, Simulation
@@ -130,9 +130,8 @@ def run_excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: Excursio
     task gives the same result, wherever it runs). The programs it runs are shared by every hop,
     walker and exploration of the process (one escape and one relaxation program per model,
     size bucket and dtype); ``compilations`` says how many it had to compile."""
-    before = thread_compilations()
-    excursion = _excursion(atoms, model, config, task)
-    return dataclasses.replace(excursion, compilations=thread_compilations() - before)
+    excursion, compilations = counted(_excursion, atoms, model, config, task)
+    return dataclasses.replace(excursion, compilations=compilations)
 
 
 def _excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTask) -> Excursion:
