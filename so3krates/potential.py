@@ -7,8 +7,8 @@ Every quantity is a derivative of one scalar function of the positions and a str
   deforms positions and lattice vectors alike (R -> R(1+epsilon), cell -> cell(1+epsilon)),
   so pair vectors across the boundary strain correctly and no cell derivative is needed,
 * heat flux J = J_pot + J_conv from the unfolded (open, replicated) system, which is exact for
-  message passing models whose per-atom energies reach ``interaction_range`` (section F of the
-  spec): J_pot = sum_{i in cell} sum_j (r_i - r_j) (dU_i/dr_j . v_j), computed without any
+  message passing models whose per-atom energies reach ``interaction_range`` (docs/model.md
+  section 9): J_pot = sum_{i in cell} sum_j (r_i - r_j) (dU_i/dr_j . v_j), computed without any
   per-atom Jacobian as a JVP of B(R) = sum_i U_i(R) r_i minus sum_j r_j (dU/dr_j . v_j).
 
 Units: eV, Å, amu, fs; velocities in Å/fs, so J is in eV Å/fs.

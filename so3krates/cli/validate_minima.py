@@ -156,14 +156,25 @@ def training_data(args, model_dir: Path | None, model_explicit: bool):
             description = f"all {len(dataset)} frames of {source} (no split beside {model_dir} matches it)"
     else:
         return None, none, None
-    settings = None
     sidecar = sidecar_path(source)
-    if sidecar.is_file():  # labels made by `so3krates label`: validate with the same xTB settings
-        try:
-            settings = json.loads(sidecar.read_text()).get("xtb")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            settings = None
+    # labels made by `so3krates label`: validate with the same xTB settings
+    settings = _xtb_settings(sidecar) if sidecar.is_file() else None
     return dataset, description, settings
+
+
+def _xtb_settings(sidecar: Path) -> dict:
+    """The xTB settings a `so3krates label` sidecar records; an unreadable one is an error, since
+    validating with other settings than the labels' would compare different methods."""
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{sidecar}: unreadable xTB settings of the training labels ({error}); "
+                         "repair or remove it") from None
+    settings = record.get("xtb") if isinstance(record, dict) else None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{sidecar}: holds no xTB settings of the training labels (no \"xtb\" object); "
+                         "repair or remove it")
+    return settings
 
 
 def _frames_of(dataset, numbers, what: str):
@@ -190,12 +201,44 @@ def run(args) -> int:
     import dataclasses
 
     from so3krates.explore.store import MinimaStore
-    from so3krates.explore.validate import ValidationConfig, validate_minima
-    from so3krates.reference import XTBReference
+    from so3krates.explore.validate import validate_minima
 
     if args.limit < 1:
         raise ValueError(f"--limit must be a positive integer, got {args.limit}")
     store_path = find_store(args.exploration)
+    json_path, csv_path = _report_paths(args, store_path)
+    store = MinimaStore.open(store_path)
+    minima = _chosen_minima(store, store_path, args)
+
+    if args.model is not None:
+        model_dir = _model_dir(args.model)
+        if model_dir is None:
+            raise FileNotFoundError(f"{args.model}: no such model directory or shipped model")
+    else:
+        model_dir = recorded_model(store_path)
+    dataset, training_description, xtb_settings = training_data(args, model_dir, args.model is not None)
+    training = None
+    if dataset is not None:
+        training, partial = _frames_of(dataset, store.numbers, training_description)
+        if partial:
+            training_description += f" ({len(training)} frames with the store's atoms)"
+    config = _validation_config(store, xtb_settings, args)
+
+    print(f"validating {len(minima)} of {len(store)} minima in {store_path} with {config.reference.method} "
+          f"(relax to {config.fmax:g} eV/Å, confirmed when RMSD <= {config.rmsd_threshold:g} Å)", flush=True)
+    print(f"training data: {training_description}", flush=True)
+    report = validate_minima(minima, store.numbers, training, config, progress=_progress_printer(len(minima)))
+    report = dataclasses.replace(report, metadata={
+        "store": str(store_path), "model": None if model_dir is None else str(model_dir),
+        "training": training_description, "minima_in_store": len(store)})
+    report.write(json_path, csv_path)
+    print(report.table())
+    print(f"report written to {json_path} and {csv_path}")
+    return 0
+
+
+def _report_paths(args, store_path: Path) -> tuple[Path, Path]:
+    """Where validation.json and validation.csv go; refused before any work if they exist."""
     json_path = Path(args.report) if args.report else store_path.parent / "validation.json"
     csv_path = json_path.with_suffix(".csv")
     for path in (json_path, csv_path):
@@ -203,8 +246,11 @@ def run(args) -> int:
             raise FileExistsError(f"{path} exists (use --overwrite to replace it)")
     if not json_path.parent.is_dir():
         raise FileNotFoundError(f"{json_path.parent}: no such directory for the report")
+    return json_path, csv_path
 
-    store = MinimaStore.open(store_path)
+
+def _chosen_minima(store, store_path: Path, args) -> list:
+    """The minima named by --ids (in that order, once each), else the --limit lowest."""
     if args.ids is not None:
         known = {minimum.id: minimum for minimum in store.minima()}
         missing = [i for i in args.ids if i not in known]
@@ -216,38 +262,35 @@ def run(args) -> int:
         minima = store.minima()[:args.limit]
     if not minima:
         raise ValueError(f"{store_path} holds no minima: nothing to validate")
+    return minima
 
-    if args.model is not None:
-        model_dir = _model_dir(args.model)
-        if model_dir is None:
-            raise FileNotFoundError(f"{args.model}: no such model directory or shipped model")
-    else:
-        model_dir = recorded_model(store_path)
-    dataset, training_description, xtb_settings = training_data(args, model_dir, args.model is not None)
-    training, partial = None, False
-    if dataset is not None:
-        training, partial = _frames_of(dataset, store.numbers, training_description)
-        if partial:
-            training_description += f" ({len(training)} frames with the store's atoms)"
+
+def _validation_config(store, xtb_settings: dict | None, args):
+    """The store's own sameness tolerances, the training labels' xTB settings, then the options given."""
+    import dataclasses
+
+    from so3krates.explore.validate import ValidationConfig
+    from so3krates.reference import XTBReference
 
     config = ValidationConfig(rmsd_threshold=store.tolerances.rmsd, allow_inversion=store.tolerances.allow_inversion,
                               permute_equivalent=store.tolerances.permute_equivalent)
-    if isinstance(xtb_settings, dict):
+    if xtb_settings is not None:
         known = {field.name for field in dataclasses.fields(XTBReference)}
         reference = XTBReference(**{key: value for key, value in xtb_settings.items() if key in known})
         config = dataclasses.replace(config, reference=reference)
     options = {"rmsd_threshold": args.rmsd_threshold, "new_threshold": args.new_threshold, "fmax": args.fmax,
                "max_steps": args.max_steps}
-    config = dataclasses.replace(config, **{name: value for name, value in options.items() if value is not None})
+    return dataclasses.replace(config, **{name: value for name, value in options.items() if value is not None})
 
-    print(f"validating {len(minima)} of {len(store)} minima in {store_path} with {config.reference.method} "
-          f"(relax to {config.fmax:g} eV/Å, confirmed when RMSD <= {config.rmsd_threshold:g} Å)", flush=True)
-    print(f"training data: {training_description}", flush=True)
+
+def _progress_printer(total: int):
+    """A progress callback printing one line per validated minimum."""
+    done = 0
 
     def progress(row) -> None:
-        done = len(seen) + 1
-        seen.append(row)
-        parts = [f"[{done}/{len(minima)}] minimum {row.id}: {row.status}"]
+        nonlocal done
+        done += 1
+        parts = [f"[{done}/{total}] minimum {row.id}: {row.status}"]
         if row.energy_error is not None:
             parts.append(f"E_model - E_xTB {row.energy_error * 1000:+.1f} meV")
         if row.rmsd is not None:
@@ -258,12 +301,4 @@ def run(args) -> int:
             parts.append(row.error)
         print(", ".join(parts), flush=True)
 
-    seen: list = []
-    report = validate_minima(minima, store.numbers, training, config, progress=progress)
-    report = dataclasses.replace(report, metadata={
-        "store": str(store_path), "model": None if model_dir is None else str(model_dir),
-        "training": training_description, "minima_in_store": len(store)})
-    report.write(json_path, csv_path)
-    print(report.table())
-    print(f"report written to {json_path} and {csv_path}")
-    return 0
+    return progress

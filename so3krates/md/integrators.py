@@ -28,7 +28,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ase import units
 from jaxtyping import Array, Float
 
@@ -233,6 +232,52 @@ _W5 = 1.0 / (4.0 - 4.0 ** (1.0 / 3.0))
 _YOSHIDA[5] = (_W5, _W5, 1.0 - 4.0 * _W5, _W5, _W5)
 
 
+def _chain_masses(chain_length: int, nf, kt, tau, dtype) -> Float[Array, " m"]:
+    """Q_1 = N_f kT tau², Q_i = kT tau² (i > 1)."""
+    q = jnp.full(chain_length, kt * tau**2, dtype)
+    return q.at[0].multiply(nf)
+
+
+def _half_chain(state: MDState, dt, nf, kt, tau, chain_steps: int, weights: tuple[float, ...]) -> MDState:
+    """exp(iL_NHC dt/2): the thermostat chain acting for half a timestep.
+
+    ``chain_steps`` substeps, each a Suzuki-Yoshida sequence with ``weights``; per stage the chain
+    velocities are updated from the end of the chain inwards, the particle momenta scaled, the
+    chain positions drifted, and the velocities updated outwards again.
+    """
+    m = state.chain_velocities.shape[0]
+    q = _chain_masses(m, nf, kt, tau, state.positions.dtype)
+    v = [state.chain_velocities[i] for i in range(m)]
+    xi = [state.chain_positions[i] for i in range(m)]
+    ke2 = 2.0 * kinetic_energy(state.momenta, state.masses)
+    scale_total = jnp.ones((), state.positions.dtype)
+
+    def force(i, ke2):
+        if i == 0:
+            return (ke2 - nf * kt) / q[0]
+        return (q[i - 1] * v[i - 1] ** 2 - kt) / q[i]
+
+    for _ in range(chain_steps):
+        for w in weights:
+            d = w * dt / chain_steps
+            v[m - 1] = v[m - 1] + 0.25 * d * force(m - 1, ke2)
+            for i in range(m - 2, -1, -1):
+                shrink = jnp.exp(-0.125 * d * v[i + 1])
+                v[i] = (v[i] * shrink + 0.25 * d * force(i, ke2)) * shrink
+            scale = jnp.exp(-0.5 * d * v[0])
+            scale_total = scale_total * scale
+            ke2 = ke2 * scale**2
+            for i in range(m):
+                xi[i] = xi[i] + 0.5 * d * v[i]
+            for i in range(m - 1):
+                shrink = jnp.exp(-0.125 * d * v[i + 1])
+                v[i] = (v[i] * shrink + 0.25 * d * force(i, ke2)) * shrink
+            v[m - 1] = v[m - 1] + 0.25 * d * force(m - 1, ke2)
+    return dataclasses.replace(
+        state, momenta=state.momenta * scale_total, chain_velocities=jnp.stack(v), chain_positions=jnp.stack(xi)
+    )
+
+
 def nose_hoover(
     force_fn,
     timestep,
@@ -253,56 +298,16 @@ def nose_hoover(
     n_dof = lambda state: degrees_of_freedom(state.masses.shape[-1], periodic, "nose-hoover", remove_rotation)  # noqa: E731
     weights = _YOSHIDA[yoshida_order]
 
-    def chain_masses(state):
-        kt = KB * temperature_K
-        q = jnp.full(chain_length, kt * tau**2, state.positions.dtype)
-        return q.at[0].multiply(n_dof(state))
-
-    def half_chain(state, dt):
-        """exp(iL_NHC dt/2): the thermostat acting for half a timestep."""
-        kt = KB * temperature_K
-        nf = n_dof(state)
-        q = chain_masses(state)
-        v = [state.chain_velocities[i] for i in range(chain_length)]
-        xi = [state.chain_positions[i] for i in range(chain_length)]
-        ke2 = 2.0 * kinetic_energy(state.momenta, state.masses)
-        scale_total = jnp.ones((), state.positions.dtype)
-        m = chain_length
-
-        def force(i, ke2):
-            if i == 0:
-                return (ke2 - nf * kt) / q[0]
-            return (q[i - 1] * v[i - 1] ** 2 - kt) / q[i]
-
-        for _ in range(chain_steps):
-            for w in weights:
-                d = w * dt / chain_steps
-                v[m - 1] = v[m - 1] + 0.25 * d * force(m - 1, ke2)
-                for i in range(m - 2, -1, -1):
-                    shrink = jnp.exp(-0.125 * d * v[i + 1])
-                    v[i] = (v[i] * shrink + 0.25 * d * force(i, ke2)) * shrink
-                scale = jnp.exp(-0.5 * d * v[0])
-                scale_total = scale_total * scale
-                ke2 = ke2 * scale**2
-                for i in range(m):
-                    xi[i] = xi[i] + 0.5 * d * v[i]
-                for i in range(m - 1):
-                    shrink = jnp.exp(-0.125 * d * v[i + 1])
-                    v[i] = (v[i] * shrink + 0.25 * d * force(i, ke2)) * shrink
-                v[m - 1] = v[m - 1] + 0.25 * d * force(m - 1, ke2)
-        return dataclasses.replace(
-            state, momenta=state.momenta * scale_total, chain_velocities=jnp.stack(v), chain_positions=jnp.stack(xi)
-        )
-
     def step_fn(state):
-        state = half_chain(state, timestep)
+        kt = KB * temperature_K
+        state = _half_chain(state, timestep, n_dof(state), kt, tau, chain_steps, weights)
         state = _velocity_verlet(force_fn, state, timestep)
-        state = half_chain(state, timestep)
+        state = _half_chain(state, timestep, n_dof(state), kt, tau, chain_steps, weights)
         return dataclasses.replace(state, step=state.step + 1)
 
     def conserved_fn(state):
         kt = KB * temperature_K
-        q = chain_masses(state)
+        q = _chain_masses(chain_length, n_dof(state), kt, tau, state.positions.dtype)
         thermostat = 0.5 * jnp.sum(q * state.chain_velocities**2)
         thermostat += kt * (n_dof(state) * state.chain_positions[0] + jnp.sum(state.chain_positions[1:]))
         return kinetic_energy(state.momenta, state.masses) + state.energy + thermostat
@@ -312,7 +317,3 @@ def nose_hoover(
 
     init_fn = _init_factory(force_fn, temperature_K, chain_length, remove_rotation, periodic)
     return Integrator(init_fn, step_fn, conserved_fn, temperature_fn, n_dof, "nose-hoover")
-
-
-def as_numpy_state(state: MDState) -> MDState:
-    return jax.tree.map(np.asarray, state)

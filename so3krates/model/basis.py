@@ -3,6 +3,7 @@
 All functions are pure, elementwise over pairs, and keep the dtype of their input. Zero-length
 vectors (padding pairs, coincident atoms) give finite values and finite derivatives of every
 order: the norm uses the double-``where`` construction, so no branch ever sees sqrt(0) or 1/0.
+The formulas are listed in docs/model.md section 2.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class ModelConfig:
     message_normalization: Literal["sqrt_num_features", "avg_num_neighbors", "identity"] = "sqrt_num_features"
     avg_num_neighbors: float | None = None
     # Euclidean variables start at zero (as the reference code) or at the cutoff-weighted
-    # neighbour average of Y(r_ij) / avg_num_neighbors (paper Eq. 11)
+    # neighbour average of Y(r_ij) / avg_num_neighbors (paper Eq. 11; docs/model.md section 3)
     ev_initialization: Literal["zeros", "neighbor_average"] = "zeros"
     residual_mlp_1: bool = False
     residual_mlp_2: bool = False

@@ -1,6 +1,6 @@
 """The SO3krates network: Graph + pair vectors -> per-atom energies.
 
-Equations follow ../shared/spec/so3krates.md section A. Per atom the state is invariant
+The equations are written out in docs/model.md (sections 1-8). Per atom the state is invariant
 features h (F) and Euclidean variables x (one (2l+1)-block per degree, no channel axis).
 Each layer is Euclidean self-attention (an invariant branch with H heads and an EV branch with
 one head per degree, both weighted by learned filters of invariants, no softmax) followed by the

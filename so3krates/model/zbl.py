@@ -8,6 +8,7 @@ with the ZBL screening constants a, c (c normalised to sum to 1), p = 0.23 and
 delta = 1 / (0.8854 a_0). All ten are trainable through a softplus. phi is the model's cutoff
 and w a C-infinity switch from 1 at d = 0 to 0 at d = 1.5 Å, so the term only acts at short
 range. Half of E_ij goes to each atom (the reference code's 1/2 on each directed edge).
+See docs/model.md section 8.
 """
 
 from __future__ import annotations

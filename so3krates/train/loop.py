@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from so3krates.checkpoint import CONFIG_FILE, PARAMS_FILE, load_model, save_model
 from so3krates.data import Dataset, fit_energy_shifts, save_split, split
-from so3krates.data.batching import PairCache, ShapePlan, batches, pack
+from so3krates.data.batching import Batch, PairCache, ShapePlan, batches, pack
 from so3krates.evaluation import SPLIT_FILE, compute_metrics, fingerprint, predict_batches
 from so3krates.files import atomic_write
 from so3krates.potential import Potential, init_model
@@ -103,48 +103,10 @@ def iterate(
     killed process leaves behind."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    out = Path(out_dir)
-    data_info = {**(data_info or {}), "source": (data_info or {}).get("source", dataset.source),
-                 "num_frames": len(dataset), "fingerprint": fingerprint(dataset)}
-    run_record = {"train_config": config.to_dict(), "data": data_info}
-    indices = split(len(dataset), config.n_train, config.n_valid, config.n_test, seed=config.split_seed)
-    has_state = _prepare_directory(out, config, data_info, resume, overwrite)
-    train_set, valid_set = dataset.subset(indices["train"]), dataset.subset(indices["valid"])
-    shifts = fit_energy_shifts(train_set)
-    cutoff = config.model.cutoff
-    train_cache = PairCache.build(train_set, cutoff, shifts)
-    valid_cache = PairCache.build(valid_set, cutoff, shifts)
-    plan = ShapePlan.for_cache(train_cache, config.batch_size)
-    np_dtype = np.float32 if config.dtype == "float32" else np.float64
-    valid_batches = [jax.device_put(b) for b in batches(
-        valid_cache, np.arange(len(valid_set)), min(config.batch_size, len(valid_set)), uniform=True, dtype=np_dtype)]
-    split_metadata = dict(seed=config.split_seed, source=data_info["source"], fingerprint=data_info["fingerprint"],
-                          filter=data_info.get("filter"), num_frames=len(dataset))
-
-    template = _fresh_state(config, dataset)
-    model, elements = template[1], dataset.elements
-    optimizer = make_optimizer(config)
-    state = template[0]
-    if has_state:
-        state = load_state(out / STATE_FILE, state, config)
-        reason = _stop_reason(config, state, len(train_set) // config.batch_size)
-        if reason:
-            raise FileExistsError(
-                f"{out}: holds a finished run ({state.stop_reason}; {reason}); pass --overwrite to start over, "
-                "or raise --max-steps / --max-epochs / --max-time to continue it")
-        state = dataclasses.replace(state, stop_reason="")
-        _truncate_log(out / LOG_FILE, state.step)
-    else:
-        atomic_write(out / RUN_CONFIG, json.dumps(run_record, indent=2).encode())
-        save_split(out / SPLIT_FILE, indices, overwrite=True, **split_metadata)
-        save_state(out / STATE_FILE, state, config)
-        atomic_write(out / LOG_FILE, b"")
-    atomic_write(out / RUN_CONFIG, json.dumps(run_record, indent=2).encode())  # new stopping limits
-
-    step_fn = make_train_step(model, config, optimizer)
+    run, state = _open_run(config, dataset, Path(out_dir), resume, overwrite, data_info)
+    out = run.out
+    step_fn = make_train_step(run.model, config, make_optimizer(config))
     schedule = learning_rate_schedule(config)
-    batches_per_epoch = len(train_set) // config.batch_size
-    atoms = train_cache.num_atoms
     params, opt_state = jax.device_put(state.params), jax.device_put(state.opt_state)
     loss_sum = jax.device_put(state.loss_sum)
     session_start, elapsed_before = time.monotonic(), state.elapsed
@@ -152,43 +114,13 @@ def iterate(
     bar = tqdm(total=total, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"training {out.name}")
 
+    def elapsed() -> float:  # seconds of training, all sessions
+        return elapsed_before + time.monotonic() - session_start
+
     def validate(state: TrainState, final: bool) -> tuple[TrainState, dict[str, Any]]:
-        potential = Potential(model=model, params=params, energy_shifts=shifts, elements=elements)
-        predictions = predict_batches(potential, valid_cache, valid_batches, config.dtype)
-        metrics = compute_metrics(predictions)
-        valid_loss = _loss(predictions, config)
-        improved = valid_loss < state.best_loss
-        elapsed = elapsed_before + time.monotonic() - session_start
-        record = {
-            "step": state.step, "epoch": state.epoch, "wall_time": round(elapsed, 3),
-            "train_loss": float(loss_sum) / max(state.steps_since_validation, 1),
-            "valid_loss": valid_loss,
-            "valid_energy_mae": metrics.energy_mae, "valid_energy_rmse": metrics.energy_rmse,
-            "valid_energy_per_atom_mae": metrics.energy_per_atom_mae,
-            "valid_forces_mae": metrics.forces_mae, "valid_forces_rmse": metrics.forces_rmse,
-            "lr": float(schedule(state.step)), "best": bool(improved), "final": final,
-        }
-        bad = state.bad_validations
-        if improved:
-            provenance = {"training": {
-                "train_config": config.to_dict(), "data": data_info, "step": state.step, "epoch": state.epoch,
-                "valid_loss": valid_loss, "valid_metrics": metrics.to_dict(), "training_time_s": round(elapsed, 1),
-                "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "split": SPLIT_FILE,
-            }}
-            best_dir = out / BEST_DIR
-            save_model(potential, best_dir, provenance=provenance)
-            save_split(best_dir / SPLIT_FILE, indices, overwrite=True, **split_metadata)
-            bad = 0
-        elif not final:  # an extra validation at the stop does not count towards patience
-            bad += 1
-        state = dataclasses.replace(
-            state, best_loss=min(valid_loss, state.best_loss), best_step=state.step if improved else state.best_step,
-            bad_validations=bad, elapsed=elapsed, steps_since_validation=0)
-        with open(out / LOG_FILE, "a") as log:
-            log.write(json.dumps(record) + "\n")
-        bar.set_postfix_str(f"valid F MAE {metrics.forces_mae:.4f} eV/Å, E MAE {metrics.energy_mae:.4f} eV"
-                            f" (best step {state.best_step})", refresh=False)
+        state, record = _validate(run, state, params, elapsed, float(schedule(state.step)), final)
+        bar.set_postfix_str(f"valid F MAE {record['valid_forces_mae']:.4f} eV/Å, E MAE {record['valid_energy_mae']:.4f}"
+                            f" eV (best step {state.best_step})", refresh=False)
         return state, record
 
     def snapshot(state: TrainState) -> TrainState:  # host copies: the device buffers are donated next step
@@ -197,17 +129,11 @@ def iterate(
 
     try:
         while True:
-            state = dataclasses.replace(state, elapsed=elapsed_before + time.monotonic() - session_start)
-            reason = _stop_reason(config, state, batches_per_epoch)
+            state = dataclasses.replace(state, elapsed=elapsed())
+            reason = _stop_reason(config, state, run.batches_per_epoch)
             if reason:
                 break
-            if state.batch_in_epoch == batches_per_epoch:
-                key, sub = jax.random.split(state.key)
-                order = np.asarray(jax.random.permutation(sub, len(train_set)), np.int64)
-                state = dataclasses.replace(state, epoch=state.epoch + 1, batch_in_epoch=0, order=order, key=np.asarray(key))
-            start = state.batch_in_epoch * config.batch_size
-            chosen = state.order[start:start + config.batch_size]
-            batch = pack(train_cache, chosen, plan.shape(int(atoms[chosen].sum())), config.batch_size, np_dtype)
+            state, batch = _next_batch(run, state)
             previous = loss_sum
             params, opt_state, loss_sum = step_fn(params, opt_state, loss_sum, batch)
             previous.block_until_ready()  # run at most one step ahead of the device
@@ -234,9 +160,135 @@ def iterate(
                        steps=state.step, epochs=state.epoch, stop_reason=state.stop_reason, elapsed=state.elapsed)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What stays fixed during a training session: the directory, the split data, the model."""
+
+    out: Path
+    config: TrainConfig
+    model: Any  # the AtomicEnergyModel (SO3kratesEnergy) being trained
+    elements: tuple[int, ...]
+    shifts: np.ndarray  # per-element energy shifts fitted on the training set
+    data_info: dict[str, Any]  # where the data came from, recorded in the best model's provenance
+    indices: dict[str, np.ndarray]  # the split
+    split_metadata: dict[str, Any]  # saved with the split, so `so3krates evaluate` can match data to it
+    train_cache: PairCache
+    valid_cache: PairCache
+    valid_batches: list  # the whole validation set, packed once and kept on the device
+    plan: ShapePlan
+    train_atoms: np.ndarray  # atoms per training frame (the cache computes it on every access)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.indices["train"]) // self.config.batch_size
+
+
+def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, overwrite: bool,
+              data_info: dict[str, Any] | None) -> tuple[_Run, TrainState]:
+    """Check (or create) the run directory, split and cache the data, and load or start the state."""
+    data_info = {**(data_info or {}), "source": (data_info or {}).get("source", dataset.source),
+                 "num_frames": len(dataset), "fingerprint": fingerprint(dataset)}
+    indices = split(len(dataset), config.n_train, config.n_valid, config.n_test, seed=config.split_seed)
+    has_state = _prepare_directory(out, config, data_info, resume, overwrite)
+    train_set, valid_set = dataset.subset(indices["train"]), dataset.subset(indices["valid"])
+    shifts = fit_energy_shifts(train_set)
+    train_cache = PairCache.build(train_set, config.model.cutoff, shifts)
+    valid_cache = PairCache.build(valid_set, config.model.cutoff, shifts)
+    valid_batches = [jax.device_put(b) for b in batches(
+        valid_cache, np.arange(len(valid_set)), min(config.batch_size, len(valid_set)), uniform=True,
+        dtype=_numpy_dtype(config))]
+    split_metadata = dict(seed=config.split_seed, source=data_info["source"], fingerprint=data_info["fingerprint"],
+                          filter=data_info.get("filter"), num_frames=len(dataset))
+    fresh, model = _fresh_state(config, dataset)
+    run = _Run(out=out, config=config, model=model, elements=dataset.elements, shifts=shifts, data_info=data_info,
+               indices=indices, split_metadata=split_metadata, train_cache=train_cache, valid_cache=valid_cache,
+               valid_batches=valid_batches, plan=ShapePlan.for_cache(train_cache, config.batch_size),
+               train_atoms=train_cache.num_atoms)
+    return run, _resume_or_start(run, fresh, has_state)
+
+
+def _resume_or_start(run: _Run, fresh: TrainState, has_state: bool) -> TrainState:
+    """The saved state of an unfinished run (its log cut back to that state), or ``fresh`` with the
+    run's files written; either way the run record is rewritten with the current stopping limits."""
+    out, config = run.out, run.config
+    run_record = json.dumps({"train_config": config.to_dict(), "data": run.data_info}, indent=2).encode()
+    if has_state:
+        state = load_state(out / STATE_FILE, fresh, config)
+        reason = _stop_reason(config, state, run.batches_per_epoch)
+        if reason:
+            raise FileExistsError(
+                f"{out}: holds a finished run ({state.stop_reason}; {reason}); pass --overwrite to start over, "
+                "or raise --max-steps / --max-epochs / --max-time to continue it")
+        state = dataclasses.replace(state, stop_reason="")
+        _truncate_log(out / LOG_FILE, state.step)
+    else:
+        state = fresh
+        atomic_write(out / RUN_CONFIG, run_record)
+        save_split(out / SPLIT_FILE, run.indices, overwrite=True, **run.split_metadata)
+        save_state(out / STATE_FILE, state, config)
+        atomic_write(out / LOG_FILE, b"")
+    atomic_write(out / RUN_CONFIG, run_record)  # new stopping limits
+    return state
+
+
+def _next_batch(run: _Run, state: TrainState) -> tuple[TrainState, Batch]:
+    """The next training batch; after the last one of an epoch the next epoch starts in a new order."""
+    config = run.config
+    if state.batch_in_epoch == run.batches_per_epoch:
+        key, sub = jax.random.split(state.key)
+        order = np.asarray(jax.random.permutation(sub, len(run.indices["train"])), np.int64)
+        state = dataclasses.replace(state, epoch=state.epoch + 1, batch_in_epoch=0, order=order, key=np.asarray(key))
+    start = state.batch_in_epoch * config.batch_size
+    chosen = state.order[start:start + config.batch_size]
+    shape = run.plan.shape(int(run.train_atoms[chosen].sum()))
+    return state, pack(run.train_cache, chosen, shape, config.batch_size, _numpy_dtype(config))
+
+
+def _validate(run: _Run, state: TrainState, params, elapsed: Callable[[], float], lr: float,
+              final: bool) -> tuple[TrainState, dict[str, Any]]:
+    """Evaluate ``params`` on the validation set, save them as OUT/best when they improved, and log
+    the record. ``state`` is a host snapshot; the returned one has the best and patience updated."""
+    config = run.config
+    potential = Potential(model=run.model, params=params, energy_shifts=run.shifts, elements=run.elements)
+    predictions = predict_batches(potential, run.valid_cache, run.valid_batches, config.dtype)
+    metrics = compute_metrics(predictions)
+    valid_loss = _loss(predictions, config)
+    improved = valid_loss < state.best_loss
+    seconds = elapsed()
+    record = {
+        "step": state.step, "epoch": state.epoch, "wall_time": round(seconds, 3),
+        "train_loss": float(state.loss_sum) / max(state.steps_since_validation, 1),
+        "valid_loss": valid_loss,
+        "valid_energy_mae": metrics.energy_mae, "valid_energy_rmse": metrics.energy_rmse,
+        "valid_energy_per_atom_mae": metrics.energy_per_atom_mae,
+        "valid_forces_mae": metrics.forces_mae, "valid_forces_rmse": metrics.forces_rmse,
+        "lr": lr, "best": bool(improved), "final": final,
+    }
+    bad = state.bad_validations
+    if improved:
+        provenance = {"training": {
+            "train_config": config.to_dict(), "data": run.data_info, "step": state.step, "epoch": state.epoch,
+            "valid_loss": valid_loss, "valid_metrics": metrics.to_dict(), "training_time_s": round(seconds, 1),
+            "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "split": SPLIT_FILE,
+        }}
+        best_dir = run.out / BEST_DIR
+        save_model(potential, best_dir, provenance=provenance)
+        save_split(best_dir / SPLIT_FILE, run.indices, overwrite=True, **run.split_metadata)
+        bad = 0
+    elif not final:  # an extra validation at the stop does not count towards patience
+        bad += 1
+    state = dataclasses.replace(
+        state, best_loss=min(valid_loss, state.best_loss), best_step=state.step if improved else state.best_step,
+        bad_validations=bad, elapsed=seconds, steps_since_validation=0)
+    with open(run.out / LOG_FILE, "a") as log:
+        log.write(json.dumps(record) + "\n")
+    return state, record
+
+
 def _fresh_state(config: TrainConfig, dataset: Dataset):
     potential = init_model(config.model, dataset.elements, seed=config.seed)
-    dtype = np.float32 if config.dtype == "float32" else np.float64
+    dtype = _numpy_dtype(config)
     params = jax.tree.map(lambda x: np.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x),
                           potential.params)
     opt_state = jax.tree.map(np.asarray, make_optimizer(config).init(params))
@@ -246,6 +298,10 @@ def _fresh_state(config: TrainConfig, dataset: Dataset):
     state = TrainState(params=params, opt_state=opt_state, loss_sum=np.zeros((), dtype), step=0, epoch=1,
                        batch_in_epoch=0, order=order, key=np.asarray(key))
     return state, potential.model
+
+
+def _numpy_dtype(config: TrainConfig) -> type:
+    return np.float32 if config.dtype == "float32" else np.float64
 
 
 def _stop_reason(config: TrainConfig, state: TrainState, batches_per_epoch: int) -> str:

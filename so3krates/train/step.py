@@ -7,7 +7,6 @@ potential inside the step has zero shifts and float32 never holds a total energy
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -49,11 +48,6 @@ def loss_terms(potential: Potential, batch: Batch, dtype: str) -> dict[str, jax.
 
 def weighted_loss(terms: dict[str, jax.Array], config: TrainConfig) -> jax.Array:
     return config.energy_weight * terms["energy_mse"] + config.forces_weight * terms["forces_mse"]
-
-
-def residual_potential(potential: Potential) -> Potential:
-    """The potential without its energy shifts (the training targets have them subtracted)."""
-    return dataclasses.replace(potential, energy_shifts=np.zeros(NUM_ELEMENT_ROWS, np.float32))
 
 
 def make_train_step(model, config: TrainConfig, optimizer: optax.GradientTransformation):

@@ -270,7 +270,15 @@ def test_cli_user_errors_exit_2_with_one_line(ethanol, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     MinimaStore(tmp_path / "empty" / "minima.sqlite", ethanol["numbers"])
     (tmp_path / "junk.sqlite").write_text("not a database")
+    # training labels whose `so3krates label` sidecar (the xTB settings to validate with) is damaged
+    for stem, sidecar in (("cut", '{"xtb": {"accuracy": 0.1'), ("bare", '{"format": 1}')):
+        ase.io.write(tmp_path / f"{stem}.extxyz", [water])
+        (tmp_path / f"{stem}.label.json").write_text(sidecar)
     cases = {
+        f"{tmp_path / 'cut.label.json'}: unreadable xTB settings": [str(directory), "--training",
+                                                                     str(tmp_path / "cut.extxyz")],
+        f"{tmp_path / 'bare.label.json'}: holds no xTB settings": [str(directory), "--training",
+                                                                   str(tmp_path / "bare.extxyz")],
         "no such minima store": [str(tmp_path / "nowhere")],
         "no minima store in": [str(tmp_path)],
         "holds no minima": [str(tmp_path / "empty")],

@@ -51,11 +51,14 @@ def test_train_then_evaluate(data_file, tmp_path, capsys, tiny_model, make_ethan
     assert main(train_args(data_file, out, "--train-config", str(out / "train_config.json"), "--max-steps", "60")) == 0
     assert "stopped after 60 steps" in capsys.readouterr().out
 
-    # evaluate on the held-out frames: the numbers equal evaluate_model's on those frames
+    # evaluate the run directory: its best checkpoint on the held-out frames of the run's split;
+    # the numbers equal evaluate_model's on those frames
     report, plots = tmp_path / "metrics.json", tmp_path / "plots"
-    assert main(["evaluate", str(out / "best"), str(data_file), "--json", str(report), "--plots", str(plots)]) == 0
-    assert "the 7 test frames" in capsys.readouterr().out
+    assert main(["evaluate", str(out), str(data_file), "--json", str(report), "--plots", str(plots)]) == 0
+    printed = capsys.readouterr().out
+    assert f"evaluating checkpoint {out / 'best'} on the 7 test frames" in printed
     metrics = json.loads(report.read_text())
+    assert metrics["model"] == str(out / "best")
     test = filter_frames(read(data_file))[0].subset(split(39, 24, 8, seed=0)["test"])
     expected = evaluate_model(load_model(out / "best"), test).to_dict()
     assert metrics["num_frames"] == 7
@@ -65,6 +68,9 @@ def test_train_then_evaluate(data_file, tmp_path, capsys, tiny_model, make_ethan
     assert (plots / "parity.png").is_file() and (plots / "error_histogram.png").is_file()
     assert main(["evaluate", str(out / "best"), str(data_file), "--split", "all", "--dtype", "float64"]) == 0
     assert "all 39 frames" in capsys.readouterr().out
+    # the checkpoint given directly finds the split beside it too
+    assert main(["evaluate", str(out / "best"), str(data_file), "--split", "valid"]) == 0
+    assert f"evaluating checkpoint {out / 'best'} on the 8 valid frames" in capsys.readouterr().out
     # other data: every frame, and no split part can be asked for
     other = tmp_path / "other.xyz"
     ase.io.write(other, rattled_ethanol(5, seed=9).to_atoms(), format="extxyz")
@@ -95,6 +101,20 @@ def test_missing_data_and_unknown_config_keys(data_file, tmp_path, capsys):
     assert "unknown option 'learning_rate'" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nothing"), str(data_file)]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err
+    # a directory that is neither a checkpoint nor a training run says so
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty"), str(data_file)]) == 2
+    assert "nor a training run directory" in capsys.readouterr().err
+    # a run that has not validated yet has no best checkpoint to evaluate
+    (tmp_path / "young").mkdir()
+    (tmp_path / "young" / "train_config.json").write_text("{}")
+    assert main(["evaluate", str(tmp_path / "young"), str(data_file)]) == 2
+    assert "a training run without a best checkpoint yet" in capsys.readouterr().err
+    # a checkpoint directory missing its parameters is named by load_model, not taken for a run
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    assert main(["evaluate", str(tmp_path / "half"), str(data_file)]) == 2
+    assert "params.msgpack: missing" in capsys.readouterr().err
 
 
 class _nothing:
