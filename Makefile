@@ -12,6 +12,8 @@ APP_SESSION_OPTIONS := --check-unused-sessions 1000 --unused-session-lifetime 10
 
 install: $(INSTALLED)
 
+# The lock pins the core and every extra ([all]: app, explore, xtb) plus dev, so this is the
+# `pip install 'so3krates[all,dev]'` environment at the locked versions.
 $(INSTALLED): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
@@ -38,9 +40,10 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/explore.py
 	$(BIN)/python bench/app.py
 
-# Re-pin every dependency (run after changing pyproject.toml; commit the result).
+# Re-pin every dependency, the extras' too (run after changing pyproject.toml; commit the result).
+# uv keeps the versions already in requirements.lock unless pyproject.toml rules them out.
 lock: $(INSTALLED)
-	$(BIN)/python -m uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	$(BIN)/python -m uv pip compile pyproject.toml --extra all --extra dev --python-version 3.11 \
 		--output-file requirements.lock --no-header --quiet
 
 clean:

@@ -39,6 +39,7 @@ import numpy as np
 from ase.calculators.calculator import CalculationFailed, InputError
 from ase.data import chemical_symbols
 
+from so3krates.extras import require
 from so3krates.system import System
 
 __all__ = ["ReferenceError", "Labels", "XTBReference", "xtb_calculator", "label", "MAX_ATOMIC_NUMBER"]
@@ -51,9 +52,20 @@ class ReferenceError(RuntimeError):
     """A reference (xTB) calculation that could not be done; the message says what failed."""
 
 
+def import_tblite():
+    """``tblite.ase``; without tblite, a MissingExtraError (an ImportError) naming the ``xtb`` extra.
+
+    Code that hands the reference to a jitted loop (a ``jax.pure_callback``) calls this first, so
+    the message reaches the user as it is, not wrapped in an XLA runtime error."""
+    return require("tblite.ase", "xtb", "the xTB reference (GFN2-xTB)")
+
+
 def xtb_calculator(reference: XTBReference | None = None):
-    """A tblite ASE calculator with ``reference``'s settings (eV and eV/Å, as ASE gives them), silent."""
-    from tblite.ase import TBLite
+    """A tblite ASE calculator with ``reference``'s settings (eV and eV/Å, as ASE gives them), silent.
+
+    Every xTB calculation comes through here, so without tblite this is where the error says to
+    install the ``xtb`` extra."""
+    TBLite = import_tblite().TBLite
 
     reference = XTBReference() if reference is None else reference
     return TBLite(

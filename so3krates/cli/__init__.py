@@ -13,10 +13,12 @@ import importlib
 import pkgutil
 import sys
 
+from so3krates.extras import MissingExtraError
+
 # The order `so3krates --help` lists sub-commands in; any other module with `register` follows.
 ORDER = ("label", "train", "evaluate", "md", "explore", "validate_minima")
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, MissingExtraError)
 
 
 def build_parser() -> argparse.ArgumentParser:

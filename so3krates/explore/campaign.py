@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from so3krates.compilation import counted
+from so3krates.extras import require
 from so3krates.runtime import configure
 from so3krates.explore.graph import export_beside
 from so3krates.explore.hopping import (
@@ -151,6 +152,8 @@ class Exploration:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("this exploration was started already")
+        if self.config.scheduler != "threads":
+            _import_distributed()  # a missing extra is the caller's error, not the driver thread's
         self._state, self._started_at = "running", time.monotonic()
         self._hops_at_start = self._hops_done
         self._thread = threading.Thread(target=self._drive, name="so3krates-exploration", daemon=True)
@@ -309,6 +312,11 @@ def read_hops(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 # --- where excursions run --------------------------------------------------------------------
 
+def _import_distributed():
+    return require("distributed", "explore",
+                   "exploration on Dask (scheduler 'local' or an address; 'threads' needs no extra)")
+
+
 def _backend(scheduler: str, walkers: int, atoms: ase.Atoms, model, config: HoppingConfig):
     if scheduler == "threads":
         return _Threads(walkers, atoms, model, config)
@@ -342,8 +350,7 @@ class _Threads:
 
 class _Dask:
     def __init__(self, scheduler: str, walkers: int, atoms, model, config: HoppingConfig):
-        import distributed
-
+        distributed = _import_distributed()
         self.distributed = distributed
         self.lost_errors = (distributed.KilledWorker, concurrent.futures.CancelledError, OSError, TimeoutError)
         # the model travels as numpy arrays: a worker sets up 64-bit types (as the driver has

@@ -33,7 +33,7 @@ from so3krates.neighbors import (
     update_neighbor_list,
 )
 from so3krates.potential import Potential, atomic_energies, with_dtype
-from so3krates.reference import ReferenceError, XTBReference
+from so3krates.reference import ReferenceError, XTBReference, import_tblite
 from so3krates.runtime import require_dtype
 from so3krates.system import System
 
@@ -152,6 +152,7 @@ def make_force_field(model, system: System, dtype: str = "float32", skin: float 
         model.check_elements(system.numbers)
         return PotentialForces(with_dtype(model, jnp.dtype(dtype)), float(skin), float(capacity_factor), dtype)
     if isinstance(model, XTBReference):
+        import_tblite()  # here, not inside the callback, where XLA would wrap the missing-extra error
         return CallbackForces(
             model, tuple(int(z) for z in system.numbers),
             tuple(float(x) for x in np.asarray(system.cell).ravel()), tuple(bool(p) for p in system.pbc),

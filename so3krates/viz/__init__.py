@@ -25,6 +25,15 @@ travels inline with the output (about 1.3 MB), so a saved notebook shows the mol
 
 from so3krates.viz.molfile import detect_bonds, molfile
 from so3krates.viz.nglview import nglview_trajectory
-from so3krates.viz.viewer import BUNDLE, MoleculeViewer
 
 __all__ = ["BUNDLE", "MoleculeViewer", "detect_bonds", "molfile", "nglview_trajectory"]
+
+
+def __getattr__(name: str):
+    # the viewer is a Panel component: Panel loads when it is first asked for, so the molfile
+    # helpers work without the `app` extra and a missing Panel is reported where it is used
+    if name in ("BUNDLE", "MoleculeViewer"):
+        from so3krates.viz import viewer
+
+        return getattr(viewer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,12 +19,15 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-import pandas as pd
 from jaxtyping import Float
 
 from so3krates.analysis import kabsch
 from so3krates.data.units import ENERGY_UNITS
 from so3krates.data.units import energy_unit as canonical_energy_unit
+from so3krates.extras import require
+
+# pandas comes with the dashboard's `app` extra (Panel and HoloViews need it too)
+pd = require("pandas", "app", "the minima table (so3krates.viz.landscape)")
 
 __all__ = ["graph_layout", "minima_table", "relative_energy_column", "superpose"]
 

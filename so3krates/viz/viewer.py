@@ -21,12 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import param
 from jaxtyping import Float
-from panel.custom import JSComponent
 
+from so3krates.extras import require
 from so3krates.system import validated_atomic_numbers
 from so3krates.viz.molfile import detect_bonds, molfile, validated_bonds
+
+# Panel (and its param) come with the `app` extra; without them this says so when imported
+JSComponent = require("panel.custom", "app", "the molecule viewer (so3krates.viz.MoleculeViewer)").JSComponent
+param = require("param", "app", "the molecule viewer (so3krates.viz.MoleculeViewer)")
 
 __all__ = ["BUNDLE", "MoleculeViewer"]
 
