@@ -31,13 +31,18 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.neighborlist import primitive_neighbor_list
 from jaxtyping import Array, Bool, Float, Int
 
+# find_pairs and ALL_PAIRS_MAX_ATOMS live in so3krates.geometry; imported here for the callers
+# that know them as part of the neighbour-list API
+from so3krates.geometry import (  # noqa: F401
+    ALL_PAIRS_MAX_ATOMS, distances, find_pairs, lattice_shift, pad, pair_vectors, positive_image,
+)
 from so3krates.ops import gather
 from so3krates.system import System
 
-ALL_PAIRS_MAX_ATOMS = 256
+SKIN = 0.5  # Å: pairs kept beyond the cutoff; a list is rebuilt once an atom moved half of it
+CAPACITY_FACTOR = 1.25  # spare pair room at allocation, for the pairs later rebuilds may find
 
 
 def bucket(n: int, minimum: int = 8) -> int:
@@ -71,39 +76,8 @@ class Graph:
         positions = self.positions if positions is None else positions
         cells = self.cells if cells is None else cells
         pair_cells = gather(cells, gather(self.structure_index, self.pair_first))
-        shift = jnp.einsum("pa,pab->pb", self.pair_offsets.astype(positions.dtype), pair_cells)
-        return gather(positions, self.pair_second) - gather(positions, self.pair_first) + shift
-
-
-def find_pairs(
-    positions: Float[np.ndarray, "n 3"],
-    cell: Float[np.ndarray, "3 3"],
-    pbc: Bool[np.ndarray, " 3"],
-    cutoff: float,
-) -> tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, "p 3"]]:
-    """All unordered pairs (and periodic images) closer than ``cutoff``, on the host."""
-    positions = np.asarray(positions, dtype=np.float64)
-    pbc = np.asarray(pbc, dtype=bool)
-    n = len(positions)
-    if not pbc.any() and n <= ALL_PAIRS_MAX_ATOMS:
-        first, second = np.triu_indices(n, 1)
-        vectors = positions[second] - positions[first]
-        close = np.einsum("pa,pa->p", vectors, vectors) < cutoff**2
-        first, second = first[close], second[close]
-        return first, second, np.zeros((len(first), 3), dtype=np.int64)
-    first, second, offsets = primitive_neighbor_list(
-        "ijS", pbc, np.asarray(cell, dtype=np.float64), positions, cutoff, self_interaction=False
-    )
-    keep = (first < second) | ((first == second) & _lexicographically_positive(offsets))
-    return first[keep], second[keep], offsets[keep]
-
-
-def _lexicographically_positive(offsets: Int[np.ndarray, "p 3"]) -> Bool[np.ndarray, " p"]:
-    # of the two images (i, i, +S) and (i, i, -S) of one self-pair, keep the one whose first
-    # non-zero component is positive (works on NumPy arrays and on traced JAX arrays in jit)
-    xp = jnp if isinstance(offsets, jax.Array) else np
-    leading = xp.where(offsets[:, 0] != 0, offsets[:, 0], xp.where(offsets[:, 1] != 0, offsets[:, 1], offsets[:, 2]))
-    return leading > 0
+        shift = lattice_shift(self.pair_offsets.astype(positions.dtype), pair_cells)
+        return pair_vectors(positions, self.pair_first, self.pair_second, shift)
 
 
 def build_graph(
@@ -134,19 +108,17 @@ def build_graph(
         )
     dummy = num_atoms - 1
 
-    def pad(parts, size, fill, dtype):
-        joined = np.concatenate(parts).astype(dtype)
-        padding = np.full((size - len(joined),) + joined.shape[1:], fill, dtype=dtype)
-        return np.concatenate([joined, padding])
+    def joined(parts, dtype):
+        return np.concatenate(parts).astype(dtype)
 
     return Graph(
-        positions=pad([s.positions for s in systems], num_atoms, 0.0, np.float64),
-        numbers=pad([s.numbers for s in systems], num_atoms, 0, np.int32),
+        positions=pad(joined([s.positions for s in systems], np.float64), num_atoms),
+        numbers=pad(joined([s.numbers for s in systems], np.int32), num_atoms),
         atom_mask=np.arange(num_atoms) < real_atoms,
-        structure_index=pad(structure, num_atoms, 0, np.int32),
-        pair_first=pad(firsts, num_pairs, dummy, np.int32),
-        pair_second=pad(seconds, num_pairs, dummy, np.int32),
-        pair_offsets=pad(offsets, num_pairs, 0.0, np.float64),
+        structure_index=pad(joined(structure, np.int32), num_atoms),
+        pair_first=pad(joined(firsts, np.int32), num_pairs, dummy),
+        pair_second=pad(joined(seconds, np.int32), num_pairs, dummy),
+        pair_offsets=pad(joined(offsets, np.float64), num_pairs),
         pair_mask=np.arange(num_pairs) < real_pairs,
         cells=np.stack([np.asarray(s.cell, dtype=np.float64) for s in systems]),
     )
@@ -251,7 +223,7 @@ PAIR_CAPACITIES = PairCapacities()
 
 
 def allocate_neighbor_list(
-    system: System, cutoff: float, skin: float = 0.5, capacity_factor: float = 1.25, active: bool = False,
+    system: System, cutoff: float, skin: float = SKIN, capacity_factor: float = CAPACITY_FACTOR, active: bool = False,
     capacities: PairCapacities | None = PAIR_CAPACITIES,
 ) -> NeighborList:
     """Build a list on the host with spare capacity for later in-jit rebuilds.
@@ -271,8 +243,8 @@ def allocate_neighbor_list(
         capacity = pair_bucket(system.num_atoms * (system.num_atoms - 1) // 2)
     active_capacity = None
     if active:
-        vectors = system.positions[second] - system.positions[first] + offsets @ np.asarray(system.cell)
-        within = int(np.sum(np.einsum("pa,pa->p", vectors, vectors) < cutoff**2))
+        shift = lattice_shift(offsets.astype(np.float64), np.asarray(system.cell, np.float64))
+        within = int(np.sum(distances(pair_vectors(system.positions, first, second, shift)) < cutoff))
         active_capacity = pair_bucket(int(within * capacity_factor) + 1)
     graph = build_graph(system, cutoff, skin, num_pairs=max(capacity, len(first)))
     nl = NeighborList(
@@ -425,14 +397,14 @@ def _all_pairs_in_jit(positions, graph: Graph, image_offsets, reach):
     fractional = positions @ jnp.linalg.pinv(cell)
     wraps = jnp.where(periodic[None, :] & graph.atom_mask[:, None], jnp.floor(fractional), 0.0)
     wrapped = positions - wraps.astype(positions.dtype) @ cell
-    shifts = image_offsets.astype(positions.dtype) @ cell  # (s, 3)
+    shifts = lattice_shift(image_offsets.astype(positions.dtype), cell)  # (s, 3)
     vectors = wrapped[None, :, None, :] - wrapped[:, None, None, :] + shifts[None, None]
     within = jnp.sum(vectors**2, axis=-1) < reach**2  # (n, n, s)
     index = jnp.arange(n)
     real = graph.atom_mask[:, None] & graph.atom_mask[None, :]
     upper = index[:, None] < index[None, :]
     same = index[:, None] == index[None, :]
-    positive = _lexicographically_positive(jnp.asarray(image_offsets))
+    positive = positive_image(jnp.asarray(image_offsets))
     # a pair is kept once: i < j for any image, and i == j only for the positive image
     unique = upper[:, :, None] | (same[:, :, None] & positive[None, None, :])
     candidates = within & unique & real[:, :, None]

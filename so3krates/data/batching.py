@@ -24,7 +24,8 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from so3krates.data.dataset import Dataset
-from so3krates.neighbors import Graph, bucket, find_pairs
+from so3krates.geometry import find_pairs, pad
+from so3krates.neighbors import Graph, bucket
 from so3krates.system import NUM_ELEMENT_ROWS
 
 
@@ -117,10 +118,7 @@ def pack(cache: PairCache, indices: Sequence[int], shape: tuple[int, int], batch
     dummy = num_atoms - 1
 
     def padded(parts, size, fill, dtype_):
-        joined = np.concatenate(parts).astype(dtype_, copy=False)
-        out = np.full((size,) + joined.shape[1:], fill, dtype=dtype_)
-        out[: len(joined)] = joined
-        return out
+        return pad(np.concatenate(parts).astype(dtype_, copy=False), size, fill)
 
     slots = batch_size
     cells = np.zeros((slots, 3, 3), dtype)

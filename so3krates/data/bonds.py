@@ -1,9 +1,7 @@
 """The bond graph of a molecule from covalent radii, its rotatable bonds, and torsion moves.
 
 Two atoms are bonded when their distance is below ``BOND_FACTOR`` times the sum of their
-covalent radii (``ase.data.covalent_radii``, Cordero et al. 2008). 1.2 separates bonds (C-H
-1.09 Å vs a 1.28 Å threshold; C-C 1.54 vs 1.82) from the closest non-bonded pairs of a
-molecule near equilibrium (geminal H...H ~1.75 Å vs 0.74; 1-3 C...C ~2.5 Å vs 1.82).
+covalent radii (:func:`so3krates.geometry.find_bonds`, where the factor is explained).
 
 A bond is **rotatable** when turning one side about it changes the conformation and nothing
 else: it is not in a ring, both ends have other neighbours (a methyl or hydroxyl rotor counts, a
@@ -25,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 from ase.data import covalent_radii, vdw_radii
 
+from so3krates.geometry import BOND_FACTOR, distances, find_bonds, find_pairs, pair_vectors
+
 __all__ = [
     "BOND_FACTOR",
     "bond_graph",
@@ -36,7 +36,6 @@ __all__ = [
     "random_torsion_move",
 ]
 
-BOND_FACTOR = 1.2
 # Non-bonded atoms closer than this fraction of their summed van der Waals radii clash
 # (H...H 1.32 Å, C...C 2.04 Å, O...H 1.57 Å): far closer than any contact in a relaxed molecule.
 CLASH_FACTOR = 0.6
@@ -45,13 +44,12 @@ _SATURATED_DEGREE = {6: 4, 14: 4, 8: 2, 16: 2, 7: 3}
 
 def bond_graph(numbers: Sequence[int], positions: np.ndarray, factor: float = BOND_FACTOR) -> list[set[int]]:
     """Neighbour sets: ``graph[i]`` holds the atoms bonded to atom i."""
-    numbers = np.asarray(numbers)
-    positions = np.asarray(positions, dtype=np.float64)
-    distances = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
-    radii = covalent_radii[numbers]
-    bonded = distances < factor * (radii[:, None] + radii[None])
-    np.fill_diagonal(bonded, False)
-    return [set(np.flatnonzero(row).tolist()) for row in bonded]
+    graph: list[set[int]] = [set() for _ in range(len(numbers))]
+    found = find_bonds(numbers, positions, factor=factor)
+    for i, j in zip(found.first.tolist(), found.second.tolist()):
+        graph[i].add(j)
+        graph[j].add(i)
+    return graph
 
 
 def bonds(graph: list[set[int]]) -> list[tuple[int, int]]:
@@ -141,10 +139,11 @@ def clashes(numbers: Sequence[int], positions: np.ndarray, graph: list[set[int]]
     numbers = np.asarray(numbers)
     hops = topological_distances(graph) if hops is None else hops
     radii = np.where(np.isfinite(vdw_radii[numbers]), vdw_radii[numbers], covalent_radii[numbers] + 0.8)
-    distances = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
-    close = (distances < factor * (radii[:, None] + radii[None])) & (hops >= 3)
-    i, j = np.nonzero(np.triu(close, 1))
-    return list(zip(i.tolist(), j.tolist()))
+    positions = np.asarray(positions, dtype=np.float64)
+    first, second, _ = find_pairs(positions, np.zeros((3, 3)), False, factor * 2 * radii.max())
+    lengths = distances(pair_vectors(positions, first, second))
+    close = (lengths < factor * (radii[first] + radii[second])) & (hops[first, second] >= 3)
+    return list(zip(first[close].tolist(), second[close].tolist()))
 
 
 def random_torsion_move(numbers: Sequence[int], positions: np.ndarray, graph: list[set[int]],

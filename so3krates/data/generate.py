@@ -48,7 +48,8 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.optimize import BFGS
 
-from so3krates.data.bonds import bond_graph, bonds, random_torsion_move, rotatable_bonds
+from so3krates.data.bonds import bond_graph, random_torsion_move, rotatable_bonds
+from so3krates.geometry import FRAME_MAX_BOND_STRETCH, bond_stretch, find_bonds
 from so3krates.data.labelled_xyz import append_frame, format_frame, snap, trim_to_frames
 from so3krates.files import atomic_write
 from so3krates.reference import ReferenceError, XTBReference, label, xtb_calculator
@@ -76,7 +77,7 @@ class SamplingConfig:
     fmax: float = 0.01  # eV/Å, relaxation of the input structure
     relax_steps: int = 2000
     conformer_relax_steps: int = 200  # a short relaxation of each torsion-perturbed structure
-    max_bond_stretch: float = 1.5  # reject a frame whose bond exceeds this x relaxed length
+    max_bond_stretch: float = FRAME_MAX_BOND_STRETCH  # reject a frame whose bond exceeds this x relaxed length
     seed: int = 0
     accuracy: float = 0.1  # tblite SCF accuracy
     decimals: int = 6  # digits after the point for positions and forces in the file
@@ -315,11 +316,10 @@ class _Sampler:
         return atoms, energy, forces
 
     def _check_bonds(self, positions):
-        i, j = self.bond_pairs
-        ratio = np.linalg.norm(positions[i] - positions[j], axis=1) / self.bond_lengths
-        if ratio.max() > self.config.max_bond_stretch:
+        ratio = bond_stretch(positions, *self.bonds)
+        if len(ratio) and ratio.max() > self.config.max_bond_stretch:
             k = int(ratio.argmax())
-            raise _Stretched(f"bond {i[k]}-{j[k]} at {ratio[k]:.2f}x its relaxed length")
+            raise _Stretched(f"bond {self.bonds.first[k]}-{self.bonds.second[k]} at {ratio[k]:.2f}x its relaxed length")
 
     def _rng(self, *keys) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, *keys])
@@ -452,9 +452,7 @@ class _Sampler:
                 self._relaxed_segment()
             self.relaxed = np.asarray(record["relaxed_positions"])
             self.graph = bond_graph(self.numbers, self.relaxed)
-            pairs = np.array(bonds(self.graph)).reshape(-1, 2)
-            self.bond_pairs = (pairs[:, 0], pairs[:, 1])
-            self.bond_lengths = np.linalg.norm(self.relaxed[pairs[:, 0]] - self.relaxed[pairs[:, 1]], axis=1)
+            self.bonds = find_bonds(self.numbers, self.relaxed)
             record["rotatable_bonds"] = len(rotatable_bonds(self.numbers, self.graph))
             plan = plan_segments(self.config, flexible=record["rotatable_bonds"] > 0)
             record["plan"] = dict(Counter(f"{s.kind}@{s.temperature:g}K" if s.kind != "relaxed" else s.kind for s in plan))

@@ -16,6 +16,7 @@ import numpy as np
 
 from so3krates.data.dataset import DataError, Dataset
 from so3krates.files import atomic_write
+from so3krates.geometry import FRAME_MIN_DISTANCE, too_close
 from so3krates.system import NUM_ELEMENT_ROWS
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -138,21 +139,8 @@ class FilterReport:
         return "\n".join(lines)
 
 
-def _min_distance(frame, cutoff: float) -> float:
-    """The shortest interatomic distance, or inf when no pair is closer than ``cutoff``."""
-    if len(frame.numbers) < 2:
-        return np.inf
-    if frame.pbc.any():
-        from ase.neighborlist import neighbor_list
-
-        d = neighbor_list("d", frame.to_system().to_atoms(), cutoff=cutoff, self_interaction=False)
-        return float(d.min()) if len(d) else np.inf
-    r = frame.positions
-    d = np.linalg.norm(r[:, None] - r[None], axis=-1)
-    return float(d[np.triu_indices(len(r), 1)].min())
-
-
-def filter_frames(dataset: Dataset, min_distance: float = 0.75, max_force: float = 25.0) -> tuple[Dataset, FilterReport]:
+def filter_frames(dataset: Dataset, min_distance: float = FRAME_MIN_DISTANCE,
+                  max_force: float = 25.0) -> tuple[Dataset, FilterReport]:
     """Drop broken frames: any two atoms closer than ``min_distance`` Å, or any atomic force with
     |F| above ``max_force`` eV/Å. Returns the kept frames and a report saying which frames were
     dropped and why (indices refer to ``dataset``)."""
@@ -160,9 +148,9 @@ def filter_frames(dataset: Dataset, min_distance: float = 0.75, max_force: float
     for i in range(len(dataset)):
         frame = dataset[i]
         reasons = []
-        d = _min_distance(frame, min_distance)
-        if d < min_distance:
-            reasons.append(f"atoms {d:.3g} Å apart (< {min_distance} Å)")
+        close = too_close(frame.to_system(), min_distance)
+        if close is not None:
+            reasons.append(f"atoms {close[0]} and {close[1]} are {close[2]:.3g} Å apart (< {min_distance} Å)")
         fmax = float(np.linalg.norm(frame.forces, axis=1).max())
         if fmax > max_force:
             reasons.append(f"force of {fmax:.3g} eV/Å (> {max_force} eV/Å)")

@@ -14,14 +14,13 @@ from pathlib import PurePath
 
 import ase
 import ase.io
-import numpy as np
 
+from so3krates.geometry import MIN_DISTANCE, check_min_distance
 from so3krates.system import StructureError, System
 
 FORMATS = {".xyz": "extxyz", ".extxyz": "extxyz", ".pdb": "proteindatabank"}
 MAX_BYTES = 2_000_000
 MAX_ATOMS = 1000
-MIN_DISTANCE = 0.5  # Å: closer atoms are a broken file, not a molecule
 
 
 def read_structure(filename: str, content: bytes, *, max_bytes: int = MAX_BYTES, max_atoms: int = MAX_ATOMS,
@@ -46,7 +45,7 @@ def read_structure(filename: str, content: bytes, *, max_bytes: int = MAX_BYTES,
         system = System.from_atoms(atoms)
     except StructureError as error:
         raise StructureError(f"{name}: {error}") from None
-    _check_distances(name, system, min_distance)
+    check_min_distance(system, min_distance, name)
     atoms.info = {key: value for key, value in atoms.info.items() if isinstance(value, (str, int, float))}
     return atoms
 
@@ -72,18 +71,3 @@ def _parse(name: str, text: str, format: str, max_atoms: int) -> ase.Atoms:
     if len(atoms) > max_atoms:
         raise StructureError(f"{name}: {len(atoms)} atoms is over the limit of {max_atoms}")
     return atoms
-
-
-def _check_distances(name: str, system: System, min_distance: float) -> None:
-    positions = np.asarray(system.positions)
-    if len(positions) < 2 or np.any(system.pbc):  # periodic images are checked by the neighbour list
-        return
-    difference = positions[:, None, :] - positions[None, :, :]
-    distances = np.sqrt(np.einsum("ijk,ijk->ij", difference, difference))
-    np.fill_diagonal(distances, np.inf)
-    i, j = np.unravel_index(np.argmin(distances), distances.shape)
-    if distances[i, j] < min_distance:
-        raise StructureError(
-            f"{name}: atoms {min(i, j)} and {max(i, j)} are {distances[i, j]:.3f} Å apart "
-            f"(closer than {min_distance} Å): overlapping atoms"
-        )

@@ -23,19 +23,28 @@ Everything inside is eV and Å; :func:`export` writes GraphML and node-link JSON
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import ase
+import jax
+import jax.numpy as jnp
 import networkx as nx
 import numpy as np
 from jaxtyping import Float
 
 from so3krates.data.units import ENERGY_UNITS
 from so3krates.data.units import energy_unit as canonical_energy_unit
+from so3krates.explore.relax import RelaxConfig, allocate_batch, evaluate_batch, relax_force_field
+from so3krates.files import atomic_write
+from so3krates.md.forces import make_force_field
+from so3krates.potential import Potential
+from so3krates.reference import XTBReference
+from so3krates.system import System
 
 EnergyFn = Callable[[Float[np.ndarray, "n 3"]], tuple[float, Float[np.ndarray, "n 3"]]]
 JSON_FORMAT = "so3krates.pes_graph"
@@ -264,22 +273,38 @@ def disconnectivity_plot(graph: nx.Graph, path: str | os.PathLike | None = None,
 
 
 @dataclasses.dataclass(frozen=True)
-class NEBConfig:
-    """Climbing-image NEB relaxed with FIRE (Bitzek et al. 2006, the variant in ASE).
+class NEBConfig(RelaxConfig):
+    """Climbing-image NEB, relaxed by :func:`so3krates.explore.relax.relax_force_field`: the
+    band is one structure of the batched, jitted relaxation (FIRE, every option of
+    :class:`RelaxConfig` under its name there), its images evaluated as one batch.
 
     Converged when the largest per-atom NEB force over the movable images is below ``fmax``
     (eV/Å) while the highest image climbs; climbing starts once the plain band's largest force
     is below ``climb_fmax``, so the climber starts near the right saddle. A band with no maximum
     between its ends (one end uphill of all images) has no climber; its barrier is that end.
+    ``max_steps`` counts the steps of both stages together; ``max_move`` (Å) bounds the move of
+    the whole band in one step.
     """
 
-    spring: float = 0.1  # eV/Å², acts along the band only (keeps the images spread out)
+    # looser than RelaxConfig's 0.01 on purpose: a barrier needs the saddle's energy to ~meV, a
+    # minimum's last digits are what tells two minima apart
     fmax: float = 0.05  # eV/Å
+    spring: float = 0.1  # eV/Å², acts along the band only (keeps the images spread out)
     climb_fmax: float = 0.5  # eV/Å
-    max_steps: int = 2000
-    dt: float = 0.05  # FIRE's initial time step (mass 1)
-    dt_max: float = 0.2
-    max_step: float = 0.05  # Å, the largest move of the whole band in one step
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.method != "fire":  # L-BFGS's curvature pairs assume a gradient; NEB forces are none
+            raise ValueError(f"invalid NEBConfig: method must be 'fire' (NEB forces are no gradient), "
+                             f"got {self.method!r}")
+        for name in ("spring", "climb_fmax"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"invalid NEBConfig: {name} must be positive, got {getattr(self, name)}")
+
+    def relaxation(self, **changes) -> RelaxConfig:
+        """The RelaxConfig part (spring and climb_fmax are the band's, not the optimiser's)."""
+        options = {field.name: getattr(self, field.name) for field in dataclasses.fields(RelaxConfig)}
+        return RelaxConfig(**(options | changes))
 
 
 class NEBResult(NamedTuple):
@@ -290,77 +315,138 @@ class NEBResult(NamedTuple):
     steps: int
 
 
-def _tangents(band: np.ndarray, energies: np.ndarray) -> np.ndarray:
+def _tangents(band: Float[jax.Array, "m n 3"], energies: Float[jax.Array, " m"]) -> Float[jax.Array, "k n 3"]:
     """Henkelman & Jónsson's (2000) upwind tangent at each movable image (no kinks at high curvature)."""
     forward, backward = band[2:] - band[1:-1], band[1:-1] - band[:-2]
     up, here, down = energies[2:], energies[1:-1], energies[:-2]
     d_up, d_down = up - here, down - here
-    big = np.maximum(np.abs(d_up), np.abs(d_down))[:, None, None]
-    small = np.minimum(np.abs(d_up), np.abs(d_down))[:, None, None]
-    mixed = np.where((up > down)[:, None, None], forward * big + backward * small,
-                     forward * small + backward * big)
+    big = jnp.maximum(jnp.abs(d_up), jnp.abs(d_down))[:, None, None]
+    small = jnp.minimum(jnp.abs(d_up), jnp.abs(d_down))[:, None, None]
+    mixed = jnp.where((up > down)[:, None, None], forward * big + backward * small,
+                      forward * small + backward * big)
     rising, falling = (up > here) & (here > down), (up < here) & (here < down)
-    tangent = np.where(rising[:, None, None], forward, np.where(falling[:, None, None], backward, mixed))
-    return tangent / np.linalg.norm(tangent, axis=(1, 2), keepdims=True)
+    tangent = jnp.where(rising[:, None, None], forward, jnp.where(falling[:, None, None], backward, mixed))
+    return tangent / jnp.sqrt(jnp.sum(tangent**2, axis=(1, 2), keepdims=True))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class HostEnergyForces:
+    """An :data:`EnergyFn` on the host as a relaxation force field: one ``jax.pure_callback`` per
+    step hands it every image of the batch at once (it is called once per image there)."""
+
+    energy_fn: EnergyFn = dataclasses.field(metadata=dict(static=True))
+
+    def allocate(self, system):
+        return None
+
+    def update(self, neighbors, positions):
+        return neighbors
+
+    def _host(self, positions):
+        positions = np.asarray(positions)
+        structures = positions.reshape(-1, *positions.shape[-2:])
+        results = [self.energy_fn(np.array(x, np.float64)) for x in structures]
+        energies = np.array([float(energy) for energy, _ in results]).reshape(positions.shape[:-2])
+        forces = np.stack([np.asarray(f, np.float64) for _, f in results]).reshape(positions.shape)
+        return energies.astype(positions.dtype), forces.astype(positions.dtype)
+
+    def __call__(self, positions, neighbors):
+        shapes = (jax.ShapeDtypeStruct(positions.shape[:-2], positions.dtype),
+                  jax.ShapeDtypeStruct(positions.shape, positions.dtype))
+        return jax.pure_callback(self._host, shapes, positions, vmap_method="expand_dims")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BandForces:
+    """The NEB force on a band's movable images, as a relaxation force field over the band.
+
+    The images are evaluated as one batch (``jax.vmap`` of the image force field, one neighbour
+    list each). On image i, the true force perpendicular to the upwind tangent plus the spring
+    force along it; with ``climbing``, the highest image, if it is a maximum between its
+    neighbours, gets the true force with its component along the tangent inverted, which drives
+    it up to the saddle (on a band rising to an endpoint a climber would run past that endpoint,
+    and the barrier is the endpoint itself). The "energy" is the highest image's, for the
+    relaxation's finiteness check only: NEB forces are no gradient.
+    """
+
+    images: Any  # the force field of one image
+    start: Float[jax.Array, "n 3"]
+    end: Float[jax.Array, "n 3"]
+    end_energies: Float[jax.Array, " 2"]
+    spring: Float[jax.Array, ""]
+    climbing: jax.Array  # bool
+
+    def allocate(self, system):  # system.positions: the movable images (k, n, 3)
+        return allocate_batch(self.images, system, system.positions)
+
+    def update(self, neighbors, band):
+        return jax.vmap(self.images.update)(neighbors, band)
+
+    def __call__(self, band, neighbors):
+        energies, forces = jax.vmap(self.images)(band, neighbors)
+        full = jnp.concatenate([self.start[None], band, self.end[None]])
+        levels = jnp.concatenate([self.end_energies[:1], energies, self.end_energies[1:]])
+        tangent = _tangents(full, levels)
+        along = jnp.sum(forces * tangent, axis=(1, 2), keepdims=True)
+        gaps = jnp.sqrt(jnp.sum((full[1:] - full[:-1]) ** 2, axis=(1, 2)))
+        neb = forces - along * tangent + self.spring * (gaps[1:] - gaps[:-1])[:, None, None] * tangent
+        top = jnp.argmax(energies)
+        interior_maximum = levels[top + 1] > jnp.maximum(levels[top], levels[top + 2])
+        climber = self.climbing & interior_maximum & (jnp.arange(energies.shape[0]) == top)
+        neb = jnp.where(climber[:, None, None], forces - 2.0 * along * tangent, neb)
+        return jnp.max(energies), neb
+
+
+def _image_forces(energy_fn, template: System, config: NEBConfig):
+    """A model (Potential, XTBReference) runs jitted like any relaxation; a host EnergyFn by callback."""
+    if isinstance(energy_fn, (Potential, XTBReference)):
+        return make_force_field(energy_fn, template, config.dtype, config.skin, config.capacity_factor)
+    return HostEnergyForces(energy_fn)
 
 
 def nudged_elastic_band(start: Float[np.ndarray, "n 3"], end: Float[np.ndarray, "n 3"], energy_fn: EnergyFn,
-                        *, images: int = 9, config: NEBConfig = NEBConfig()) -> NEBResult:
+                        *, images: int = 9, config: NEBConfig = NEBConfig(),
+                        structure: ase.Atoms | System | None = None) -> NEBResult:
     """Climbing-image NEB from ``start`` to ``end`` (fixed endpoints, ``images`` movable ones).
 
-    The band starts as the straight line between the endpoints, so they must be in one frame
-    (aligned, same atom order). Forces on image i: the true force perpendicular to the tangent
-    plus the spring force along it; the climbing image gets the true force with its component
-    along the tangent inverted, which drives it up to the saddle.
+    ``energy_fn`` is an :data:`EnergyFn` on the host, or a Potential or XTBReference (then
+    ``structure`` names the atoms: numbers, cell, pbc). The band starts as the straight line
+    between the endpoints, so they must be in one frame (aligned, same atom order). The plain
+    band is relaxed to ``climb_fmax``, then the band with its climbing image to ``fmax``.
     """
     start, end = np.asarray(start, dtype=float), np.asarray(end, dtype=float)
     if start.shape != end.shape or start.ndim != 2 or start.shape[1] != 3 or images < 1:
         raise ValueError(f"need two (n, 3) endpoints of one shape and images >= 1; "
                          f"got {start.shape}, {end.shape}, {images}")
+    if structure is None:
+        if isinstance(energy_fn, (Potential, XTBReference)):
+            raise ValueError("a model needs the structure (atomic numbers, cell) the positions belong to")
+        template = System.create(start, np.ones(len(start), int))  # the host function knows its atoms
+    else:
+        template = structure if isinstance(structure, System) else System.from_atoms(structure)
+    image_forces = _image_forces(energy_fn, template, config)
     fractions = np.linspace(0.0, 1.0, images + 2)[:, None, None]
-    band = (1.0 - fractions) * start + fractions * end
-    energies = np.empty(images + 2)
-    energies[0], energies[-1] = energy_fn(start)[0], energy_fn(end)[0]
-    velocity, dt, alpha, positive_steps = np.zeros_like(band[1:-1]), config.dt, 0.1, 0
-    climbing = False
-    for step in range(1, config.max_steps + 1):
-        forces = np.empty_like(band[1:-1])
-        for i in range(1, images + 1):
-            energy, force = energy_fn(band[i])
-            energies[i], forces[i - 1] = energy, force
-        tangent = _tangents(band, energies)
-        along = np.sum(forces * tangent, axis=(1, 2), keepdims=True)
-        stretch = (np.linalg.norm(band[2:] - band[1:-1], axis=(1, 2))
-                   - np.linalg.norm(band[1:-1] - band[:-2], axis=(1, 2)))[:, None, None]
-        neb_forces = forces - along * tangent + config.spring * stretch * tangent
-        top = int(np.argmax(energies[1:-1]))
-        # only a maximum between its neighbours may climb: on a band rising to an endpoint the
-        # climber would run past that endpoint, and the barrier is the endpoint itself
-        if climbing and energies[top + 1] > max(energies[top], energies[top + 2]):
-            neb_forces[top] = forces[top] - 2.0 * along[top] * tangent[top]
-        largest = float(np.linalg.norm(neb_forces, axis=2).max())
-        if climbing and largest < config.fmax:
-            return NEBResult(float(energies.max()), energies.copy(), band.copy(), True, step)
-        if not climbing and largest < config.climb_fmax:
-            climbing = True
-            continue  # recompute the forces with the climber before moving
-        # FIRE: mix the velocity towards the force while going downhill, stop dead when not
-        power = float(np.sum(neb_forces * velocity))
-        if power > 0:
-            norm_f = np.linalg.norm(neb_forces)
-            velocity = (1 - alpha) * velocity + alpha * neb_forces / norm_f * np.linalg.norm(velocity)
-            positive_steps += 1
-            if positive_steps > 5:
-                dt, alpha = min(dt * 1.1, config.dt_max), alpha * 0.99
-        elif velocity.any():  # (a still band has no direction to reverse)
-            velocity, dt, alpha, positive_steps = np.zeros_like(velocity), dt * 0.5, 0.1, 0
-        velocity = velocity + dt * neb_forces
-        move = dt * velocity
-        length = np.linalg.norm(move)
-        if length > config.max_step:
-            move *= config.max_step / length
-        band[1:-1] += move
-    return NEBResult(float(energies.max()), energies.copy(), band.copy(), False, config.max_steps)
+    # the whole band, ends included, is evaluated as one batch, before and after (one program)
+    end_energies = evaluate_batch(image_forces, template, (1.0 - fractions) * start + fractions * end,
+                                  config.dtype)[0][[0, -1]]
+    band = (1.0 - fractions[1:-1]) * start + fractions[1:-1] * end
+    dtype = config.dtype
+    forces = BandForces(image_forces, start.astype(dtype), end.astype(dtype), end_energies.astype(dtype),
+                        np.asarray(config.spring, dtype), np.asarray(False))
+    steps, converged = 0, False
+    for climbing, fmax in ((False, config.climb_fmax), (True, config.fmax)):
+        if steps >= config.max_steps:
+            break
+        stage = relax_force_field(dataclasses.replace(forces, climbing=np.asarray(climbing)), template, band[None],
+                                  config.relaxation(fmax=fmax, max_steps=config.max_steps - steps))
+        band, steps, converged = stage.positions[0], steps + int(stage.steps[0]), bool(stage.converged[0])
+        if not converged:
+            break
+    band = np.concatenate([start[None], band, end[None]])
+    energies = evaluate_batch(image_forces, template, band, config.dtype)[0]
+    return NEBResult(float(energies.max()), energies, band, converged, steps)
 
 
 def refine_barrier(graph: nx.Graph, u: int, v: int, positions_u: Float[np.ndarray, "n 3"],
@@ -393,21 +479,6 @@ def refine_barrier(graph: nx.Graph, u: int, v: int, positions_u: Float[np.ndarra
 # export
 
 
-def _write_atomically(path: Path, mode: str, write: Callable[[Any], None]) -> None:
-    """Write through a temporary file beside ``path``, then rename: readers never see half a file."""
-    handle = tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def export(graph: nx.Graph, directory: str | os.PathLike, stem: str = "pes_graph") -> tuple[Path, Path]:
     """Write ``stem.graphml`` and ``stem.json`` into ``directory``; return both paths.
 
@@ -424,11 +495,13 @@ def export(graph: nx.Graph, directory: str | os.PathLike, stem: str = "pes_graph
     without_none = nx.Graph(**kept(graph.graph))
     without_none.add_nodes_from((n, kept(d)) for n, d in graph.nodes(data=True))
     without_none.add_edges_from((u, v, kept(d)) for u, v, d in graph.edges(data=True))
-    _write_atomically(graphml_path, "wb", lambda f: nx.write_graphml(without_none, f))
+    graphml = io.BytesIO()
+    nx.write_graphml(without_none, graphml)
+    atomic_write(graphml_path, graphml.getvalue())
 
     document = {"format": JSON_FORMAT, "version": JSON_VERSION, "units": {"energy": "eV"},
                 "graph": nx.node_link_data(graph, edges="edges")}
-    _write_atomically(json_path, "w", lambda f: json.dump(document, f, indent=1))
+    atomic_write(json_path, json.dumps(document, indent=1).encode())
     return graphml_path, json_path
 
 

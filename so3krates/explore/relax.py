@@ -55,7 +55,8 @@ from jaxtyping import Bool, Float, Int
 
 from so3krates.compilation import bounded_jit
 from so3krates.md.forces import any_overflow, grow_after_overflow, grow_neighbor_list, make_force_field, neighbor_room
-from so3krates.neighbors import bucket
+from so3krates.neighbors import CAPACITY_FACTOR, SKIN, bucket
+from so3krates.runtime import DTYPES
 from so3krates.system import System
 
 METHODS = ("fire", "lbfgs")
@@ -81,9 +82,9 @@ class RelaxConfig:
     # L-BFGS
     memory: int = 10  # (s, y) pairs kept
     initial_curvature: float = 70.0  # eV/Å²: the inverse-Hessian guess is 1/this until a pair is stored
-    # neighbour list
-    skin: float = 0.5  # Å (relaxations move atoms further than MD)
-    capacity_factor: float = 1.25
+    # neighbour list (the list's own defaults: relaxations move atoms further per step than MD)
+    skin: float = SKIN  # Å
+    capacity_factor: float = CAPACITY_FACTOR
 
     def __post_init__(self):
         problems = [f"{name} must be positive, got {getattr(self, name)}" for name in
@@ -94,8 +95,8 @@ class RelaxConfig:
                      if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1)]
         if not 0 < self.shrink < 1 or not 0 < self.alpha_decay <= 1:
             problems.append("shrink must be in (0, 1) and alpha_decay in (0, 1]")
-        if self.dtype not in ("float32", "float64"):
-            problems.append(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
         if problems:
@@ -325,31 +326,38 @@ def _as_batch(structures) -> tuple[System, np.ndarray]:
     return first, np.stack([np.asarray(s.positions, np.float64) for s in systems])
 
 
-def _allocate(force_field, template: System, positions: np.ndarray):
-    """One neighbour list per structure, all with the room of the largest (so they stack)."""
+def allocate_batch(force_field, template: System, positions: np.ndarray):
+    """One neighbour pytree per structure of ``positions`` (leading axis), all with the room of
+    the largest, stacked; a placeholder array when the force field needs no neighbours."""
     lists = [force_field.allocate(dataclasses.replace(template, positions=x)) for x in positions]
     if lists[0] is None:
         return np.zeros(len(lists))
     rooms = [neighbor_room(n) for n in lists]
-    capacity = max(room[0] for room in rooms)
-    actives = [room[1] for room in rooms if room[1] is not None]
-    lists = [grow_neighbor_list(n, capacity, max(actives) if actives else None) for n in lists]
+    if rooms[0] is not None:
+        capacity = max(room[0] for room in rooms)
+        actives = [room[1] for room in rooms if room[1] is not None]
+        lists = [grow_neighbor_list(n, capacity, max(actives) if actives else None) for n in lists]
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *lists)
 
 
 def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[RelaxState, int]]:
+    template, positions = _as_batch(structures)
+    force_field = make_force_field(model, template, cfg.dtype, cfg.skin, cfg.capacity_factor)
+    yield from _run_force_field(force_field, template, positions, cfg)
+
+
+def _run_force_field(force_field, template: System, positions: np.ndarray, cfg: RelaxConfig
+                     ) -> Iterator[tuple[RelaxState, int]]:
     """Relax in chunks, yielding (state, reallocations); the batch is padded with copies of its
     last structure up to a bucket size (a quench of 37 frames and one of 39 share a program), and
     the copies, which relax exactly like their original, are cut off by :func:`_result`."""
-    template, positions = _as_batch(structures)
     extra = bucket(len(positions), minimum=1) - len(positions)
     positions = np.concatenate([positions, np.repeat(positions[-1:], extra, axis=0)])
-    force_field = make_force_field(model, template, cfg.dtype, cfg.skin, cfg.capacity_factor)
     positions = positions.astype(cfg.dtype)
     # one program for every fmax and max_steps (traced arguments), and one start for every chunk length
     compiled = dataclasses.replace(cfg, max_steps=1, fmax=1.0)
     fmax, max_steps = jnp.asarray(cfg.fmax, cfg.dtype), jnp.asarray(cfg.max_steps, jnp.int32)
-    neighbors = _allocate(force_field, template, positions)
+    neighbors = allocate_batch(force_field, template, positions)
     state = _start_batch(positions, neighbors, force_field, fmax, dataclasses.replace(compiled, chunk_steps=1))
     reallocations = 0
     yield state, reallocations
@@ -369,7 +377,8 @@ def _result(state: RelaxState, cfg: RelaxConfig, reallocations: int, count: int)
     def first(values, dtype=None) -> np.ndarray:
         return np.asarray(values, dtype)[:count]
 
-    forces, energy = first(state.forces, np.float64), first(state.energy, np.float64)
+    energy = first(state.energy, np.float64)
+    forces = first(state.forces, np.float64).reshape(len(energy), -1, 3)  # (batch, atoms, 3) of any structure
     largest = np.sqrt(np.max(np.sum(forces**2, axis=-1), axis=-1))
     finite = np.isfinite(energy) & np.all(np.isfinite(forces), axis=(-1, -2))
     # a failed structure's state is its last good step: it failed if it stopped early unconverged
@@ -391,8 +400,34 @@ def relax(structures: ase.Atoms | System | Sequence[ase.Atoms | System], model,
     return _result(state, cfg, reallocations, count)
 
 
-def irelax(atoms: ase.Atoms | System, model, *, fmax: float = 0.05, max_steps: int = 500, every: int = 5,
-           dtype: str = "float64", method: str = "fire") -> Iterator[RelaxStep]:
+def relax_force_field(force_field, template: System, positions: Float[np.ndarray, "batch ..."],
+                      config: RelaxConfig) -> RelaxResult:
+    """:func:`relax` with a ready force field (``allocate``/``update``/``__call__``, see
+    :mod:`so3krates.md.forces`) whose structures are ``positions`` (leading batch axis, any
+    shape after it that the force field takes: a band of images for the nudged elastic band)."""
+    state, reallocations = None, 0
+    for state, reallocations in _run_force_field(force_field, template, np.asarray(positions), config):
+        pass
+    return _result(state, config, reallocations, len(positions))
+
+
+def evaluate_batch(force_field, template: System, positions: Float[np.ndarray, "batch ..."],
+                   dtype: str = "float64") -> tuple[Float[np.ndarray, " batch"], Float[np.ndarray, "batch ..."]]:
+    """Energies (eV) and forces (eV/Å) of a batch of structures: the first evaluation of a
+    relaxation (the same compiled program), nothing moved."""
+    state, _ = next(_run_force_field(force_field, template, np.asarray(positions), RelaxConfig(dtype=dtype)))
+    count = len(positions)
+    return np.asarray(state.energy, np.float64)[:count], np.asarray(state.forces, np.float64)[:count]
+
+
+# The dashboard's Relax button asks for a picture of the nearby minimum within seconds, not one
+# to store: looser than RelaxConfig's fmax and max_steps on purpose.
+PREVIEW_FMAX = 0.05  # eV/Å
+PREVIEW_MAX_STEPS = 500
+
+
+def irelax(atoms: ase.Atoms | System, model, *, fmax: float = PREVIEW_FMAX, max_steps: int = PREVIEW_MAX_STEPS,
+           every: int = 5, dtype: str = "float64", method: str = "fire") -> Iterator[RelaxStep]:
     """Relax one structure, yielding its progress every ``every`` steps and at the end."""
     cfg = RelaxConfig(fmax=fmax, max_steps=max_steps, chunk_steps=every, dtype=dtype, method=method)
     for state, reallocations in _run(atoms, model, cfg):

@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from so3krates.geometry import BOND_FACTOR, MD_MAX_BOND_STRETCH, MIN_DISTANCE
 from so3krates.md.integrators import ENSEMBLES
+from so3krates.runtime import DTYPES
 
-DTYPES = ("float32", "float64")
+# MD departs from the neighbour list's defaults (neighbors.SKIN, neighbors.CAPACITY_FACTOR) on purpose:
+MD_SKIN = 0.3  # Å: a step moves atoms ~0.01 Å, so a thin skin still rebuilds rarely and holds fewer pairs
+MD_CAPACITY_FACTOR = 1.05  # an overflow costs only a redone chunk (and the room is kept), so allocate tight
 
 # Settings a running Simulation may change between chunks without recompiling (traced values).
 CONTROLS = ("temperature", "timestep", "friction", "chain_tau")
@@ -27,15 +31,15 @@ class MDConfig:
     record_every: int = 10  # steps between recorded frames (divides chunk_steps)
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
-    skin: float = 0.3  # Å, neighbour list; rebuilds are cheap in jit, padded pairs are not
-    capacity_factor: float = 1.05  # spare room at allocation (overflow is redone cheaply)
+    skin: float = MD_SKIN  # Å, neighbour list
+    capacity_factor: float = MD_CAPACITY_FACTOR  # spare pair room at allocation
     remove_rotation: bool = True  # free molecules: no net rotation in the initial velocities
     # blow-up guards (None switches one off)
     max_temperature_factor: float | None = 10.0  # stop when T > factor * temperature
-    min_distance: float | None = 0.5  # Å, stop when two atoms come closer
-    max_bond_stretch: float | None = 2.0  # stop when a bond exceeds factor * its starting length
+    min_distance: float | None = MIN_DISTANCE  # Å, stop when two atoms come closer
+    max_bond_stretch: float | None = MD_MAX_BOND_STRETCH  # stop when a bond exceeds factor * its starting length
     max_force: float | None = 100.0  # eV/Å, stop when one atom's |F| exceeds it
-    bond_detection_factor: float = 1.2  # bonded: d < factor * (r_cov,i + r_cov,j) at the start
+    bond_detection_factor: float = BOND_FACTOR  # bonded: d < factor * (r_cov,i + r_cov,j) at the start
 
     def __post_init__(self):
         problems = []

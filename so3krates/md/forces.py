@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.geometry import pad
 from so3krates.neighbors import (
-    PAIR_CAPACITIES, NeighborList, active_graph, allocate_neighbor_list, pair_bucket, resize_neighbor_list,
-    update_neighbor_list,
+    CAPACITY_FACTOR, PAIR_CAPACITIES, SKIN, NeighborList, active_graph, allocate_neighbor_list, pair_bucket,
+    resize_neighbor_list, update_neighbor_list,
 )
 from so3krates.potential import Potential, atomic_energies, with_dtype
 from so3krates.reference import ReferenceError, XTBReference, import_tblite
@@ -40,17 +41,12 @@ from so3krates.system import System
 CALLBACK_ERRORS: list[str] = []  # messages of failed reference calculations, newest last
 
 
-def _pad(positions, num_padded: int):
-    extra = num_padded - positions.shape[0]
-    return jnp.concatenate([positions, jnp.zeros((extra, 3), positions.dtype)])
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PotentialForces:
     potential: Potential
-    skin: float = dataclasses.field(default=0.5, metadata=dict(static=True))  # Å
-    capacity_factor: float = dataclasses.field(default=1.25, metadata=dict(static=True))
+    skin: float = dataclasses.field(default=SKIN, metadata=dict(static=True))  # Å
+    capacity_factor: float = dataclasses.field(default=CAPACITY_FACTOR, metadata=dict(static=True))
     dtype: str = dataclasses.field(default="float32", metadata=dict(static=True))
 
     def allocate(self, system: System) -> NeighborList:
@@ -60,14 +56,14 @@ class PotentialForces:
         return cast_neighbor_list(nl, self.dtype)
 
     def update(self, neighbors: NeighborList, positions):
-        return update_neighbor_list(neighbors, _pad(positions, neighbors.graph.positions.shape[0]))
+        return update_neighbor_list(neighbors, pad(positions, neighbors.graph.positions.shape[0]))
 
     def __call__(self, positions, neighbors: NeighborList):
         num_padded = neighbors.graph.positions.shape[0]
-        graph = active_graph(neighbors, jax.lax.stop_gradient(_pad(positions, num_padded)))
+        graph = active_graph(neighbors, jax.lax.stop_gradient(pad(positions, num_padded)))
 
         def energy(x):
-            return jnp.sum(atomic_energies(self.potential, graph, _pad(x, num_padded), graph.cells))
+            return jnp.sum(atomic_energies(self.potential, graph, pad(x, num_padded), graph.cells))
 
         value, gradient = jax.value_and_grad(energy)(positions)
         return value, -gradient
@@ -145,7 +141,8 @@ class SumForces:
         return sum(r[0] for r in results), sum(r[1] for r in results)
 
 
-def make_force_field(model, system: System, dtype: str = "float32", skin: float = 0.5, capacity_factor: float = 1.25):
+def make_force_field(model, system: System, dtype: str = "float32", skin: float = SKIN,
+                     capacity_factor: float = CAPACITY_FACTOR):
     """The force field for ``model`` (Potential, XTBReference, or ``energy(positions)``) on ``system``."""
     require_dtype(dtype)
     if isinstance(model, Potential):

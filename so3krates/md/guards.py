@@ -24,10 +24,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.data import covalent_radii
 
+from so3krates.geometry import BOND_FACTOR, bond_stretch, closest_pair, distances, find_bonds as bonded_pairs
+from so3krates.geometry import lattice_shift, pad, pair_vectors
 from so3krates.md.forces import neighbor_lists
-from so3krates.neighbors import bucket, find_pairs
+from so3krates.neighbors import bucket
 from so3krates.system import System
 
 GUARDS = ("non-finite", "too-close", "force", "bond-stretch", "temperature")
@@ -43,30 +44,19 @@ class Bonds:
     mask: np.ndarray  # (b,) bool: False on padding bonds
 
 
-def find_bonds(system: System, factor: float = 1.2, dtype="float64", padded: bool = False) -> Bonds:
-    """Covalent bonds of the starting structure: d < factor * (r_cov,i + r_cov,j).
+def find_bonds(system: System, factor: float = BOND_FACTOR, dtype="float64", padded: bool = False) -> Bonds:
+    """Covalent bonds of the starting structure (:func:`so3krates.geometry.find_bonds`).
 
     ``padded``: room for ``bucket(max(bonds, atoms))`` bonds, the rest masked padding, so that
     every geometry of one molecule (a minima-hopping escape starts from a different one each
     hop; a bond may just form or break) gives the MD chunk the same shapes."""
-    radii = covalent_radii[np.asarray(system.numbers)]
-    reach = factor * 2 * radii.max()
-    first, second, offsets = find_pairs(system.positions, system.cell, system.pbc, reach)
-    shift = offsets @ np.asarray(system.cell)
-    vectors = system.positions[second] - system.positions[first] + shift
-    length = np.linalg.norm(vectors, axis=1)
-    bonded = (length < factor * (radii[first] + radii[second])) & (length > 0)
-    count = int(np.sum(bonded))
+    found = bonded_pairs(system.numbers, system.positions, system.cell, system.pbc, factor)
+    count = len(found.first)
     size = bucket(max(count, system.num_atoms)) if padded else count
-
-    def pad(values, fill, dtype):
-        values = np.asarray(values, dtype)
-        return np.concatenate([values, np.full((size - count,) + values.shape[1:], fill, dtype)])
-
     return Bonds(
-        first=pad(first[bonded], 0, np.int32), second=pad(second[bonded], 0, np.int32),
-        shift=pad(shift[bonded], 0.0, dtype), length=pad(length[bonded], 1.0, dtype),
-        mask=pad(np.ones(count, bool), False, bool),
+        first=pad(found.first.astype(np.int32), size), second=pad(found.second.astype(np.int32), size),
+        shift=pad(found.shift.astype(dtype), size), length=pad(found.length.astype(dtype), size, 1.0),
+        mask=pad(np.ones(count, bool), size, False),
     )
 
 
@@ -94,21 +84,19 @@ class GuardStatus:
 
 
 def _pairs(positions, neighbors):
-    """Candidate close pairs: the neighbour list's pairs, else all pairs (small systems)."""
+    """Candidate close pairs and their lengths: the neighbour list's pairs, else all pairs (small
+    systems); inf on padding pairs."""
     lists = neighbor_lists(neighbors)
+    n = positions.shape[0]
     if lists:
         graph = lists[0].graph
-        n = positions.shape[0]
         valid = graph.pair_mask & (graph.pair_first < n) & (graph.pair_second < n)
         first = jnp.where(valid, graph.pair_first, 0)
         second = jnp.where(valid, graph.pair_second, 0)
-        shift = graph.pair_offsets.astype(positions.dtype) @ graph.cells[0].astype(positions.dtype)
-        vectors = positions[second] - positions[first] + shift
-        return first, second, vectors, valid
-    n = positions.shape[0]
-    first, second = np.triu_indices(n, 1)
-    vectors = positions[second] - positions[first]
-    return jnp.asarray(first, jnp.int32), jnp.asarray(second, jnp.int32), vectors, jnp.ones(len(first), bool)
+        shift = lattice_shift(graph.pair_offsets.astype(positions.dtype), graph.cells[0].astype(positions.dtype))
+        return first, second, distances(pair_vectors(positions, first, second, shift), valid)
+    first, second = (jnp.asarray(index, jnp.int32) for index in np.triu_indices(n, 1))
+    return first, second, distances(pair_vectors(positions, first, second))
 
 
 def check(state, temperature_now, target_temperature, bonds: Bonds, thresholds):
@@ -131,15 +119,8 @@ def check(state, temperature_now, target_temperature, bonds: Bonds, thresholds):
     values.append(jnp.array(jnp.nan, dtype))
 
     # too close
-    first, second, vectors, valid = _pairs(positions, state.neighbors)
-    distances = jnp.where(valid, jnp.sqrt(jnp.sum(jnp.where(valid[:, None], vectors, 1.0) ** 2, axis=1)), jnp.inf)
-    if distances.shape[0]:
-        closest = jnp.argmin(distances)
-        closest_distance = distances[closest]
-        atoms.append(jnp.stack([first[closest], second[closest]]).astype(jnp.int32))
-    else:  # a single atom: no pair to be too close
-        closest_distance = jnp.array(jnp.inf, dtype)
-        atoms.append(nothing)
+    i, j, closest_distance = closest_pair(*_pairs(positions, state.neighbors))  # a single atom: -1, -1, inf
+    atoms.append(jnp.stack([i, j]))
     flags.append(jnp.array(False) if min_distance is None else closest_distance < min_distance)
     values.append(closest_distance.astype(dtype))
 
@@ -152,8 +133,9 @@ def check(state, temperature_now, target_temperature, bonds: Bonds, thresholds):
 
     # bond stretch
     if bonds.first.shape[0]:
-        bond_vectors = positions[bonds.second] - positions[bonds.first] + bonds.shift.astype(dtype)
-        ratio = jnp.where(bonds.mask, jnp.sqrt(jnp.sum(bond_vectors**2, axis=1)) / bonds.length.astype(dtype), 0.0)
+        shift, length = bonds.shift.astype(dtype), bonds.length.astype(dtype)
+        ratio = bond_stretch(positions, bonds.first, bonds.second, shift, length)
+        ratio = jnp.where(bonds.mask, ratio, 0.0)
         longest = jnp.argmax(ratio)
         max_ratio = jnp.where(jnp.any(bonds.mask), ratio[longest], jnp.asarray(1.0, dtype))
         flags.append(jnp.array(False) if max_bond_stretch is None else max_ratio > max_bond_stretch)

@@ -6,6 +6,7 @@ import time
 
 import ase
 
+from so3krates.geometry import MIN_DISTANCE
 from so3krates.md.config import MDConfig
 from so3krates.md.guards import BlowUpError
 from so3krates.md.simulate import Simulation
@@ -24,7 +25,7 @@ def stability_check(
     friction: float = 0.01,
     dtype: str = "float32",
     chunk_steps: int = 2000,
-    min_distance: float = 0.5,
+    min_distance: float = MIN_DISTANCE,
     max_force: float | None = 100.0,
 ) -> dict:
     """Run Langevin MD at ``temperature`` (K) for ``time_fs`` and report whether it stayed intact.

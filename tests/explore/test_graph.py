@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
+from so3krates import catalog
 from so3krates.data.units import ENERGY_UNITS
 from so3krates.explore.graph import (
     NEBConfig,
@@ -27,6 +30,7 @@ from so3krates.explore.graph import (
     nudged_elastic_band,
     refine_barrier,
 )
+from so3krates.explore.relax import RelaxConfig, relax
 
 matplotlib.use("Agg")
 
@@ -319,3 +323,48 @@ def test_refine_barrier_refuses_mismatched_endpoints_and_unconverged_bands(mb_mi
     with pytest.raises(RuntimeError, match="did not converge"):
         refine_barrier(graph, 0, 2, mb_minima[0], mb_minima[2], muller_brown, config=NEBConfig(max_steps=3))
     assert graph.edges[0, 2]["barrier_refined"] is None
+
+
+def test_neb_options_are_the_relaxation_options():
+    config = NEBConfig(max_steps=50, max_move=0.1, time_step=0.05)
+    assert isinstance(config, RelaxConfig)
+    assert config.relaxation() == RelaxConfig(fmax=0.05, max_steps=50, max_move=0.1, time_step=0.05)
+    with pytest.raises(ValueError, match="no gradient"):
+        NEBConfig(method="lbfgs")
+    with pytest.raises(ValueError, match="spring"):
+        NEBConfig(spring=0.0)
+
+
+def test_neb_with_a_model_batches_its_images_and_matches_the_host_function():
+    """The band of a Potential runs jitted with one neighbour list per image; the same model
+    called on the host, image by image, gives the same band, and the climber is a saddle."""
+    atoms, model = catalog.load_molecule("ar13"), catalog.load_builtin_model(catalog.LENNARD_JONES_ARGON)
+    icosahedron = relax(atoms, model, RelaxConfig(fmax=1e-4)).positions[0]
+    centre = int(np.argmin(np.linalg.norm(icosahedron - icosahedron.mean(axis=0), axis=1)))
+    swapped = icosahedron.copy()  # the same minimum with the centre and a surface atom exchanged
+    swapped[[centre, (centre + 1) % 13]] = icosahedron[[(centre + 1) % 13, centre]]
+
+    def on_host(positions):
+        moved = atoms.copy()
+        moved.positions = positions
+        out = model.calculate(moved, properties=("energy", "forces"), dtype="float64")
+        return float(out["energy"]), np.asarray(out["forces"])
+
+    batched = nudged_elastic_band(icosahedron, swapped, model, images=5, structure=atoms)
+    host = nudged_elastic_band(icosahedron, swapped, on_host, images=5)
+    assert batched.converged and host.converged and batched.steps == host.steps
+    np.testing.assert_allclose(batched.positions, host.positions, atol=1e-8)
+    assert batched.barrier == pytest.approx(host.barrier, abs=1e-9) and batched.barrier > batched.energies[0] + 0.1
+    climber = batched.positions[np.argmax(batched.energies)]
+    assert np.abs(on_host(climber)[1]).max() < 0.05  # a stationary point: the true force vanishes
+    with pytest.raises(ValueError, match="structure"):
+        nudged_elastic_band(icosahedron, swapped, model, images=5)
+
+
+def test_exported_files_have_ordinary_permissions(tmp_path):
+    """Readable like any other output (umask applies), not private like a temporary file."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in export(triangle(), tmp_path):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+        assert not list(tmp_path.glob(".*.tmp"))  # no temporary left behind

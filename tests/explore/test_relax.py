@@ -177,7 +177,20 @@ def test_lbfgs_failures_are_reported():
     assert cliff.failed[0] and not cliff.converged[0] and np.isfinite(cliff.energy[0]) and cliff.positions[0, 0, 0] < 1.0
 
 
-def test_relaxing_different_structures_of_one_molecule_compiles_once():
+@pytest.fixture
+def room_for_programs():
+    """Room under the process's program limit for this test's programs: the programs earlier tests
+    left behind (NEB bands, other models) must not be evicted mid-measurement, since eviction
+    renews a function and drops its fresh programs too. What is measured is relax's own reuse."""
+    from so3krates import compilation
+
+    before = compilation.program_limit()
+    compilation.set_program_limit(compilation.programs_held() + before)
+    yield
+    compilation.set_program_limit(before)
+
+
+def test_relaxing_different_structures_of_one_molecule_compiles_once(room_for_programs):
     # frames of the shipped tri-alanine data set: folded and extended conformers with different
     # neighbour counts (each once got its own programs); after the first, none compiles anything,
     # neither through relax() nor through irelax() (the dashboard's Relax button)
@@ -198,7 +211,7 @@ def test_relaxing_different_structures_of_one_molecule_compiles_once():
     assert counter.count == 0, f"compiled: {counter.functions}"
 
 
-def test_batches_of_nearby_sizes_share_one_program():
+def test_batches_of_nearby_sizes_share_one_program(room_for_programs):
     # a quench of 9 frames and one of 10 (the dashboard picks as many as the history holds) run
     # one program: the batch is padded to its bucket with copies that are cut off again
     from so3krates.compilation import count_compilations
