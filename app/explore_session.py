@@ -36,6 +36,7 @@ from so3krates.viz.landscape import graph_layout
 
 REFRESH_S = 0.5  # store reads while something writes to it
 DISCONNECTIVITY_EVERY_S = 2.0  # matplotlib redraws at most this often while the graph grows
+QUENCH_WAIT_S = 600.0  # close(): how long the clean-up waits for a quench still writing the directory
 
 
 @dataclasses.dataclass
@@ -77,7 +78,8 @@ class ExploreSession:
         self.landscape: Landscape | None = None
         self.exploration: Exploration | None = None
         self.unit = "eV"
-        self.quenching = False
+        self._quench_done = threading.Event()  # set while no quench writes (close() waits on it)
+        self._quench_done.set()
         self.messages: list[tuple[str, str]] = []  # (kind, text) for the page: "quenched", "error"
         self._snapshot: Snapshot | None = None
         self._version = 0
@@ -115,7 +117,12 @@ class ExploreSession:
     @property
     def exploring(self) -> bool:
         """The exploration's driver is running or paused (after Stop: until it has ended)."""
-        return self.exploration is not None and self.exploration.progress().state in ("running", "paused")
+        return self.exploration is not None and self.exploration.active
+
+    @property
+    def quenching(self) -> bool:
+        """Frames are being relaxed into the current landscape's store."""
+        return not self._quench_done.is_set()
 
     # --- exploration ------------------------------------------------------------------------
 
@@ -136,13 +143,15 @@ class ExploreSession:
 
     @staticmethod
     def _hops_done_per_walker(landscape: Landscape) -> int:
-        """The most hops any walker of this landscape has made (its state files say)."""
+        """The most hops any walker of this landscape has made (its state files say); a damaged
+        state file is an error naming it (continuing past it would redo or skip that walker's hops)."""
         done = 0
-        for path in (landscape.directory / "walkers").glob("walker*.json"):
+        for path in sorted((landscape.directory / "walkers").glob("walker*.json")):
             try:
                 done = max(done, int(json.loads(path.read_text())["hop"]))
-            except (OSError, ValueError, KeyError):
-                continue
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"the walker state {path} is damaged ({type(error).__name__}: {error}); "
+                                 "remove it to start that walker afresh") from None
         return done
 
     def pause(self) -> None:
@@ -169,7 +178,7 @@ class ExploreSession:
         successive frames that relax to different minima); a message reports the outcome."""
         if self.quenching:
             raise RuntimeError("frames are being quenched already")
-        self.quenching = True
+        self._quench_done.clear()
         frames, energies = np.array(frames, np.float64), np.array(energies, np.float64)
         self._count_quench = getattr(self, "_count_quench", 0) + 1
         prefix = f"md{self._count_quench}"
@@ -186,7 +195,7 @@ class ExploreSession:
             except Exception as error:  # noqa: BLE001 (shown on the page)
                 self._say("error", f"quenching failed: {type(error).__name__}: {error}")
             finally:
-                self.quenching = False
+                self._quench_done.set()
                 self.poke()
 
         threading.Thread(target=work, daemon=True, name="so3krates-quench").start()
@@ -277,9 +286,8 @@ class ExploreSession:
         def remove() -> None:
             if exploration is not None:
                 exploration.stop(wait=True, timeout=120)
-            deadline = time.monotonic() + 120
-            while self.quenching and time.monotonic() < deadline:
-                time.sleep(0.5)
+            if not self._quench_done.wait(QUENCH_WAIT_S):
+                return  # a quench still writes there after minutes: better left behind than broken
             shutil.rmtree(self.root, ignore_errors=True)
 
         if self.owns_root:

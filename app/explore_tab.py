@@ -221,8 +221,10 @@ class ExploreTab:
             self.node_ids = sorted(snapshot.graph.nodes)
             self.syncing = True
             try:
+                if self.table.formatters.keys() != {relative_energy_column(self.unit)}:
+                    # a new formatter object rebuilds every column in the browser: only for a new unit
+                    self.table.formatters = {relative_energy_column(self.unit): NumberFormatter(format="0.0000")}
                 self.table.value = table
-                self.table.formatters = {relative_energy_column(self.unit): NumberFormatter(format="0.0000")}
                 self.table.selection = self._rows(self.selected)
             finally:
                 self.syncing = False
@@ -250,8 +252,9 @@ class ExploreTab:
         compiled = f" · {p.compilations} programs compiled"
         if p.last_compile_hop is not None:
             compiled += f" (last at hop {p.last_compile_hop})"
+        note = f" · {p.message}" if p.message and p.state != "failed" else ""  # e.g. a failed graph export
         return (f"**{state}**{where} · hops {p.hops_done}/{p.hops_total} · minima found {p.minima_found} · "
-                f"unique {p.unique} · transitions {p.transitions} · {p.hops_per_minute:.0f} hops/min{compiled}")
+                f"unique {p.unique} · transitions {p.transitions} · {p.hops_per_minute:.0f} hops/min{compiled}{note}")
 
     def state(self, snapshot) -> str:
         """The exploration's state as the page knows it (a snapshot may predate the last Explore)."""

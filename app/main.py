@@ -124,7 +124,9 @@ class Page:
         self.session = MDSession(atoms, get_model(model.value), md_config())
         self.session.max_backlog = FRAMES_PER_CHUNK if paced.value else None
         self.title = MOLECULES[START].label
-        self.playback: list = []  # (positions, step) waiting for the viewer
+        self.playback: list = []  # (positions, step, frame number) waiting for the viewer
+        self.shown = None  # (frame number, step) the viewer shows; frame numbers count every recorded
+        # frame since the load (History.dropped + index), so they survive the history's trimming
         self.playing = False  # new frames go to the viewer (not after Pause or Stop)
         self.last_push = 0.0
         self.plotted = 0  # frames of the history already in the plots
@@ -133,6 +135,7 @@ class Page:
         self.last_compile_step = None  # the step of the last chunk that compiled a program
         self.switching = False  # a molecule change is updating the model widget
         self.last_upload = None  # (name, bytes) of the upload handled last
+        self.uploads: dict = {}  # picker key -> (atoms, title) of this page's uploads
         viewer.set_structure(atoms, title=self.title)
 
 
@@ -158,7 +161,8 @@ def energy_plot(data):
     unit = units.value
     curves = [hv.Curve(data, "time_ps", (column, f"energy ({unit})"), label=label)
               for column, label in (("potential", "potential − E₀"), ("kinetic", "kinetic"), ("total", "total − E₀"))]
-    return hv.Overlay(curves).opts(legend_position="top_left", title="Energy", xlabel="time (ps)",
+    # the legend above the plot, in one row: inside, it covered the curves' start
+    return hv.Overlay(curves).opts(legend_position="top", legend_cols=3, title="Energy", xlabel="time (ps)",
                                    ylabel=f"energy ({unit})", framewise=True)
 
 
@@ -251,23 +255,25 @@ def handle(event: Event) -> None:
         status.object = f"**Compiling** ({event.message}; the first run of a molecule takes a few seconds)…"
     elif event.kind == "chunk":
         result = event.result
-        session.history.extend(result, session.step_offset, session.time_offset)
+        session.history.extend(result, event.step_offset, event.time_offset)
         if page.playing:
+            first = session.history.dropped + len(session.history) - result.num_frames
             for i in range(result.num_frames):
-                page.playback.append((result.positions[i], int(result.step[i]) + session.step_offset))
+                page.playback.append((result.positions[i], int(result.step[i]) + event.step_offset, first + i))
         if result.steps_done and not result.compiled and result.wall_s > 0:
             page.speed = (result.steps_done / result.wall_s, result.ns_per_day)
         if result.compiled:
-            page.last_compile_step = int(result.step[-1]) + session.step_offset if result.num_frames else 0
+            page.last_compile_step = int(result.step[-1]) + event.step_offset if result.num_frames else 0
         status.object = running_text()
     elif event.kind == "blowup":
         error = event.detail
         if event.result is not None and event.result.num_frames:
-            session.history.extend(event.result, session.step_offset, session.time_offset)
+            session.history.extend(event.result, event.step_offset, event.time_offset)
         page.playback.clear()
         if len(session.history):
-            viewer.update_positions(session.history.positions[-1], frame=session.history.columns["step"][-1])
-        status.object = f"**Stopped by the {error.guard} guard** at step {error.step + session.step_offset:,}."
+            update_scrubber()
+            viewer.update_positions(session.history.positions[-1], frame=len(session.history) - 1)
+        status.object = f"**Stopped by the {error.guard} guard** at step {error.step + event.step_offset:,}."
         show_error(f"Blow-up guard tripped: {event.message} The viewer shows the last good frame; "
                    "press Reset to start over (a smaller timestep or a lower temperature helps).")
     elif event.kind == "error":
@@ -295,8 +301,25 @@ def handle(event: Event) -> None:
 
 
 def update_scrubber() -> None:
-    n = len(page.session.history)
-    scrubber.param.update(start=0, end=max(1, n - 1), value=max(0, n - 1))
+    """The scrubber on the newest recorded frame (its label names that frame's step)."""
+    history = page.session.history
+    n = len(history)
+    show_scrubber(max(0, n - 1), history.columns["step"][-1] if n else None)
+
+
+def show_scrubber(index: int, step: int | None) -> None:
+    label = "Recorded frame" if step is None else f"Recorded frame (step {int(step):,})"
+    scrubber.param.update(start=0, end=max(1, len(page.session.history) - 1), value=index, name=label)
+
+
+def follow_scrubber() -> None:
+    """While MD runs, the (disabled) scrubber points at the frame the viewer shows."""
+    if page.shown is None:
+        return
+    number, step = page.shown
+    index = number - page.session.history.dropped
+    if 0 <= index < len(page.session.history) and index != scrubber.value:
+        show_scrubber(index, step)
 
 
 def tick() -> None:
@@ -308,12 +331,14 @@ def tick() -> None:
     if page.playback and (viewer.drawn or now - page.last_push > 0.5):
         if not paced.value:
             del page.playback[:-PLAYBACK_LAG]
-        positions, step = page.playback.pop(0)
-        viewer.update_positions(positions, frame=step)
-        page.last_push = now
+        positions, step, number = page.playback.pop(0)
+        # the viewer's "frame N" is the scrubber's N (the recorded frame), its label names the step
+        viewer.update_positions(positions, frame=number - page.session.history.dropped)
+        page.last_push, page.shown = now, (number, step)
     page.session.backlog = len(page.playback)
     if now - page.last_plot > PLOT_EVERY_S:
         flush_plot()
+        follow_scrubber()
     update_buttons()
 
 
@@ -338,7 +363,7 @@ def load(atoms, title: str, model_key: str) -> bool:
         show_error(f"Cannot use this structure with this model: {error}")
         return False
     clear_error()
-    page.title, page.playback, page.speed = title, [], None
+    page.title, page.playback, page.speed, page.shown = title, [], None, None
     viewer.set_structure(atoms, title=title)
     replot()
     update_scrubber()
@@ -347,6 +372,12 @@ def load(atoms, title: str, model_key: str) -> bool:
 
 
 def on_molecule(event) -> None:
+    if page.switching:
+        return
+    if event.new in page.uploads:  # an upload picked again: with the model chosen now
+        atoms, title = page.uploads[event.new]
+        load(atoms.copy(), title, model.value)
+        return
     entry = MOLECULES[event.new]
     atoms = entry.atoms()
     page.switching = True  # the model follows the molecule: one load, not two
@@ -394,7 +425,21 @@ def on_upload(event) -> None:
                 model.value = model_key
             finally:
                 page.switching = False
-    load(atoms, f"uploaded: {Path(name).name}", model_key)
+    title = f"uploaded: {Path(name).name}"
+    if load(atoms, title, model_key):
+        name_in_picker(title, atoms)
+
+
+def name_in_picker(title: str, atoms) -> None:
+    """The molecule picker names the upload (and offers it again later), without loading twice."""
+    key = f"upload:{title}"
+    page.uploads[key] = (atoms.copy(), title)
+    page.switching = True
+    try:
+        molecule.options = {**molecule.options, title: key}
+        molecule.value = key
+    finally:
+        page.switching = False
 
 
 def on_settings(event) -> None:
@@ -433,7 +478,7 @@ def on_stop(event) -> None:
 def on_reset(event) -> None:
     clear_error()
     page.session.reset()
-    page.playback, page.speed = [], None
+    page.playback, page.speed, page.shown = [], None, None
     viewer.set_structure(page.session.atoms, title=page.title)
     replot()
     update_scrubber()
@@ -470,7 +515,8 @@ def on_scrub(event) -> None:
     history = page.session.history
     if page.session.running or not 0 <= event.new < len(history):
         return
-    viewer.update_positions(history.positions[event.new], frame=history.columns["step"][event.new])
+    viewer.update_positions(history.positions[event.new], frame=event.new)
+    scrubber.name = f"Recorded frame (step {int(history.columns['step'][event.new]):,})"
 
 
 def trajectory_file() -> io.BytesIO:

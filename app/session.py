@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import io
 import threading
-import time
 from typing import Any
 
 import ase
@@ -25,7 +24,7 @@ import numpy as np
 
 from so3krates.explore import irelax
 from so3krates.md import BlowUpError, MDConfig, Simulation
-from so3krates.md.simulate import ChunkResult
+from so3krates.md.simulate import FIXED, ChunkResult
 from so3krates.system import System
 
 HISTORY_BYTES = 60_000_000  # positions and momenta kept for the scrubber and downloads
@@ -37,6 +36,10 @@ class Event:
     result: ChunkResult | None = None
     message: str = ""
     detail: Any = None
+    # what the worker's Simulation counts from (an ensemble change starts a new one): the
+    # offsets in force when the event was made, so a change booked later cannot shift it
+    step_offset: int = 0
+    time_offset: float = 0.0
 
 
 class History:
@@ -73,19 +76,27 @@ class History:
 
 
 class MDSession:
-    """The simulation of one page: a structure, a model, MD settings, and one worker at a time."""
+    """The simulation of one page: a structure, a model, MD settings, and one worker at a time.
+
+    Threads: the page (UI thread) calls the public methods; the worker thread owns the
+    :class:`Simulation`. They meet only under ``_lock``: the page books settings in
+    ``_pending`` (applied by the worker before its next chunk), the worker appends events and
+    publishes its Simulation and offsets. A worker belongs to a generation; ``halt`` starts a
+    new one without waiting, and whatever a stale worker still produces is dropped.
+    """
 
     def __init__(self, atoms: ase.Atoms, model, config: MDConfig):
         self.events: collections.deque[Event] = collections.deque()
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # backlog shrank, or a stop was asked
         self._generation = 0
         # pacing: the page sets ``backlog`` (frames it has not shown yet); with ``max_backlog``
         # set, the worker waits before a chunk until the backlog is that small, so every
         # recorded frame is shown instead of the newest of hundreds
-        self.backlog = 0
-        self.max_backlog: int | None = None
+        self._backlog = 0
+        self._max_backlog: int | None = None
         self.load(atoms, model, config)
 
     # --- what is simulated ----------------------------------------------------------------
@@ -96,16 +107,16 @@ class MDSession:
         if hasattr(model, "check_elements"):
             model.check_elements(system.numbers)
         self.halt()
-        self.atoms = atoms.copy()
-        self.model = model
-        self.config = config
-        self.history = History(len(atoms))
-        self.simulation: Simulation | None = None  # built by the worker (init compiles)
-        self._pending_start = None  # (atoms, momenta) to continue from after an ensemble change
-        self.step_offset = 0
-        self.time_offset = 0.0
-        self.finished = False  # stopped or blown up: the next run starts over
         with self._lock:
+            self.atoms = atoms.copy()
+            self.model = model
+            self.config = config
+            self.history = History(len(atoms))
+            self.simulation: Simulation | None = None  # built by the worker (init compiles)
+            self._pending: MDConfig | None = None  # settings the worker applies before its next chunk
+            self.step_offset = 0  # steps and time of the Simulations before the current one
+            self.time_offset = 0.0
+            self.finished = False  # stopped or blown up: the next run starts over
             self.events.clear()
 
     def reset(self) -> None:
@@ -113,66 +124,104 @@ class MDSession:
         self.load(self.atoms, self.model, self.config)
 
     def configure(self, **changes) -> None:
-        """Change MD settings. Temperature, timestep, friction, chunk size apply from the next
-        chunk; a new ensemble continues from the current positions and momenta."""
-        config = self.config.replace(**changes)
-        if self.simulation is not None and config.ensemble != self.simulation.config.ensemble:
-            self._continue_with(config)
-        elif self.simulation is not None:
-            live = {k: v for k, v in config.to_dict().items() if k not in ("ensemble", "seed", "dtype")}
-            self.simulation.set(**{k: v for k, v in live.items() if getattr(self.simulation.config, k) != v})
-        self.config = config
+        """Change MD settings (a bad value raises ValueError and changes nothing).
 
-    def _continue_with(self, config: MDConfig) -> None:
-        """A Simulation with new fixed settings, starting where the current one is."""
-        was_running = self.running
-        self.halt()
-        old = self.simulation
-        last = old.initial_frame()
+        Booked for the worker, which applies them before its next chunk (the chunk in flight
+        keeps the settings it started with): temperature, timestep, friction and chunk size in
+        place; a new ensemble continues from the positions and momenta the last chunk ended with.
+        """
+        config = self.config.replace(**changes)
+        with self._lock:
+            self.config = config
+            if self.simulation is not None:
+                self._pending = config
+
+    def _apply_pending(self, generation: int, simulation: Simulation) -> Simulation:
+        """(worker) The settings booked since the last chunk; a Simulation continuing the old
+        one where a fixed setting (the ensemble) changed."""
+        with self._lock:
+            config, self._pending = (self._pending, None) if generation == self._generation else (None, self._pending)
+        if config is None:
+            return simulation
+        fixed = {name for name in FIXED if getattr(config, name) != getattr(simulation.config, name)}
+        if not fixed:
+            live = {k: v for k, v in config.to_dict().items() if k not in FIXED}
+            simulation.set(**{k: v for k, v in live.items() if getattr(simulation.config, k) != v})
+            return simulation
+        last = simulation.initial_frame()
         atoms = self.atoms.copy()
         atoms.positions = last.positions[0]
-        self.step_offset += old.step
-        self.time_offset += old.time_fs
-        self.simulation = None
-        self._pending_start = (atoms, last.momenta[0])
-        self.config = config
-        if was_running:
-            self.run()
+        successor = Simulation(atoms, self.model, config, momenta=last.momenta[0])
+        with self._lock:
+            if generation == self._generation:
+                self.step_offset += simulation.step
+                self.time_offset += simulation.time_fs
+                self.simulation = successor
+        return successor
 
     # --- worker ---------------------------------------------------------------------------
-    # Each worker belongs to a generation; halt() starts a new one without waiting, and what a
-    # stale worker still produces (a chunk or a compile in flight) is dropped, so the page never
-    # blocks on a compile it no longer wants.
 
     @property
     def running(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
+        """A worker is registered: it runs, or it finishes its chunk and then ends."""
+        return self._worker is not None
+
+    @property
+    def backlog(self) -> int:
+        return self._backlog
+
+    @backlog.setter
+    def backlog(self, frames: int) -> None:
+        with self._wake:
+            self._backlog = frames
+            self._wake.notify_all()
+
+    @property
+    def max_backlog(self) -> int | None:
+        return self._max_backlog
+
+    @max_backlog.setter
+    def max_backlog(self, frames: int | None) -> None:
+        with self._wake:
+            self._max_backlog = frames
+            self._wake.notify_all()
 
     def run(self) -> None:
-        """Start (or continue) MD on the worker thread; a finished run starts over first."""
-        if self.running:
-            return
+        """Start (or continue) MD on the worker thread; a finished run starts over first. Run
+        right after Pause, while the chunk in flight still runs, takes the pause back."""
         if self.finished:
             self.reset()
+        with self._lock:
+            if self._worker is not None:  # registered: it has not decided to end yet
+                if self._worker.name.endswith("md"):
+                    self._stop.clear()
+                return
         self._start(self._run_md)
 
     def pause(self) -> None:
         """Stop after the chunk in flight; run() continues from there."""
-        self._stop.set()
+        self._signal_stop()
 
     def stop(self) -> None:
         """End this run after the chunk in flight; the frames stay for the scrubber and downloads."""
-        self._stop.set()
-        self.finished = True
+        with self._lock:
+            self.finished = True
+        self._signal_stop()
 
     def halt(self, timeout: float = 0.0) -> None:
         """Leave the current worker behind (closing a page, loading a new structure): it stops
         after its chunk and its results are dropped. ``timeout`` > 0 waits for it that long."""
-        self._stop.set()
-        self._generation += 1
-        worker, self._worker = self._worker, None
+        self._signal_stop()
+        with self._lock:
+            self._generation += 1
+            worker, self._worker = self._worker, None
         if worker is not None and timeout > 0:
             worker.join(timeout)
+
+    def _signal_stop(self) -> None:
+        with self._wake:
+            self._stop.set()
+            self._wake.notify_all()
 
     def relax(self, fmax: float = 0.05, max_steps: int = 300) -> None:
         """Relax the current geometry on the worker thread; it becomes the new starting structure."""
@@ -181,15 +230,22 @@ class MDSession:
         self._start(self._run_relax, self.current_atoms(), fmax, max_steps)
 
     def _start(self, target, *args) -> None:
-        self._stop = threading.Event()
-        self._worker = threading.Thread(target=target, args=(self._generation, self._stop, *args), daemon=True,
-                                        name=f"so3krates-{target.__name__[5:]}")
+        with self._lock:
+            self._stop = threading.Event()
+            self._worker = threading.Thread(target=target, args=(self._generation, self._stop, *args), daemon=True,
+                                            name=f"so3krates-{target.__name__[5:]}")
         self._worker.start()
 
     def _emit(self, generation: int, event: Event) -> None:
         with self._lock:
             if generation == self._generation:
+                event.step_offset, event.time_offset = self.step_offset, self.time_offset
                 self.events.append(event)
+
+    def _finish(self, generation: int) -> None:
+        with self._lock:
+            if generation == self._generation:
+                self.finished = True
 
     def current_atoms(self) -> ase.Atoms:
         atoms = self.atoms.copy()
@@ -197,43 +253,53 @@ class MDSession:
             atoms.positions = np.asarray(self.history.positions[-1], float)
         return atoms
 
-    def _build(self) -> Simulation:
-        pending, self._pending_start = self._pending_start, None
-        if pending is not None:
-            atoms, momenta = pending
-            return Simulation(atoms, self.model, self.config, momenta=momenta)
-        return Simulation(self.atoms, self.model, self.config)
-
     def _run_md(self, generation: int, stop: threading.Event) -> None:
         emit = functools.partial(self._emit, generation)
         try:
             simulation = self.simulation
             if simulation is None:
                 emit(Event("compiling", message="preparing the simulation"))
-                simulation = self._build()
+                simulation = Simulation(self.atoms, self.model, self.config)
                 with self._lock:
                     if generation != self._generation:
                         return
                     self.simulation = simulation
-                if self.step_offset == 0:
-                    emit(Event("chunk", result=simulation.initial_frame()))
-            while not stop.is_set():
-                while self.max_backlog is not None and self.backlog > self.max_backlog and not stop.is_set():
-                    time.sleep(0.005)
-                if stop.is_set():
-                    break
+                    self._pending = None  # built with the newest settings
+                emit(Event("chunk", result=simulation.initial_frame()))
+            while self._go_on(generation, stop):
+                simulation = self._apply_pending(generation, simulation)
                 if simulation.will_compile():
                     emit(Event("compiling", message="compiling the MD program for this molecule"))
                 for result in simulation.irun(steps=simulation.config.chunk_steps):
                     emit(Event("chunk", result=result))
         except BlowUpError as error:
-            self.finished = True
+            self._finish(generation)
             emit(Event("blowup", result=getattr(error, "result", None), message=str(error), detail=error))
         except Exception as error:  # shown on the page; the session stays usable
-            self.finished = True
+            self._finish(generation)
             emit(Event("error", message=f"{type(error).__name__}: {error}"))
         finally:
-            emit(Event("stopped", detail="md"))
+            self._end(generation, Event("stopped", detail="md"))
+
+    def _go_on(self, generation: int, stop: threading.Event) -> bool:
+        """(worker) Whether to run another chunk: it waits while the page is behind; on a stop it
+        unregisters itself, in the same step as the decision, so a Run after it starts a new worker."""
+        with self._wake:
+            self._wake.wait_for(lambda: stop.is_set() or self._max_backlog is None
+                                or self._backlog <= self._max_backlog)
+            if not stop.is_set():
+                return True
+        self._end(generation, Event("stopped", detail="md"))
+        return False
+
+    def _end(self, generation: int, event: Event) -> None:
+        """(worker) Unregister and send the last event, once, in one step under the lock: a
+        Run after it starts a new worker, whose events all come after this one."""
+        with self._lock:
+            if generation == self._generation and self._worker is threading.current_thread():
+                self._worker = None
+                event.step_offset, event.time_offset = self.step_offset, self.time_offset
+                self.events.append(event)
 
     def _run_relax(self, generation: int, stop: threading.Event, atoms: ase.Atoms, fmax: float,
                    max_steps: int) -> None:
@@ -251,7 +317,7 @@ class MDSession:
         except Exception as error:
             emit(Event("error", message=f"relaxation failed: {type(error).__name__}: {error}"))
         finally:
-            emit(Event("stopped", detail="relax"))
+            self._end(generation, Event("stopped", detail="relax"))
 
     # --- export -----------------------------------------------------------------------------
 

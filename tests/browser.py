@@ -134,7 +134,7 @@ def chromium_page(tmp_path):
             page.on("console", lambda message: record.console.append(f"{message.type}: {message.text}"))
             page.on("console", lambda message: message.type == "error" and record.console_errors.append(
                 f"{message.text} ({message.location})"))
-            page.on("pageerror", lambda error: record.page_errors.append(str(error)))
+            page.on("pageerror", lambda error: record.page_errors.append(f"{error}\n{error.stack}"))
             yield record
         finally:
             context.close()

@@ -154,27 +154,35 @@ class Exploration:
             raise RuntimeError("this exploration was started already")
         if self.config.scheduler != "threads":
             _import_distributed()  # a missing extra is the caller's error, not the driver thread's
-        self._state, self._started_at = "running", time.monotonic()
-        self._hops_at_start = self._hops_done
-        self._thread = threading.Thread(target=self._drive, name="so3krates-exploration", daemon=True)
+        with self._lock:
+            self._state, self._started_at = "running", time.monotonic()
+            self._hops_at_start = self._hops_done
+            self._thread = threading.Thread(target=self._drive, name="so3krates-exploration", daemon=True)
         self._thread.start()
+
+    # Every change of ``_state`` holds ``_lock``: a pause racing the driver's end either comes
+    # first (and the end overrides it) or finds the run ended (and does nothing), never leaves a
+    # "paused" exploration without a driver.
 
     def pause(self) -> None:
         """No new excursions; those in flight finish and are recorded."""
-        if self._state == "running":
-            self._resume.clear()
-            self._state = "paused"
+        with self._lock:
+            if self._state == "running":
+                self._resume.clear()
+                self._state = "paused"
 
     def resume(self) -> None:
-        if self._state == "paused":
-            self._state = "running"
-            self._resume.set()
+        with self._lock:
+            if self._state == "paused":
+                self._state = "running"
+                self._resume.set()
 
     def stop(self, wait: bool = True, timeout: float | None = 30.0) -> None:
         """No new excursions; results still in flight are dropped (their walkers redo that hop
         on resume). Safe to call at any time."""
-        self._stop.set()
-        self._resume.set()
+        with self._lock:
+            self._stop.set()
+            self._resume.set()
         if wait and self._thread is not None:
             self._thread.join(timeout)
 
@@ -202,29 +210,40 @@ class Exploration:
             raise RuntimeError(f"exploration failed: {progress.message}")
         return progress
 
+    @property
+    def active(self) -> bool:
+        """The driver runs (exploring, paused, or ending after a stop)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def progress(self) -> Progress:
-        minima = self.store.minima()
-        elapsed = 0.0 if self._started_at is None else time.monotonic() - self._started_at
-        rate = 60.0 * (self._hops_done - self._hops_at_start) / elapsed if elapsed > 0 else 0.0
-        return Progress(self._hops_done, self.config.walkers * self.config.hops, sum(m.count for m in minima),
-                        len(minima), len(self.store.transitions()), rate, self._state, self._message,
-                        self._compilations, self._last_compile_hop)
+        minima, transitions = self.store.minima(), self.store.transitions()
+        with self._lock:
+            elapsed = 0.0 if self._started_at is None else time.monotonic() - self._started_at
+            rate = 60.0 * (self._hops_done - self._hops_at_start) / elapsed if elapsed > 0 else 0.0
+            return Progress(self._hops_done, self.config.walkers * self.config.hops, sum(m.count for m in minima),
+                            len(minima), len(transitions), rate, self._state, self._message,
+                            self._compilations, self._last_compile_hop)
 
     # --- the driver -----------------------------------------------------------------------------
 
     def _drive(self) -> None:
         backend = None
+        ended, message = "failed", "interrupted"
         try:
             backend = _backend(self.config.scheduler, self.config.walkers, self.atoms, self.model, self.config.hopping)
             self._walkers = self._make_walkers(backend)
             self._loop(backend)
-            self._state = "stopped" if self._stop.is_set() and self._unfinished() else "finished"
+            ended = "stopped" if self._stop.is_set() and self._unfinished() else "finished"
+            message = ""
         except Exception as error:  # noqa: BLE001 (the page and the CLI show it; the state is saved)
-            self._state, self._message = "failed", f"{type(error).__name__}: {error}"
+            ended, message = "failed", f"{type(error).__name__}: {error}"
         finally:
             if backend is not None:
                 backend.close()
-            self._export_graph()
+            exported = self._export_graph()
+            with self._lock:
+                self._state = ended
+                self._message = "; ".join(m for m in (message, exported) if m)
 
     def _make_walkers(self, backend) -> list[MinimaHoppingWalker]:
         states = self.out_dir / "walkers"
@@ -288,11 +307,16 @@ class Exploration:
             with open(self.out_dir / "hops.jsonl", "a", encoding="utf-8") as log:
                 log.write(line + "\n")
 
-    def _export_graph(self) -> None:
+    def _export_graph(self) -> str:
+        """Write the PES graph beside the store; returns "" or why it failed (also in the progress
+        message: a view of the store is never worth losing a run over, but the user hears of it)."""
         try:
             export_beside(self.store)
-        except (OSError, ValueError) as error:  # a view of the store: never worth losing a run over
-            self._message = f"graph export failed: {error}"
+        except (OSError, ValueError) as error:
+            with self._lock:
+                self._message = f"graph export failed: {error}"
+            return self._message
+        return ""
 
 
 def read_hops(out_dir: str | os.PathLike) -> list[dict[str, Any]]:

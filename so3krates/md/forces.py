@@ -13,14 +13,17 @@ constants). Positions hold the real atoms only; the padding atoms the graph need
   the in-jit :class:`so3krates.neighbors.NeighborList`;
 * :class:`CallbackForces` the reference method (:class:`so3krates.reference.XTBReference`,
   GFN2-xTB) on the host through ``jax.pure_callback``: slow, but the same MD loop. A failed SCF
-  returns NaN, which the non-finite guard turns into a stop, with tblite's message kept in
-  :data:`CALLBACK_ERRORS`;
+  returns NaN, which the non-finite guard turns into a stop, with tblite's message kept in the
+  force field's own log (:func:`reference_errors`);
 * :class:`EnergyFunction` any jax-traceable ``energy(positions)`` (harmonic wells in tests).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
+import threading
 from collections.abc import Callable
 
 import ase
@@ -38,7 +41,41 @@ from so3krates.reference import ReferenceError, XTBReference, import_tblite
 from so3krates.runtime import require_dtype
 from so3krates.system import System
 
-CALLBACK_ERRORS: list[str] = []  # messages of failed reference calculations, newest last
+
+class _ErrorLogs:
+    """The messages of failed reference calculations, one log per CallbackForces.
+
+    The jitted chunk is compiled once for all CallbackForces of one molecule, so the Python
+    callback cannot tell them apart by ``self``: each carries a traced token naming its log,
+    and a failure is written there only. Bounded: the oldest logs are forgotten.
+    """
+
+    def __init__(self, max_logs: int = 256, max_messages: int = 16):
+        self._lock = threading.Lock()
+        self._logs: collections.OrderedDict[int, collections.deque] = collections.OrderedDict()
+        self._tokens = itertools.count(1)
+        self.max_logs, self.max_messages = max_logs, max_messages
+
+    def new(self) -> np.ndarray:
+        with self._lock:
+            token = next(self._tokens)
+            self._logs[token] = collections.deque(maxlen=self.max_messages)
+            while len(self._logs) > self.max_logs:
+                self._logs.popitem(last=False)
+        return np.asarray(token, np.int32)
+
+    def append(self, token, message: str) -> None:
+        with self._lock:
+            log = self._logs.get(int(token))
+            if log is not None:
+                log.append(message)
+
+    def messages(self, token) -> list[str]:
+        with self._lock:
+            return list(self._logs.get(int(np.asarray(token)), ()))
+
+
+_ERROR_LOGS = _ErrorLogs()
 
 
 @jax.tree_util.register_dataclass
@@ -76,6 +113,7 @@ class CallbackForces:
     numbers: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
     cell: tuple[float, ...] = dataclasses.field(default=(0.0,) * 9, metadata=dict(static=True))
     pbc: tuple[bool, bool, bool] = dataclasses.field(default=(False,) * 3, metadata=dict(static=True))
+    error_log: np.ndarray = dataclasses.field(default_factory=_ERROR_LOGS.new)  # token of this field's log
 
     def allocate(self, system: System):
         return None
@@ -83,7 +121,11 @@ class CallbackForces:
     def update(self, neighbors, positions):
         return neighbors
 
-    def _host(self, positions):
+    def errors(self) -> list[str]:
+        """Messages of this force field's failed reference calculations, newest last."""
+        return _ERROR_LOGS.messages(self.error_log)
+
+    def _host(self, positions, error_log):
         positions = np.asarray(positions)
         atoms = ase.Atoms(
             numbers=self.numbers, positions=positions.astype(np.float64),
@@ -93,7 +135,7 @@ class CallbackForces:
             result = self.reference.calculate(atoms)
             energy, forces = result["energy"], result["forces"]
         except ReferenceError as error:
-            CALLBACK_ERRORS.append(str(error))
+            _ERROR_LOGS.append(error_log, str(error))
             energy, forces = np.nan, np.full(positions.shape, np.nan)
         return np.asarray(energy, positions.dtype), np.asarray(forces, positions.dtype)
 
@@ -102,7 +144,7 @@ class CallbackForces:
             jax.ShapeDtypeStruct((), positions.dtype),
             jax.ShapeDtypeStruct(positions.shape, positions.dtype),
         )
-        return jax.pure_callback(self._host, shapes, positions, vmap_method="sequential")
+        return jax.pure_callback(self._host, shapes, positions, self.error_log, vmap_method="sequential")
 
 
 @jax.tree_util.register_dataclass
@@ -161,6 +203,12 @@ def make_force_field(model, system: System, dtype: str = "float32", skin: float 
     if callable(model):
         return EnergyFunction(model)
     raise TypeError(f"cannot run MD with a {type(model).__name__}: expected a Potential, XTBReference or energy function")
+
+
+def reference_errors(force_field) -> list[str]:
+    """The failed reference calculations of ``force_field`` (or of its parts), newest last."""
+    parts = force_field.parts if isinstance(force_field, SumForces) else (force_field,)
+    return [message for part in parts if isinstance(part, CallbackForces) for message in part.errors()]
 
 
 def cast_neighbor_list(nl: NeighborList, dtype) -> NeighborList:

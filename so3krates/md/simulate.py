@@ -31,7 +31,7 @@ from so3krates.compilation import bounded_jit, thread_compilations
 from so3krates.md import guards as guard_module
 from so3krates.md.config import CONTROLS, MDConfig
 from so3krates.md.forces import (
-    CALLBACK_ERRORS, any_overflow, grow_after_overflow, neighbor_lists, make_force_field,
+    any_overflow, grow_after_overflow, make_force_field, neighbor_lists, reference_errors,
 )
 from so3krates.md.guards import GUARDS, BlowUpError, GuardStatus, find_bonds
 from so3krates.md.integrators import MDState, langevin, nose_hoover, nve
@@ -231,6 +231,12 @@ class ChunkResult:
         )
 
 
+def _controls(config: MDConfig) -> Controls:
+    """The settings a chunk takes as traced values (changing them compiles nothing)."""
+    dtype = jnp.dtype(config.dtype)
+    return Controls(**{name: np.asarray(getattr(config, name), dtype) for name in CONTROLS})
+
+
 class Simulation:
     """MD of one structure with one model: ``irun``/``run`` advance it chunk by chunk.
 
@@ -263,11 +269,10 @@ class Simulation:
 
     @property
     def controls(self) -> Controls:
-        dtype = jnp.dtype(self.config.dtype)
-        return Controls(**{name: np.asarray(getattr(self.config, name), dtype) for name in CONTROLS})
+        return _controls(self.config)
 
-    def spec(self, steps: int | None = None) -> ChunkSpec:
-        cfg = self.config
+    def spec(self, steps: int | None = None, config: MDConfig | None = None) -> ChunkSpec:
+        cfg = self.config if config is None else config
         steps = cfg.chunk_steps if steps is None else steps
         return ChunkSpec(
             ensemble=cfg.ensemble, steps=steps, record_every=min(cfg.record_every, steps),
@@ -357,14 +362,17 @@ class Simulation:
         return ChunkResult.concatenate(list(self.irun(steps, until=until)))
 
     def _run_chunk(self, steps: int) -> ChunkResult:
-        record_every = self.config.record_every if steps % self.config.record_every == 0 else steps
-        spec = dataclasses.replace(self.spec(steps), record_every=record_every)
+        # one reading of the settings for the whole chunk: a set() from another thread meanwhile
+        # applies from the next chunk, and this one is booked with the timestep it ran with
+        cfg = self.config
+        record_every = cfg.record_every if steps % cfg.record_every == 0 else steps
+        spec = dataclasses.replace(self.spec(steps, cfg), record_every=record_every)
+        controls = _controls(cfg)
         start = self.state
         fn = _chunk_single if self.replicas is None else _chunk_replicas
         compilations = thread_compilations()
         began = time.perf_counter()
         while True:
-            controls = self.controls
             state, status, frames = fn(start, self.force_field, controls, self.bonds, spec)
             status = jax.tree.map(np.asarray, status)
             if not np.any(status.overflow):
@@ -381,17 +389,19 @@ class Simulation:
         start_step = int(np.max(np.asarray(start.step)))
         self.state = state
         result = self._result(frames, steps_done=steps, wall_s=wall, compiled=compiled, status=status,
-                              start_step=start_step)
+                              start_step=start_step, config=cfg)
         if result.blowup is None:
-            self.time_fs += steps * self.config.timestep
+            self.time_fs += steps * cfg.timestep
         else:
-            self.time_fs += (result.blowup.last_good_step - start_step) * self.config.timestep
+            self.time_fs += (result.blowup.last_good_step - start_step) * cfg.timestep
         return result
 
-    def _result(self, frames, steps_done, wall_s, compiled, status, start_step=None) -> ChunkResult:
+    def _result(self, frames, steps_done, wall_s, compiled, status, start_step=None,
+                config: MDConfig | None = None) -> ChunkResult:
+        cfg = self.config if config is None else config
         steps = np.asarray(frames["step"])
         start_step = self.step if start_step is None else start_step
-        time_fs = self.time_fs + (steps - start_step) * self.config.timestep
+        time_fs = self.time_fs + (steps - start_step) * cfg.timestep
         lists = neighbor_lists(self.state.neighbors)
         rebuilds = max((int(np.max(np.asarray(nl.num_rebuilds))) for nl in lists), default=0)
         result = ChunkResult(
@@ -399,15 +409,15 @@ class Simulation:
             **{k: np.asarray(frames[k]) for k in ChunkResult.FRAME_FIELDS if k not in ("step", "time_fs")},
             masses=np.asarray(self.system.masses), numbers=np.asarray(self.system.numbers),
             steps_done=steps_done, wall_s=wall_s, compiled=compiled, reallocations=self.reallocations,
-            neighbor_rebuilds=rebuilds, timestep=self.config.timestep,
+            neighbor_rebuilds=rebuilds, timestep=cfg.timestep,
             max_bond_ratio=float(np.max(status.max_bond_ratio)) if status is not None else 1.0,
             min_distance=float(np.min(status.min_distance)) if status is not None else float("inf"),
         )
         if status is None or np.all(status.ok):
             return result
-        return self._blowup(result, status, start_step)
+        return self._blowup(result, status, start_step, cfg)
 
-    def _blowup(self, result: ChunkResult, status, start_step: int) -> ChunkResult:
+    def _blowup(self, result: ChunkResult, status, start_step: int, cfg: MDConfig) -> ChunkResult:
         ok = np.asarray(status.ok)
         replica = None if ok.ndim == 0 else int(np.argmin(ok))
         pick = (lambda x: np.asarray(x)) if replica is None else (lambda x: np.asarray(x)[replica])
@@ -415,14 +425,14 @@ class Simulation:
         tripped = [GUARDS[i] for i in np.flatnonzero(flags)]
         first = tripped[0]
         index = GUARDS.index(first)
-        cfg = self.config
         thresholds = {
             "non-finite": None, "too-close": cfg.min_distance, "force": cfg.max_force,
             "bond-stretch": cfg.max_bond_stretch,
             "temperature": None if cfg.max_temperature_factor is None else cfg.max_temperature_factor * cfg.temperature,
         }
         pair = [int(a) for a in atoms[index] if a >= 0]
-        detail = CALLBACK_ERRORS[-1] if first == "non-finite" and CALLBACK_ERRORS else ""
+        errors = reference_errors(self.force_field) if first == "non-finite" else []
+        detail = errors[-1] if errors else ""
         state = jax.tree.map(np.asarray, self.state)
         error = BlowUpError(first, tripped, step, pair, float(values[index]), thresholds[first], replica,
                             last_good_step=step - 1, state=state, detail=detail)

@@ -8,6 +8,7 @@ status line and the error box. Screenshots of passing runs go to test-artifacts/
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -84,6 +85,18 @@ class Dashboard:
         wait_until(lambda: self.plot()[0] >= minimum, RUN_TIMEOUT_S, f"{minimum} points in the energy plot "
                    f"(status {self.status()!r}, alert {self.alert()!r})", interval=0.2)
 
+    def scrubber(self) -> tuple[int, str]:
+        """(the recorded frame the scrubber is on, its title)."""
+        handle = self.page.locator(".noUi-handle").first
+        title = self.page.locator(".bk-slider-title").first.text_content()
+        return int(float(handle.get_attribute("aria-valuenow"))), title
+
+    def frame_label(self) -> str:
+        return self.page.locator(".so3k-label").first.text_content()
+
+    def molecule_choice(self) -> str:
+        return self.page.get_by_label("Molecule", exact=True).evaluate("s => s.options[s.selectedIndex].text")
+
     def upload(self, name: str, content: bytes) -> None:
         self.page.locator("input[type=file]").set_input_files(
             {"name": name, "mimeType": "application/octet-stream", "buffer": content})
@@ -117,9 +130,14 @@ def test_run_moves_atoms_plots_energy_pause_and_reset(dashboard):
     assert changed_fraction(first, second) > 0.002, "the atoms did not move within a second of MD"
     points, _ = board.plot()
     wait_until(lambda: board.plot()[0] > points or board.plot()[0] >= 4000, 10, "the energy plot to gain points")
+    # the (disabled) scrubber follows the frame in the viewer
+    wait_until(lambda: board.scrubber()[0] > 0 and "step" in board.scrubber()[1], 10, "the scrubber to follow")
 
     board.click("Pause")
     board.wait_status("Paused", timeout=30)
+    index, title = wait_until(lambda: board.frame_label() == f"frame {board.scrubber()[0]}" and board.scrubber(),
+                              10, f"scrubber and viewer on one frame ({board.scrubber()}, {board.frame_label()!r})")
+    assert re.search(r"step [\d,]+", title), title
     paused = board.plot()
     time.sleep(1.5)
     assert board.plot() == paused, "points were added after Pause"
@@ -157,10 +175,16 @@ def test_a_good_upload_replaces_the_molecule(dashboard):
     board.upload("water.xyz", water)
     board.page.locator('.so3k-viewer[data-atoms="3"]').wait_for(timeout=30_000)
     assert "uploaded: water.xyz" in board.wait_status("water.xyz")
+    assert board.molecule_choice() == "uploaded: water.xyz"  # the picker names what is loaded
+    board.choose_molecule("Ethanol")
+    board.page.locator('.so3k-viewer[data-atoms="9"]').wait_for(timeout=30_000)
+    board.choose_molecule("uploaded: water.xyz")  # and offers the upload again
+    board.page.locator('.so3k-viewer[data-atoms="3"]').wait_for(timeout=30_000)
     # a peptide needs nitrogen: the ethanol model cannot, so a built-in model that can is taken
     board.upload("peptide.xyz", (REPO / "data" / "models" / "ac_ala3_nhme" / "structure.xyz").read_bytes())
     board.page.locator('.so3k-viewer[data-atoms="42"]').wait_for(timeout=30_000)
     assert "Ac-Ala3-NHMe (shipped)" in board.wait_status("peptide.xyz")
+    assert board.molecule_choice() == "uploaded: peptide.xyz"
     board.check_clean()
 
 

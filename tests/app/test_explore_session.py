@@ -108,3 +108,16 @@ def test_quench_frames_into_the_store_and_cleanup(argon):
     while root.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not root.exists(), "the session's temporary directory is still there"
+
+
+def test_a_damaged_walker_state_is_an_error_naming_it(argon, tmp_path):
+    atoms, model = argon
+    session = ExploreSession(tmp_path)
+    landscape = session.landscape_for(atoms, model, "lj", "Ar13", "LJ", HOPPING.to_dict())
+    damaged = landscape.directory / "walkers" / "walker3.json"  # a walker this run does not even use
+    damaged.parent.mkdir()
+    damaged.write_text('{"hop": ')  # cut short by a crash
+    with pytest.raises(ValueError, match="walker3.json"):
+        session.explore(landscape, ExplorationConfig(walkers=1, hops=1, hopping=HOPPING, scheduler="threads"))
+    assert session.exploration is None and damaged.read_text() == '{"hop": '  # nothing started, nothing lost
+    session.close()

@@ -39,7 +39,7 @@ def collect(session, until, timeout=120.0):
         for event in session.drain():
             events.append(event)
             if event.kind in ("chunk", "blowup") and event.result is not None:
-                session.history.extend(event.result, session.step_offset, session.time_offset)
+                session.history.extend(event.result, event.step_offset, event.time_offset)
         if until(events):
             return events
         time.sleep(0.01)

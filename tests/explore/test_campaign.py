@@ -91,6 +91,48 @@ def test_pause_stops_new_hops_and_resume_continues(tmp_path, argon):
     assert paused_at < exploration.progress().hops_done < 50
 
 
+class PauseHeldAfterItsCheck(Exploration):
+    """An Exploration whose pause(), having read "running", is held until the driver has ended
+    (or 5 s): the moment where a pause once raced the end of the run."""
+
+    hold_pauses = False
+
+    @property
+    def _state(self):
+        state = self.__dict__["_state_value"]
+        if self.hold_pauses and threading.current_thread() is threading.main_thread() and state == "running":
+            self._thread.join(5.0)  # the driver ends now (or waits for our lock: then this times out)
+        return state
+
+    @_state.setter
+    def _state(self, value):
+        self.__dict__["_state_value"] = value
+
+
+def test_a_pause_racing_the_end_of_a_run_leaves_no_dead_paused_exploration(tmp_path, argon):
+    atoms, model = argon
+    exploration = PauseHeldAfterItsCheck(atoms, model, tmp_path, ExplorationConfig(
+        walkers=1, hops=1, hopping=HOPPING, scheduler="threads"))
+    exploration.start()
+    exploration.hold_pauses = True
+    exploration.pause()  # reads "running", then the last hop ends while it is held
+    exploration.hold_pauses = False
+    exploration.wait(60)
+    progress = exploration.progress()
+    assert progress.state == "finished", f"the driver has ended, yet the exploration reads {progress.state!r}"
+    assert not exploration.active
+
+
+def test_a_failed_graph_export_is_reported_and_the_run_kept(tmp_path, argon):
+    atoms, model = argon
+    (tmp_path / "pes_graph.json").mkdir()  # the export cannot replace a directory
+    exploration = Exploration(atoms, model, tmp_path, ExplorationConfig(walkers=1, hops=2, hopping=HOPPING,
+                                                                         scheduler="threads"))
+    progress = exploration.run()
+    assert progress.state == "finished" and progress.hops_done == 2
+    assert "graph export failed" in progress.message and "pes_graph.json" in progress.message, progress.message
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path, argon):
     atoms, model = argon
     Exploration(atoms, model, tmp_path, ExplorationConfig(walkers=1, hops=1, hopping=HOPPING, scheduler="threads"))
