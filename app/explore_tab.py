@@ -75,6 +75,13 @@ class ExploreTab:
         self.paused = False  # Pause pressed (the button reads Resume)
         self.stopping = False  # Stop pressed, the driver not yet ended
 
+        self._widgets(units)
+        self._graph()
+        self._connect(units)
+        self.layout = self._layout()
+        self.callback = pn.state.add_periodic_callback(self.tick, period=TICK_MS)
+
+    def _widgets(self, units: pn.widgets.RadioButtonGroup) -> None:
         self.explore_button = pn.widgets.Button(name="Explore", button_type="primary", width=80)
         self.pause_button = pn.widgets.Button(name="Pause", width=80, disabled=True)
         self.stop_button = pn.widgets.Button(name="Stop", width=80, disabled=True)
@@ -93,6 +100,7 @@ class ExploreTab:
                                           selectable=2,  # Compare: two rows; otherwise the page keeps one
                                           sortable=False, height=300, sizing_mode="stretch_width",
                                           titles={"found_by": "found by"},
+                                          formatters=self._formatters(),
                                           css_classes=["so3k-minima"])
         self.viewer = MoleculeViewer(height=330, sizing_mode="stretch_width", css_classes=["so3k-minimum-view"])
         self.second_viewer = MoleculeViewer(height=330, sizing_mode="stretch_width", visible=False,
@@ -101,12 +109,15 @@ class ExploreTab:
                                            css_classes=["so3k-comparison"], margin=(0, 10))
         self.disconnectivity = pn.pane.PNG(None, height=330, sizing_mode="stretch_width")
 
+    def _graph(self) -> None:
+        """The PES graph: edges and nodes redrawn from one Pipe; a tap on a node selects it."""
         self.pipe = hv.streams.Pipe(data=self._graph_data(None))
         nodes = hv.DynamicMap(self._nodes, streams=[self.pipe])
         self.graph = hv.DynamicMap(self._edges, streams=[self.pipe]) * nodes
         self.tap = hv.streams.Selection1D(source=nodes)
         self.tap.add_subscriber(self.on_tap)
 
+    def _connect(self, units: pn.widgets.RadioButtonGroup) -> None:
         self.explore_button.on_click(self.on_explore)
         self.pause_button.on_click(self.on_pause)
         self.stop_button.on_click(self.on_stop)
@@ -116,6 +127,7 @@ class ExploreTab:
         self.md_units.param.watch(self.on_md_units, "value")
         self.session.set_unit(units.value)
 
+    def _layout(self) -> pn.Row:
         controls = pn.Column(
             self.walkers, self.hops, self.temperature, pn.pane.Markdown("**Backend**", margin=(0, 10)), self.backend,
             pn.Row(self.explore_button, self.pause_button, self.stop_button),
@@ -135,8 +147,7 @@ class ExploreTab:
                                          sizing_mode="stretch_width"), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
-        self.layout = pn.Row(controls, main, sizing_mode="stretch_width")
-        self.callback = pn.state.add_periodic_callback(self.tick, period=TICK_MS)
+        return pn.Row(controls, main, sizing_mode="stretch_width")
 
     # --- views ------------------------------------------------------------------------------
 
@@ -146,6 +157,9 @@ class ExploreTab:
 
     def _table(self, snapshot) -> pd.DataFrame:
         return minima_table(snapshot.minima if snapshot is not None else [], self.unit)
+
+    def _formatters(self) -> dict:
+        return {relative_energy_column(self.unit): NumberFormatter(format="0.0000")}
 
     def _graph_data(self, snapshot) -> tuple[pd.DataFrame, pd.DataFrame, str]:
         """(nodes, edges, unit) for the graph: y is the energy above the lowest minimum."""
@@ -221,9 +235,9 @@ class ExploreTab:
             self.node_ids = sorted(snapshot.graph.nodes)
             self.syncing = True
             try:
-                if self.table.formatters.keys() != {relative_energy_column(self.unit)}:
+                if self.table.formatters.keys() != self._formatters().keys():
                     # a new formatter object rebuilds every column in the browser: only for a new unit
-                    self.table.formatters = {relative_energy_column(self.unit): NumberFormatter(format="0.0000")}
+                    self.table.formatters = self._formatters()
                 self.table.value = table
                 self.table.selection = self._rows(self.selected)
             finally:

@@ -228,7 +228,3 @@ class XTBReference:
         if isinstance(structures, (ase.Atoms, System)):
             return _single_point(structures, self)
         return [_single_point(s, self) for s in structures]
-
-    def ase_calculator(self):
-        """The same settings as a tblite ASE calculator."""
-        return xtb_calculator(self)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -78,3 +81,55 @@ def fresh_pair_capacities():
 
     PAIR_CAPACITIES.clear()
     yield
+
+
+LEFTOVER_GRACE_S = 20.0  # a thread or child a test stopped may take this long to end
+# threads a library starts once per process and keeps on purpose (not a test's leftovers)
+PROCESS_WIDE_THREADS = {"tqdm_monitor"}  # tqdm's one progress-bar monitor
+
+
+def _child_processes() -> set[int]:
+    """This process's live children (zombies, exited but not yet reaped, do not count)."""
+    children = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            children.update(int(pid) for pid in (task / "children").read_text().split())
+        except OSError:
+            continue
+    live = set()
+    for pid in children:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            live.add(pid)
+    return live
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
+
+
+@pytest.fixture(autouse=True)
+def leaves_nothing_running():
+    """A test ends what it started: threads and child processes (a worker, a refresher, a Dask
+    cluster, a server) still alive LEFTOVER_GRACE_S after it fail it. Session fixtures' threads
+    and processes exist before the test and are not counted."""
+    threads_before = set(threading.enumerate())
+    children_before = _child_processes()
+    yield
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while True:
+        threads = [t for t in threading.enumerate()
+                   if t not in threads_before and t.is_alive() and t.name not in PROCESS_WIDE_THREADS]
+        children = _child_processes() - children_before
+        if not threads and not children or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    left = [f"thread {t.name!r}" for t in threads] + [f"process {pid}: {_command(pid)}" for pid in sorted(children)]
+    if left:
+        pytest.fail(f"the test left these running: {left}")

@@ -186,8 +186,6 @@ class Exploration:
         if wait and self._thread is not None:
             self._thread.join(timeout)
 
-    close = stop
-
     def wait(self, timeout: float | None = None) -> Progress:
         if self._thread is not None:
             self._thread.join(timeout)

@@ -79,7 +79,7 @@ from jaxtyping import Float
 
 from so3krates.explore.store import aligned_rmsd, equivalent_atom_classes
 from so3krates.files import atomic_write
-from so3krates.reference import ReferenceError, XTBReference
+from so3krates.reference import ReferenceError, XTBReference, xtb_calculator
 
 __all__ = ["ValidationConfig", "MinimumValidation", "ValidationReport", "TrainingIndex", "validate_minima",
            "ivalidate_minima", "distance_fingerprints", "centroid_fingerprints"]
@@ -308,7 +308,7 @@ def _optimizer(name: str):
 def _xtb_relax(atoms: ase.Atoms, config: ValidationConfig) -> tuple[ase.Atoms, bool, int, float, float]:
     """Relax a copy of ``atoms`` with xTB: (atoms, converged, steps, energy, largest |F|). Raises on xTB errors."""
     atoms = atoms.copy()
-    atoms.calc = config.reference.ase_calculator()
+    atoms.calc = xtb_calculator(config.reference)
     optimizer = _optimizer(config.optimizer)(atoms, logfile=None)
     converged = bool(optimizer.run(fmax=config.fmax, steps=config.max_steps))
     energy = float(atoms.get_potential_energy())

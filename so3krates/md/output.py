@@ -36,7 +36,7 @@ from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.trajectory import Trajectory
 
-from so3krates.files import atomic_write
+from so3krates.files import atomic_path, atomic_write
 from so3krates.md.config import MDConfig
 from so3krates.md.forces import neighbor_room
 from so3krates.neighbors import NeighborList, resize_neighbor_list
@@ -254,12 +254,10 @@ class RunWriter:
             traj_path = self.directory / f"{name}.traj"
             if "traj" in self.formats and traj_path.exists():
                 keep = [atoms for _, atoms in zip(range(frames[name]), Trajectory(traj_path))]
-                temporary = traj_path.with_name(f".{traj_path.name}.tmp")
-                with Trajectory(temporary, "w") as traj:
+                with atomic_path(traj_path) as temporary, Trajectory(temporary, "w") as traj:
                     traj.set_description({"md": json.dumps(self.metadata)})
                     for atoms in keep:
                         traj.write(atoms)
-                os.replace(temporary, traj_path)
         self._frames = dict(frames)
 
     def _info(self) -> dict[str, Any]:

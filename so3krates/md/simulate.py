@@ -79,10 +79,6 @@ def build_integrator(spec: ChunkSpec, force_field, controls: Controls):
     )
 
 
-def _overflowed(neighbors) -> jax.Array:
-    return any_overflow(neighbors)
-
-
 def _frame(integrator, state: MDState) -> dict[str, jax.Array]:
     from so3krates.md.integrators import kinetic_energy
 
@@ -108,7 +104,8 @@ def _chunk(state: MDState, force_field, controls: Controls, bonds, spec: ChunkSp
         flags, atoms, values, ratio, closest = guard_module.check(
             new, integrator.temperature_fn(new), controls.temperature, bonds, spec.thresholds
         )
-        status = guard_module.update_status(status, new.step, flags, atoms, values, ratio, closest, _overflowed(new.neighbors))
+        status = guard_module.update_status(status, new.step, flags, atoms, values, ratio, closest,
+                                            any_overflow(new.neighbors))
         # freeze at the last good state once a guard tripped (the host keeps it)
         state = jax.tree.map(lambda a, b: jnp.where(status.ok, a, b), new, state)
         return (state, status), None
