@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/potential.py            # full run (3-7 min on 2 cores), appends to bench/RESULTS.md
     .venv/bin/python bench/potential.py --quick    # smoke check: 3 smallest molecules, few repetitions, prints only
+    .venv/bin/python bench/potential.py --calculator   # only the ASE calculator against the jitted call (~2 min)
 
 Options: ``--configs paper reference-code``, ``--molecules ethanol dha ...`` (subsets),
 ``--record/--no-record`` (append to bench/RESULTS.md or not), ``--retries N``.
@@ -18,7 +19,12 @@ code defaults, F=128, 2 layers, degrees 1-4, ZBL) with random parameters
   device, ``forces.block_until_ready()``) over many calls after warm-up;
 * FLOPs per call from XLA's cost analysis, the achieved GFLOP/s, and the fraction of a measured
   dense float32 matmul peak of this machine;
-* µs per atom and per pair, and the log-log slope of latency against atoms and pairs.
+* µs per atom and per pair, and the log-log slope of latency against atoms and pairs;
+* what a call through ``SO3kratesCalculator`` costs beyond the jitted call (ethanol, 9 atoms, and
+  DHA, 56 atoms): ``atoms.get_forces()`` after moving the atoms, against the jitted energy+forces
+  call on the same molecule, for the calculator of this tree (AFTER) and the one of commit
+  ``--calculator-before`` (BEFORE, loaded from git into the same process), interleaved round by
+  round so that both see the same machine. Target: a call <= 1.2x the jitted call.
 
 The targets (from the performance issue) are checked and marked met / NOT met. This is a
 benchmark, not a test: it never fails on a missed target. Every measurement runs in a child
@@ -79,6 +85,11 @@ REFERENCE_US_PER_PAIR = min(REFERENCE_MS["ac_ala3_nhme"][0] * 1e3 / 430, REFEREN
 FIRST_CALL_TARGET_S = 5.0
 LINEAR_SLOPE_LIMIT = 1.15
 SNAPSHOT = ""  # set in main(): the copy of so3krates/ that the workers import
+# The calculator before it kept its neighbour list on the device (issue 13, item 7): BEFORE in the
+# calculator table, loaded from git next to this tree's calculator.
+CALCULATOR_BEFORE = "90e94c3"
+CALCULATOR_MOLECULES = ["ethanol", "dha"]  # 9 and 56 atoms
+CALCULATOR_TARGET = 1.2  # a calculator call at most this many times the jitted call
 QUIET_CORES = 0.25  # other processes' average CPU use (cores) below which a measurement counts as quiet  # log-log slope of latency vs pairs over molecules >= 42 atoms
 
 
@@ -170,9 +181,103 @@ def run_worker(args) -> dict:
             p10_s=float(np.percentile(times, 10)),
             p90_s=float(np.percentile(times, 90)),
         )
-        compiled = so3krates.evaluate.lower(potential, graph, dtype="float32").compile()
+        # evaluate is a BoundedJit (no .lower): the cost analysis compiles its function with plain jit
+        plain = jax.jit(so3krates.evaluate.fun, static_argnames=("dtype", "stress"))
+        compiled = plain.lower(potential, graph, dtype="float32").compile()
         result["cost"] = _cost(compiled)
     return result
+
+
+def run_calculator_worker(args) -> dict:
+    """One fresh process: jitted energy+forces against calls through the ASE calculator of this
+    tree (AFTER) and of an earlier commit (BEFORE, from ``args.before_file``), interleaved."""
+    import importlib.util
+
+    import jax
+    import numpy as np
+    from ase.io import read
+
+    import so3krates
+    from so3krates.neighbors import build_graph
+
+    so3krates.configure()
+    after_module = importlib.import_module("so3krates.calculator")
+    before_module = None
+    if args.before_file:
+        spec = importlib.util.spec_from_file_location("so3krates_calculator_before", args.before_file)
+        before_module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(before_module)
+    config = so3krates.ModelConfig(**CONFIGS["paper"], output_is_zero_at_init=False)
+    potential = so3krates.init_model(config, ELEMENTS, seed=0)
+    rows = []
+    for molecule in CALCULATOR_MOLECULES:
+        atoms = read(MOLECULE_DIR / f"{molecule}.xyz")
+        graph = build_graph(so3krates.System.from_atoms(atoms), potential.cutoff)
+        potential_d, graph_d = jax.device_put(potential), jax.device_put(graph)
+        rng = np.random.default_rng(0)
+        start = atoms.get_positions()
+        # MD- or relaxation-like steps: 0.01 Å rms moves around the start, within half the skin
+        small = [start + 0.01 * rng.normal(size=start.shape) for _ in range(32)]
+        # and steps that leave half the skin every time (a 0.3 Å shift, in and out): a rebuild each call
+        far = [start, start + 0.3 * np.ones(3) / np.sqrt(3)]
+
+        def jitted():
+            so3krates.evaluate(potential_d, graph_d, dtype="float32")["forces"].block_until_ready()
+
+        def calculator_call(module, positions):
+            moved = atoms.copy()
+            moved.calc = module.SO3kratesCalculator(potential, dtype="float32")
+            step = iter(range(1 << 62))
+
+            def call():
+                moved.set_positions(positions[next(step) % len(positions)])
+                return moved.get_forces()
+
+            return call, moved
+
+        variants = {"jit": jitted}
+        variants["after"], moved_after = calculator_call(after_module, small)
+        variants["after_rebuild"], moved_rebuild = calculator_call(after_module, far)
+        if before_module is not None:
+            variants["before"], moved_before = calculator_call(before_module, small)
+        times = {name: [] for name in variants}
+        cpu_times = {name: [] for name in variants}  # this process's CPU time (all threads) per call
+        for call in variants.values():  # compile and warm up
+            for _ in range(4):
+                call()
+        began = time.perf_counter()
+        rounds = 0
+        while True:
+            names = list(variants)
+            names = names[rounds % len(names):] + names[: rounds % len(names)]  # rotate the order
+            for name in names:
+                for _ in range(args.calls_per_round):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    variants[name]()
+                    times[name].append(time.perf_counter() - t0)
+                    cpu_times[name].append(time.process_time() - c0)
+            rounds += 1
+            elapsed = time.perf_counter() - began
+            if (rounds >= args.min_rounds and elapsed >= args.min_time) or elapsed >= args.max_time:
+                break
+        row = {"molecule": molecule, "atoms": len(atoms), "pairs": int(np.sum(graph.pair_mask)),
+               "padded_pairs": int(graph.pair_mask.shape[0]), "rounds": rounds}
+        for name, values in times.items():
+            values = np.array(values)
+            row[name] = {"median_s": float(np.median(values)), "p10_s": float(np.percentile(values, 10)),
+                         "p90_s": float(np.percentile(values, 90)), "calls": len(values),
+                         "cpu_median_s": float(np.median(cpu_times[name]))}
+        # the same positions through each: the results must agree with a fresh build
+        fresh = potential.calculate(moved_after, ("energy", "forces"), dtype="float32")
+        row["after_vs_fresh_max_force_diff"] = float(np.max(np.abs(moved_after.get_forces() - fresh["forces"])))
+        row["max_force"] = float(np.max(np.abs(fresh["forces"])))
+        if before_module is not None:
+            moved_before.set_positions(moved_after.get_positions())
+            row["after_vs_before_max_force_diff"] = float(np.max(np.abs(moved_after.get_forces() - moved_before.get_forces())))
+        row["rebuilds_small"] = int(moved_after.calc.neighbor_list.num_rebuilds)
+        row["rebuilds_far"] = int(moved_rebuild.calc.neighbor_list.num_rebuilds)
+        rows.append(row)
+    return {"device": str(jax.devices()[0]), "jax": jax.__version__, "so3krates_file": so3krates.__file__, "rows": rows}
 
 
 def run_peak(args) -> dict:
@@ -343,6 +448,87 @@ def measure(config: str, molecule: str, opts) -> dict:
         and row["warm_first_call_s"] < 0.5 * row["cold_first_call_s"]
     )
     return row
+
+
+def measure_calculator(opts) -> dict:
+    """The calculator table: one fresh process, BEFORE from git next to AFTER from the snapshot."""
+    arguments = ["--calculator-worker", "--min-time", str(opts.calculator_min_time),
+                 "--max-time", str(3 * opts.calculator_min_time)]
+    before_source = None
+    if opts.calculator_before:
+        done = subprocess.run(["git", "show", f"{opts.calculator_before}:so3krates/calculator.py"], cwd=ROOT,
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            before_source = Path(SNAPSHOT or tempfile.mkdtemp()) / "so3krates_calculator_before.py"
+            before_source.write_text(done.stdout)
+            arguments += ["--before-file", str(before_source)]
+        else:
+            print(f"no BEFORE calculator: git show {opts.calculator_before} failed: {done.stderr.strip()}", flush=True)
+    wait_for_quiet(opts.quiet_wait)
+    meter = CpuMeter()
+    result = spawn(arguments, None)
+    result["other_cores"] = meter.other_cores()
+    result["before_rev"] = opts.calculator_before if before_source else None
+    return result
+
+
+def render_calculator(result: dict) -> str:
+    rows = result["rows"]
+    before = result["before_rev"]
+    lines = [
+        f"ASE calculator against the jitted call (float32, `paper` model, random parameters, device {result['device']}; "
+        f"other processes used {result['other_cores']:.2f} cores meanwhile). Jitted E+F: `so3krates.evaluate` on a "
+        "graph and parameters already on the device, `forces.block_until_ready()`. Calculator call: "
+        "`atoms.set_positions(...)` then `atoms.get_forces()` (ASE's state check and atoms copy included), steps of "
+        "0.01 Å rms around the start (within half the 0.5 Å skin: the list is reused); the last column shifts the "
+        "molecule by 0.3 Å and back, so that the list is rebuilt (on the device) at every call. "
+        + (f"BEFORE: `so3krates/calculator.py` of commit {before} (host neighbour list and overlap check, graph "
+           "sent to the device at every call), loaded from git into the same process; " if before else
+           "BEFORE: not measured (no such commit); ")
+        + "AFTER: this tree. All variants interleaved, round by round, in one process; medians (p10-p90) in µs.",
+        "",
+        "| molecule | atoms | pairs (padded) | jitted E+F (µs) | BEFORE call (µs) | BEFORE ratio | AFTER call (µs) "
+        f"| AFTER ratio | AFTER, rebuilt every call (µs) | its ratio | AFTER <= {CALCULATOR_TARGET}x | "
+        "max abs(F AFTER - F fresh build) / max abs(F) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(entry):
+        return f"{entry['median_s'] * 1e6:.0f} ({entry['p10_s'] * 1e6:.0f}-{entry['p90_s'] * 1e6:.0f})"
+
+    for r in rows:
+        jit = r["jit"]["median_s"]
+        before_cells = (f"{cell(r['before'])} | {r['before']['median_s'] / jit:.2f}x" if "before" in r else "- | -")
+        ratio = r["after"]["median_s"] / jit
+        lines.append(
+            f"| {r['molecule']} | {r['atoms']} | {r['pairs']} ({r['padded_pairs']}) | {cell(r['jit'])} | {before_cells} "
+            f"| {cell(r['after'])} | {ratio:.2f}x | {cell(r['after_rebuild'])} | {r['after_rebuild']['median_s'] / jit:.2f}x "
+            f"| {mark(ratio <= CALCULATOR_TARGET)} | {r['after_vs_fresh_max_force_diff'] / r['max_force']:.1e} |"
+        )
+    lines.append("")
+    lines.append(
+        "CPU time per call (this process, all threads; less sensitive than the latency to other processes on a "
+        "shared machine), median µs and ratio to the jitted call: "
+        + "; ".join(
+            f"{r['molecule']}: jitted {r['jit']['cpu_median_s'] * 1e6:.0f}"
+            + "".join(
+                f", {label} {r[key]['cpu_median_s'] * 1e6:.0f} ({r[key]['cpu_median_s'] / r['jit']['cpu_median_s']:.2f}x)"
+                for key, label in (("before", "BEFORE"), ("after", "AFTER"), ("after_rebuild", "AFTER rebuilt"))
+                if key in r
+            )
+            for r in rows
+        )
+        + "."
+    )
+    lines.append("")
+    lines.append(
+        "Rebuilds on the device after the measurement (small steps / far steps): "
+        + ", ".join(f"{r['molecule']} {r['rebuilds_small']} / {r['rebuilds_far']}" for r in rows)
+        + "; AFTER against BEFORE on the same positions, max abs force difference (eV/Å): "
+        + ", ".join(f"{r['molecule']} {r.get('after_vs_before_max_force_diff', float('nan')):.1e}" for r in rows)
+        + f"; {', '.join(str(r['rounds']) for r in rows)} rounds."
+    )
+    return "\n".join(lines)
 
 
 def slope(xs, ys) -> float:
@@ -541,7 +727,13 @@ def main() -> None:
                         help="append a section to bench/RESULTS.md (default: yes for a full run, no for --quick)")
     parser.add_argument("--retries", type=int, default=None,
                         help="repeat a latency measurement disturbed by other processes (default: 2, --quick: 0)")
+    parser.add_argument("--calculator", action="store_true",
+                        help="only the ASE calculator against the jitted call (BEFORE/AFTER table)")
+    parser.add_argument("--calculator-before", default=CALCULATOR_BEFORE,
+                        help=f"git revision whose so3krates/calculator.py is BEFORE (default {CALCULATOR_BEFORE}; '' for none)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--calculator-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--before-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--molecule", choices=MOLECULES, help=argparse.SUPPRESS)
@@ -553,6 +745,10 @@ def main() -> None:
 
     if opts.worker:
         print(json.dumps(run_worker(opts)))
+        return
+    if opts.calculator_worker:
+        opts.calls_per_round, opts.min_rounds = 5, 8
+        print(json.dumps(run_calculator_worker(opts)))
         return
     if opts.peak:
         print(json.dumps(run_peak(opts)))
@@ -566,6 +762,10 @@ def main() -> None:
     opts.retries = (0 if opts.quick else 2) if opts.retries is None else opts.retries
     opts.quiet_wait = 0.0 if opts.quick else 15.0  # s to wait for a quiet machine before each latency run
     opts.deadline = 420.0  # s after which the run no longer waits for quiet or repeats noisy measurements
+    opts.calculator_min_time = 4.0 if opts.quick else 20.0  # s of interleaved rounds per molecule
+    if opts.calculator:
+        main_calculator(opts, record)
+        return
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
@@ -589,6 +789,8 @@ def main() -> None:
                     f"{row['median_s'] * 1e3:.2f} ms, {row['gflops']:.1f} GFLOP/s, other load {row['other_cores']:.2f}",
                     flush=True,
                 )
+        calculator = measure_calculator(opts)
+        print(render_calculator(calculator), flush=True)
     finally:
         shutil.rmtree(SNAPSHOT, ignore_errors=True)
     info["digest_after"] = code_digest(ROOT / "so3krates")
@@ -601,7 +803,7 @@ def main() -> None:
         peak["peak_gflops"] = max(peak["1024"]["best_gflops"], peak["2048"]["best_gflops"])
         print(f"matmul peak {again['peak_gflops']:.0f} GFLOP/s at the end, using {peak['peak_gflops']:.0f}", flush=True)
     wall = time.perf_counter() - t0
-    body = render(rows, peak, info, opts, started, wall, overall.other_cores())
+    body = render(rows, peak, info, opts, started, wall, overall.other_cores()) + "\n\n" + render_calculator(calculator)
     print()
     print(body)
     if record:
@@ -612,6 +814,34 @@ def main() -> None:
                 "of `data/molecules/`), newest last. Compare timings only between runs on the same machine.\n"
             )
         title = f"\n## {started:%Y-%m-%d %H:%M} UTC: bench/potential.py{' --quick' if opts.quick else ''}\n\n"
+        with RESULTS.open("a") as f:
+            f.write(title + body + "\n")
+        print(f"\nappended to {RESULTS.relative_to(ROOT)}")
+
+
+def main_calculator(opts, record: bool) -> None:
+    """``--calculator``: only the calculator table, as a section of its own."""
+    global SNAPSHOT
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.perf_counter()
+    info = machine_info()
+    SNAPSHOT = snapshot_code()
+    info["digest"] = code_digest(Path(SNAPSHOT) / "so3krates")
+    try:
+        calculator = measure_calculator(opts)
+    finally:
+        shutil.rmtree(SNAPSHOT, ignore_errors=True)
+    tree = (f", with {info['so3krates_uncommitted']} uncommitted file(s) under so3krates/"
+            if info["so3krates_uncommitted"] else ", so3krates/ clean")
+    body = (
+        f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable); Python {info['python']}, jax "
+        f"{calculator['jax']}. Code: commit {info['commit']}{tree}; so3krates/ source sha256 {info['digest']} (copied at "
+        f"the start and imported from there). Total wall time {time.perf_counter() - t0:.0f} s.\n\n"
+        + render_calculator(calculator)
+    )
+    print(body)
+    if record:
+        title = f"\n## {started:%Y-%m-%d %H:%M} UTC: bench/potential.py --calculator{' --quick' if opts.quick else ''}\n\n"
         with RESULTS.open("a") as f:
             f.write(title + body + "\n")
         print(f"\nappended to {RESULTS.relative_to(ROOT)}")

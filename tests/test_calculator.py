@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.calculator import PropertyNotImplementedError, compare_atoms
 from ase.calculators.fd import FiniteDifferenceCalculator
 from ase.calculators.test import calculate_numerical_forces
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from so3krates import StructureError
 from so3krates.calculator import SO3kratesCalculator
@@ -81,3 +82,150 @@ def test_rejects_unknown_elements_zero_volume_and_overlapping_atoms(potentials):
         molecule.get_stress()
     with pytest.raises(ValueError, match="dtype"):
         SO3kratesCalculator(potentials["paper"], dtype="float16")
+
+
+# --- the device-resident neighbour list: reused within the skin, identical to a fresh build ------
+
+
+def assert_same_as_fresh_build(atoms, potential, dtype):
+    """The calculator's results (float64 numpy) equal build_graph + evaluate's on these atoms."""
+    properties = ["energy", "energies", "forces"] + (["stress"] if atoms.pbc.all() else [])
+    fresh = potential.calculate(atoms, properties, dtype=dtype)
+    fresh["stress"] = full_3x3_to_voigt_6_stress(fresh["stress"]) if "stress" in fresh else None
+    # rounding only: float64 to ~1e-15, float32 to ~1e-7 of the largest value (sums in another order
+    # after a rebuild on the device); a missing or extra pair would change them by far more
+    rtol = {"float32": 1e-5, "float64": 1e-12}[dtype]
+    for name in properties:
+        value = atoms.calc.get_property(name, atoms)
+        assert np.asarray(value).dtype == np.float64, name
+        np.testing.assert_allclose(value, fresh[name], rtol=0, atol=rtol * max(np.abs(fresh[name]).max(), 1e-3),
+                                   err_msg=name)
+
+
+def list_state(calculator):
+    nl = calculator.neighbor_list
+    return int(nl.num_rebuilds), np.array(nl.reference_positions), nl
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reused_and_rebuilt_lists_give_the_results_of_a_fresh_build(potentials, dtype):
+    potential = potentials["paper"]
+    calculator = SO3kratesCalculator(potential, dtype=dtype, skin=0.5)
+    atoms = rattled_molecule("CH3CH2OH", seed=4)
+    atoms.calc = calculator
+    assert_same_as_fresh_build(atoms, potential, dtype)
+    rebuilds, reference, first_list = list_state(calculator)
+    rng = np.random.default_rng(0)
+    start = atoms.get_positions()
+    for _ in range(4):  # small moves: every atom stays within half the skin of the reference
+        step = rng.normal(size=start.shape)
+        atoms.set_positions(start + 0.2 * step / np.linalg.norm(step, axis=1, keepdims=True))
+        assert_same_as_fresh_build(atoms, potential, dtype)
+        now = list_state(calculator)
+        assert now[0] == rebuilds and np.array_equal(now[1], reference)  # the same list, reused
+    atoms.positions[3] += [0.3, 0.0, 0.0]  # one atom past half the skin: rebuilt on the device
+    assert_same_as_fresh_build(atoms, potential, dtype)
+    now = list_state(calculator)
+    assert now[0] == rebuilds + 1
+    np.testing.assert_array_equal(now[1][: len(atoms)], atoms.positions)
+    assert calculator.neighbor_list.graph.positions.shape == first_list.graph.positions.shape
+
+    changes = [
+        lambda a: a.numbers.__setitem__(2, 7),  # numbers: the O becomes an N
+        lambda a: (a.set_cell(np.diag([9.0, 9.5, 10.0]) + 0.3), a.set_pbc(True)),  # a periodic box
+        lambda a: a.set_cell(a.cell * 1.02, scale_atoms=False),  # the cell alone
+        lambda a: a.set_pbc([True, True, False]),  # pbc alone
+    ]
+    for change in changes:  # each: a new list from the host, built at the current positions
+        change(atoms)
+        atoms.positions[0] += 0.01  # below half the skin: only a new structure can explain a new list
+        assert_same_as_fresh_build(atoms, potential, dtype)
+        rebuilds, reference, _ = list_state(calculator)
+        assert rebuilds == 0
+        np.testing.assert_array_equal(reference[: len(atoms)], atoms.positions)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_periodic_cell_list_reused_then_replaced(potentials, dtype):
+    potential = potentials["paper"]
+    atoms = periodic_cell(seed=3).to_atoms()
+    calculator = SO3kratesCalculator(potential, dtype=dtype)
+    atoms.calc = calculator
+    assert_same_as_fresh_build(atoms, potential, dtype)
+    _, reference, _ = list_state(calculator)
+    rng = np.random.default_rng(1)
+    atoms.positions = atoms.positions + 0.05 * rng.normal(size=atoms.positions.shape)
+    assert_same_as_fresh_build(atoms, potential, dtype)
+    np.testing.assert_array_equal(list_state(calculator)[1], reference)  # reused
+    # 0.6 Å rms: past half the skin, the pairs (and images) found anew, on the device or, when they
+    # outgrow the list, on the host
+    atoms.positions = atoms.positions + 0.6 * rng.normal(size=atoms.positions.shape)
+    assert_same_as_fresh_build(atoms, potential, dtype)
+    np.testing.assert_array_equal(list_state(calculator)[1][: len(atoms)], atoms.positions)
+
+
+def test_a_list_without_room_for_new_pairs_is_replaced_and_the_call_redone(potentials):
+    """A stretched molecule that contracts: more pairs within the cutoff than the list made room
+    for. The call must see the overflow and redo itself with a larger list, not drop pairs."""
+    potential = potentials["paper"]
+    calculator = SO3kratesCalculator(potential, dtype="float64")
+    atoms = rattled_molecule("C6H6", seed=1)
+    compact = atoms.get_positions()
+    atoms.calc = calculator
+    atoms.set_positions(2.0 * compact)  # benzene at twice its size: few pairs within 5 Å
+    atoms.get_potential_energy()
+    room = calculator.neighbor_list.active_capacity
+    atoms.set_positions(compact)
+    assert_same_as_fresh_build(atoms, potential, "float64")
+    assert calculator.neighbor_list.active_capacity > room
+
+
+def test_moving_atoms_compiles_nothing_after_the_first_call(potentials):
+    calculator = SO3kratesCalculator(potentials["paper"], dtype="float64")
+    atoms = rattled_molecule("CH3CH2OH", seed=5)
+    atoms.calc = calculator
+    atoms.get_forces()
+    rng = np.random.default_rng(2)
+    start = atoms.get_positions()
+    with count_compilations() as counter:
+        for amount in (0.01, 0.02, 0.3, 0.01, 0.4, 0.05, 0.02):  # reuses and rebuilds on the device
+            atoms.set_positions(start + amount * rng.normal(size=start.shape))
+            atoms.get_forces()
+            atoms.get_potential_energies()
+    assert counter.count == 0, counter.functions
+    assert int(calculator.neighbor_list.num_rebuilds) >= 1  # the rebuild branch did run
+
+
+def test_overlap_is_caught_on_a_reused_list(potentials):
+    calculator = SO3kratesCalculator(potentials["paper"], dtype="float64", min_distance=0.5, skin=0.5)
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.55]], calculator=calculator)
+    h2.get_potential_energy()
+    h2.positions[1] = [0, 0, 0.45]  # moved 0.1 Å, within half the skin: the list is reused
+    with pytest.raises(StructureError, match=r"atoms 0 and 1 are 0.450 Å apart"):
+        h2.get_potential_energy()
+    assert int(calculator.neighbor_list.num_rebuilds) == 0
+
+
+def test_check_state_answers_as_ase_does(potentials):
+    """The fast path of check_state (only the positions moved) and ASE's compare_atoms agree."""
+    calculator = SO3kratesCalculator(potentials["paper"], dtype="float64")
+    atoms = rattled_molecule("CH3CH2OH", seed=6)
+    atoms.calc = calculator
+    atoms.get_potential_energy()
+    changes = {
+        "nothing": lambda a: None,
+        "positions": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-3),
+        "positions below ASE's tolerance": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-16),
+        "numbers": lambda a: a.numbers.__setitem__(0, 7),
+        "cell": lambda a: a.set_cell(np.eye(3) * 10.0),
+        "pbc": lambda a: a.set_pbc([True, False, False]),
+        "initial charges": lambda a: a.set_initial_charges(np.arange(len(a)) * 0.1),
+        "initial magmoms": lambda a: a.set_initial_magnetic_moments(np.ones(len(a))),
+        "positions and cell": lambda a: (a.positions.__setitem__((1, 2), 3.0), a.set_cell(np.eye(3) * 9.0)),
+    }
+    for name, change in changes.items():
+        moved = atoms.copy()
+        change(moved)
+        expected = compare_atoms(calculator.atoms, moved, tol=1e-15)
+        assert sorted(calculator.check_state(moved)) == sorted(expected), name
+        assert bool(expected) == (name != "nothing" and "below" not in name), name
