@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -83,9 +84,12 @@ def fresh_pair_capacities():
     yield
 
 
-LEFTOVER_GRACE_S = 20.0  # a thread or child a test stopped may take this long to end
-# threads a library starts once per process and keeps on purpose (not a test's leftovers)
-PROCESS_WIDE_THREADS = {"tqdm_monitor"}  # tqdm's one progress-bar monitor
+# a thread or child a test stopped may take this long to end
+LEFTOVER_GRACE_S = float(os.environ.get("SO3KRATES_TEST_LEFTOVER_GRACE_S", "20"))
+# what a library starts once per process and keeps on purpose (not a test's leftovers): tqdm's
+# progress-bar monitor, distributed's offload executor, multiprocessing's resource tracker
+PROCESS_WIDE_THREADS = ("tqdm_monitor", "Dask-Offload_")  # names, or their beginnings
+PROCESS_WIDE_CHILDREN = ("multiprocessing.resource_tracker",)  # in the command line
 
 
 def _child_processes() -> set[int]:
@@ -125,8 +129,9 @@ def leaves_nothing_running():
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     while True:
         threads = [t for t in threading.enumerate()
-                   if t not in threads_before and t.is_alive() and t.name not in PROCESS_WIDE_THREADS]
-        children = _child_processes() - children_before
+                   if t not in threads_before and t.is_alive() and not t.name.startswith(PROCESS_WIDE_THREADS)]
+        children = {pid for pid in _child_processes() - children_before
+                    if not any(name in _command(pid) for name in PROCESS_WIDE_CHILDREN)}
         if not threads and not children or time.monotonic() > deadline:
             break
         time.sleep(0.1)
