@@ -66,10 +66,24 @@ class Graph:
     pair_offsets: Float[Array, "p 3"]  # integer lattice translations
     pair_mask: Bool[Array, " p"]
     cells: Float[Array, "g 3 3"]  # lattice vectors as rows
+    # Inputs of models with charge/spin embeddings (None: neutral, no unpaired electrons).
+    total_charge: Float[Array, " g"] | None = None  # elementary charges per structure
+    unpaired_electrons: Float[Array, " g"] | None = None  # spin multiplicity - 1, per structure
+    # The second pair set of models with long-range terms (None: the model has none): every
+    # unordered pair and periodic image within the long-range cutoff, in the same convention
+    # as the pairs above (docs/model.md section 8).
+    long_range_first: Int[Array, " q"] | None = None
+    long_range_second: Int[Array, " q"] | None = None
+    long_range_offsets: Float[Array, "q 3"] | None = None
+    long_range_mask: Bool[Array, " q"] | None = None
 
     @property
     def num_structures(self) -> int:
         return self.cells.shape[0]
+
+    @property
+    def has_long_range_pairs(self) -> bool:
+        return self.long_range_first is not None
 
     def pair_vectors(self, positions=None, cells=None) -> Float[Array, "p 3"]:
         """r = R[second] - R[first] + offset @ cell (positions and cells may be strained)."""
@@ -79,6 +93,36 @@ class Graph:
         shift = lattice_shift(self.pair_offsets.astype(positions.dtype), pair_cells)
         return pair_vectors(positions, self.pair_first, self.pair_second, shift)
 
+    def long_range_vectors(self, positions=None, cells=None) -> Float[Array, "q 3"]:
+        """The pair vectors of the long-range pairs (same convention as :meth:`pair_vectors`)."""
+        if not self.has_long_range_pairs:
+            raise ValueError("this graph has no long-range pairs: build it with build_graph(..., long_range_cutoff=)")
+        positions = self.positions if positions is None else positions
+        cells = self.cells if cells is None else cells
+        pair_cells = gather(cells, gather(self.structure_index, self.long_range_first))
+        shift = lattice_shift(self.long_range_offsets.astype(positions.dtype), pair_cells)
+        return pair_vectors(positions, self.long_range_first, self.long_range_second, shift)
+
+
+def _pairs_of(systems: list[System], reach: float):
+    """Pairs of every structure within ``reach``, with atom indices of the joined batch."""
+    firsts, seconds, offsets = [], [], []
+    start = 0
+    for system in systems:
+        first, second, offset = find_pairs(system.positions, system.cell, system.pbc, reach)
+        firsts.append(first + start)
+        seconds.append(second + start)
+        offsets.append(offset)
+        start += system.num_atoms
+    return firsts, seconds, offsets
+
+
+def _per_structure(values, count: int, name: str) -> np.ndarray:
+    values = np.broadcast_to(np.asarray(values, dtype=np.float64), (count,))
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be finite, got {values.tolist()}")
+    return values.copy()
+
 
 def build_graph(
     systems: System | Sequence[System],
@@ -86,18 +130,23 @@ def build_graph(
     skin: float = 0.0,
     num_atoms: int | None = None,
     num_pairs: int | None = None,
+    long_range_cutoff: float | None = None,
+    num_long_range_pairs: int | None = None,
+    total_charge: float | Sequence[float] | None = None,
+    unpaired_electrons: float | Sequence[float] | None = None,
 ) -> Graph:
-    """Neighbour pairs of one or several structures, padded to bucketed (or given) sizes."""
+    """Neighbour pairs of one or several structures, padded to bucketed (or given) sizes.
+
+    With ``long_range_cutoff``, the graph also holds every pair and periodic image within
+    ``long_range_cutoff + skin`` as a second pair set (for models with long-range terms).
+    ``total_charge`` and ``unpaired_electrons`` (one value, or one per structure) are the inputs
+    of models with charge and spin embeddings; left None, the graph carries none (neutral,
+    closed shell), so graphs of models without them are unchanged.
+    """
     systems = [systems] if isinstance(systems, System) else list(systems)
-    firsts, seconds, offsets, structure = [], [], [], []
-    start = 0
-    for index, system in enumerate(systems):
-        first, second, offset = find_pairs(system.positions, system.cell, system.pbc, cutoff + skin)
-        firsts.append(first + start)
-        seconds.append(second + start)
-        offsets.append(offset)
-        structure.append(np.full(system.num_atoms, index))
-        start += system.num_atoms
+    firsts, seconds, offsets = _pairs_of(systems, cutoff + skin)
+    structure = [np.full(system.num_atoms, index) for index, system in enumerate(systems)]
+    start = sum(system.num_atoms for system in systems)
     real_atoms, real_pairs = start, sum(len(f) for f in firsts)
     num_atoms = bucket(real_atoms + 1) if num_atoms is None else num_atoms
     num_pairs = bucket(real_pairs) if num_pairs is None else num_pairs
@@ -111,6 +160,23 @@ def build_graph(
     def joined(parts, dtype):
         return np.concatenate(parts).astype(dtype)
 
+    inputs = {}
+    if total_charge is not None:
+        inputs["total_charge"] = _per_structure(total_charge, len(systems), "total_charge")
+    if unpaired_electrons is not None:
+        inputs["unpaired_electrons"] = _per_structure(unpaired_electrons, len(systems), "unpaired_electrons")
+    if long_range_cutoff is not None:
+        lr_firsts, lr_seconds, lr_offsets = _pairs_of(systems, long_range_cutoff + skin)
+        real_lr_pairs = sum(len(f) for f in lr_firsts)
+        num_lr = bucket(real_lr_pairs) if num_long_range_pairs is None else num_long_range_pairs
+        if num_lr < real_lr_pairs:
+            raise ValueError(f"padding too small: {real_lr_pairs} long-range pairs need num_long_range_pairs >= {real_lr_pairs}")
+        inputs.update(
+            long_range_first=pad(joined(lr_firsts, np.int32), num_lr, dummy),
+            long_range_second=pad(joined(lr_seconds, np.int32), num_lr, dummy),
+            long_range_offsets=pad(joined(lr_offsets, np.float64), num_lr),
+            long_range_mask=np.arange(num_lr) < real_lr_pairs,
+        )
     return Graph(
         positions=pad(joined([s.positions for s in systems], np.float64), num_atoms),
         numbers=pad(joined([s.numbers for s in systems], np.int32), num_atoms),
@@ -121,6 +187,7 @@ def build_graph(
         pair_offsets=pad(joined(offsets, np.float64), num_pairs),
         pair_mask=np.arange(num_pairs) < real_pairs,
         cells=np.stack([np.asarray(s.cell, dtype=np.float64) for s in systems]),
+        **inputs,
     )
 
 

@@ -63,22 +63,35 @@ class SO3kratesEnergy:
         return self.config.cutoff
 
     @property
+    def long_range_cutoff(self) -> float | None:
+        """The cutoff of the graph's second pair set; None for a model without long-range terms."""
+        return self.config.long_range_cutoff if self.config.has_long_range else None
+
+    @property
     def interaction_range(self) -> float:
-        return self.config.num_layers * self.config.cutoff
+        return max(self.config.num_layers * self.config.cutoff, self.long_range_cutoff or 0.0)
 
     def __call__(self, params, graph, pair_vectors):
+        """Per-atom energies. The long-range pair vectors, if the model needs them, come from the
+        graph's own positions and cells, which must be those ``pair_vectors`` were made from
+        (:func:`atomic_energies` sees to that, strained positions and cells included)."""
+        long_range = graph.long_range_vectors().astype(pair_vectors.dtype) if self.config.has_long_range else None
         if self.radial_table_spacing is None:
-            return SO3krates(self.config).apply(params, graph, pair_vectors)
+            return SO3krates(self.config).apply(params, graph, pair_vectors, None, long_range)
         distances = safe_norm(pair_vectors)
         radial = tabulation.interpolate(self.config, params["radial_table"], distances, self.radial_table_spacing)
-        return SO3krates(self.config).apply({"params": params["params"]}, graph, pair_vectors, radial)
+        return SO3krates(self.config).apply({"params": params["params"]}, graph, pair_vectors, radial, long_range)
 
     def init(self, key: jax.Array):
         example = build_graph(
-            System.create(positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]], numbers=[1, 1]), self.cutoff
+            System.create(positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]], numbers=[1, 1]), self.cutoff,
+            long_range_cutoff=self.long_range_cutoff,
         )
+        long_range = jnp.asarray(example.long_range_vectors(), jnp.float32) if self.config.has_long_range else None
         # jit: initialising eagerly dispatches thousands of small ops and takes seconds
-        return jax.jit(SO3krates(self.config).init)(key, example, jnp.asarray(example.pair_vectors(), jnp.float32))
+        return jax.jit(SO3krates(self.config).init)(
+            key, example, jnp.asarray(example.pair_vectors(), jnp.float32), None, long_range
+        )
 
 
 @jax.tree_util.register_dataclass
@@ -97,6 +110,19 @@ class Potential:
     def interaction_range(self) -> float:
         return self.model.interaction_range
 
+    @property
+    def long_range_cutoff(self) -> float | None:
+        """Graphs for this potential need long-range pairs up to this cutoff (None: none)."""
+        return getattr(self.model, "long_range_cutoff", None)
+
+    def graph(self, systems, skin: float = 0.0, total_charge=None, unpaired_electrons=None) -> Graph:
+        """The graph this potential needs: its pairs, its long-range pairs if any, and the total
+        charge and unpaired electrons (one value, or one per structure; None: 0)."""
+        return build_graph(
+            systems, self.cutoff, skin, long_range_cutoff=self.long_range_cutoff,
+            total_charge=total_charge, unpaired_electrons=unpaired_electrons,
+        )
+
     def check_elements(self, numbers) -> None:
         """Raise StructureError for elements outside the model's training elements."""
         if not self.elements:
@@ -113,15 +139,21 @@ class Potential:
         structures: ase.Atoms | System | Sequence[ase.Atoms | System],
         properties: Sequence[str] = ("energy", "forces"),
         dtype: str = "float32",
+        total_charge: float | Sequence[float] | None = None,
+        unpaired_electrons: float | Sequence[float] | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        """Host-side convenience: numpy results for one structure or a list (one batch)."""
+        """Host-side convenience: numpy results for one structure or a list (one batch).
+
+        ``total_charge`` and ``unpaired_electrons`` (one value or one per structure, default 0)
+        reach models with charge and spin embeddings and partial charges.
+        """
         single = isinstance(structures, (ase.Atoms, System))
         systems = [_as_system(s) for s in ([structures] if single else structures)]
         for system in systems:
             self.check_elements(system.numbers)
         if "stress" in properties and not all(np.all(s.pbc) for s in systems):
             raise ValueError("stress needs cells that are periodic in all three directions")
-        graph = build_graph(systems, self.cutoff)
+        graph = self.graph(systems, total_charge=total_charge, unpaired_electrons=unpaired_electrons)
         out = evaluate(self, graph, dtype=dtype, stress="stress" in properties)
         results = []
         per_atom = {"forces": unbatch(out["forces"], graph), "energies": unbatch(out["energies"], graph)}
@@ -154,6 +186,8 @@ def atomic_energies(
 ) -> Float[Array, " n"]:
     """Per-atom energies (shifts included, zero on padding) at the given positions and cells."""
     vectors = graph.pair_vectors(positions, cells)
+    # the model reads the long-range pairs' vectors from the graph: give it these positions
+    graph = dataclasses.replace(graph, positions=positions, cells=cells)
     energies = potential.model(potential.params, graph, vectors) + gather(potential.energy_shifts, graph.numbers)
     return jnp.where(graph.atom_mask, energies, 0.0)
 

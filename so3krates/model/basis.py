@@ -54,6 +54,20 @@ def cutoff_function(name: str, distances: Float[Array, " p"], cutoff: float, p: 
     return jnp.where(inside, value, 0.0).astype(distances.dtype)
 
 
+def _smooth_step(x):
+    """exp(-1/x) for x > 0, else 0: C-infinity, with every derivative zero at x = 0."""
+    positive = x > 0
+    return jnp.where(positive, jnp.exp(-1.0 / jnp.where(positive, x, 1.0)), 0.0)
+
+
+def smooth_switch(distances: Float[Array, " p"], on: float, off: float) -> Float[Array, " p"]:
+    """A C-infinity switch: 1 up to ``on``, 0 from ``off`` on, g(1-u) / (g(1-u) + g(u)) between,
+    with u = (d - on) / (off - on) and g the smooth step exp(-1/x)."""
+    u = (distances - on) / (off - on)
+    falling, rising = _smooth_step(1.0 - u), _smooth_step(u)
+    return falling / (falling + rising)
+
+
 # --- radial basis functions --------------------------------------------------------------------
 
 

@@ -52,6 +52,18 @@ class ModelConfig:
     learn_atomic_type_scales: bool = False
     learn_atomic_type_shifts: bool = False
     zbl_repulsion: bool = False
+    # --- SO3LR's additions (Kabylda et al., JACS 2025; docs/model.md sections 3 and 8) ---
+    # embeddings of the total charge and of the number of unpaired electrons (Graph inputs)
+    charge_embedding: bool = False
+    spin_embedding: bool = False
+    # long-range terms, evaluated on the graph's second pair set up to long_range_cutoff:
+    # Coulomb between learned partial charges, and dispersion from learned Hirshfeld ratios
+    electrostatics: bool = False
+    dispersion: bool = False
+    long_range_cutoff: float = 12.0  # Å
+    coulomb_erf_width: float = 4.0  # Å: sigma of the erf(d / sigma) / d short-range damping
+    dispersion_damping_scale: float = 1.2  # scales the damping length of the C6/C8/C10 terms
+    dispersion_switch_width: float = 2.0  # Å: dispersion switched off over the last this-much of the cutoff
 
     def __post_init__(self):
         object.__setattr__(self, "degrees", tuple(int(l) for l in self.degrees))
@@ -80,8 +92,22 @@ class ModelConfig:
         needs_average = self.message_normalization == "avg_num_neighbors" or self.ev_initialization == "neighbor_average"
         if needs_average and not (self.avg_num_neighbors and self.avg_num_neighbors > 0):
             problems.append("avg_num_neighbors must be set (> 0) for the chosen normalisation/initialisation")
+        if self.has_long_range:
+            if not self.long_range_cutoff > 0:
+                problems.append(f"long_range_cutoff must be positive, got {self.long_range_cutoff}")
+            if not self.coulomb_erf_width > 0 or not self.dispersion_damping_scale > 0:
+                problems.append("coulomb_erf_width and dispersion_damping_scale must be positive")
+            if not 0 < self.dispersion_switch_width <= self.long_range_cutoff:
+                problems.append(
+                    f"dispersion_switch_width must be in (0, long_range_cutoff], got {self.dispersion_switch_width}"
+                )
         if problems:
             raise ConfigError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def has_long_range(self) -> bool:
+        """Whether the energy has terms on the long-range pair set."""
+        return self.electrostatics or self.dispersion
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:

@@ -16,6 +16,7 @@ messages are computed per direction.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -24,6 +25,10 @@ from jaxtyping import Array, Float, Int
 
 from so3krates.model import basis
 from so3krates.model.config import ModelConfig
+from so3krates.model.long_range import (
+    ChargeSpinEmbedding, HirshfeldRatios, PartialCharges, coulomb_pair_energies, dispersion_pair_energies,
+    half_to_each_atom, long_range_distances,
+)
 from so3krates.model.zbl import ZBLRepulsion
 from so3krates.neighbors import Graph
 from so3krates.ops import gather, scatter_sum
@@ -199,15 +204,33 @@ class ResidualMLP(nn.Module):
         return h + nn.Dense(F)(nn.silu(nn.Dense(F)(nn.silu(h))))
 
 
+def structure_input(values: Float[Array, " g"] | None, graph: Graph, dtype) -> Float[Array, " g"]:
+    """A per-structure input of the graph (total charge, unpaired electrons); None reads as 0."""
+    if values is None:
+        return jnp.zeros((graph.num_structures,), dtype)
+    return jnp.asarray(values).astype(dtype)
+
+
 class SO3krates(nn.Module):
     config: ModelConfig
 
     @nn.compact
     def __call__(
-        self, graph: Graph, pair_vectors: Float[Array, "p 3"], radial_filters: RadialFilters | None = None
+        self,
+        graph: Graph,
+        pair_vectors: Float[Array, "p 3"],
+        radial_filters: RadialFilters | None = None,
+        long_range_vectors: Float[Array, "q 3"] | None = None,
     ) -> Float[Array, " n"]:
-        """Per-atom energies; ``radial_filters`` replaces the radial filter bank (tabulation)."""
+        """Per-atom energies; ``radial_filters`` replaces the radial filter bank (tabulation);
+        ``long_range_vectors`` are the vectors of the graph's long-range pairs (needed, and only
+        used, by models with long-range terms)."""
         cfg = self.config
+        if cfg.has_long_range and long_range_vectors is None:
+            raise ValueError(
+                "this model has long-range terms: it needs a graph with long-range pairs "
+                f"(build_graph(..., long_range_cutoff={cfg.long_range_cutoff})) and their vectors"
+            )
         dtype = pair_vectors.dtype
         n = graph.numbers.shape[0]
         distances = basis.safe_norm(pair_vectors)
@@ -227,6 +250,15 @@ class SO3krates(nn.Module):
         )
 
         h = nn.Embed(NUM_ELEMENT_ROWS, cfg.num_features, name="embedding")(graph.numbers).astype(dtype)
+        total_charge = structure_input(graph.total_charge, graph, dtype)
+        embeddings = [h]
+        if cfg.charge_embedding:
+            embeddings.append(ChargeSpinEmbedding(cfg.num_features, name="charge_embedding")(graph, total_charge, dtype))
+        if cfg.spin_embedding:
+            unpaired = structure_input(graph.unpaired_electrons, graph, dtype)
+            embeddings.append(ChargeSpinEmbedding(cfg.num_features, name="spin_embedding")(graph, unpaired, dtype))
+        if len(embeddings) > 1:  # a sum of unit-variance embeddings, kept at unit variance
+            h = sum(embeddings) / math.sqrt(len(embeddings))
         x = jnp.zeros((n, expand.shape[1]), dtype)
         if cfg.ev_initialization == "neighbor_average":
             directed_cutoffs = jnp.concatenate([cutoffs, cutoffs])[:, None]
@@ -250,7 +282,8 @@ class SO3krates(nn.Module):
                 h = nn.LayerNorm(epsilon=1e-6, name=f"layer_norm_2_{layer}")(h)
             self.sow("intermediates", "euclidean_variables", x)  # for equivariance checks
 
-        hidden = _activation(cfg.energy_activation_fn)(nn.Dense(cfg.energy_regression_dim, name="readout_hidden")(h))
+        activation = _activation(cfg.energy_activation_fn)
+        hidden = activation(nn.Dense(cfg.energy_regression_dim, name="readout_hidden")(h))
         last_init = nn.initializers.zeros if cfg.output_is_zero_at_init else nn.initializers.lecun_normal()
         energies = nn.Dense(1, kernel_init=last_init, name="readout_out")(hidden)[:, 0]
         if cfg.learn_atomic_type_scales:
@@ -263,4 +296,22 @@ class SO3krates(nn.Module):
             energies = energies + ZBLRepulsion(name="zbl")(
                 graph.numbers, distances, cutoffs, graph.pair_first, graph.pair_second, n
             )
+        if cfg.has_long_range:
+            first, second = graph.long_range_first, graph.long_range_second
+            long_range = long_range_distances(graph, long_range_vectors)
+        if cfg.electrostatics:
+            charges = PartialCharges(cfg.energy_regression_dim, activation, name="partial_charges")(h, graph, total_charge)
+            self.sow("intermediates", "charges", charges)
+            pair_energies = coulomb_pair_energies(
+                gather(charges, first), gather(charges, second), long_range, cfg.long_range_cutoff, cfg.coulomb_erf_width
+            )
+            energies = energies + half_to_each_atom(pair_energies, first, second, n)
+        if cfg.dispersion:
+            ratios = HirshfeldRatios(cfg.energy_regression_dim, activation, name="hirshfeld_ratios")(h, graph)
+            self.sow("intermediates", "volume_ratios", ratios)
+            pair_energies = dispersion_pair_energies(
+                gather(graph.numbers, first), gather(graph.numbers, second), gather(ratios, first), gather(ratios, second),
+                long_range, cfg.long_range_cutoff, cfg.dispersion_switch_width, cfg.dispersion_damping_scale,
+            )
+            energies = energies + half_to_each_atom(pair_energies, first, second, n)
         return energies

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.model.basis import smooth_switch
 from so3krates.ops import gather, scatter_sum
 
 COULOMB_CONSTANT = 14.399645  # eV Å / e^2
@@ -33,15 +34,8 @@ def _inverse_softplus(values) -> np.ndarray:
     return np.log(np.expm1(values))
 
 
-def _smooth_step(x):
-    positive = x > 0
-    return jnp.where(positive, jnp.exp(-1.0 / jnp.where(positive, x, 1.0)), 0.0)
-
-
 def short_range_switch(distances):
-    c = distances / SWITCH_OFF
-    rising, falling = _smooth_step(c), _smooth_step(1.0 - c)
-    return falling / (falling + rising)
+    return smooth_switch(distances, 0.0, SWITCH_OFF)
 
 
 class ZBLRepulsion(nn.Module):
