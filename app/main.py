@@ -159,10 +159,11 @@ energy_buffer = hv.streams.Buffer(pd.DataFrame({c: np.zeros(0) for c in PLOT_COL
 
 def energy_plot(data):
     unit = units.value
-    curves = [hv.Curve(data, "time_ps", (column, f"energy ({unit})"), label=label)
-              for column, label in (("potential", "potential − E₀"), ("kinetic", "kinetic"), ("total", "total − E₀"))]
-    # the legend above the plot, in one row: inside, it covered the curves' start
-    return hv.Overlay(curves).opts(legend_position="top", legend_cols=3, title="Energy", xlabel="time (ps)",
+    curves = [hv.Curve(data, "time_ps", (column, f"energy ({unit})"), label=column)
+              for column in ("potential", "kinetic", "total")]
+    # the legend above the plot, in one row of short names: inside, it covered the curves' start
+    return hv.Overlay(curves).opts(legend_position="top", legend_cols=3, xlabel="time (ps)",
+                                   title="Energy (potential, total: Δ from start)",
                                    ylabel=f"energy ({unit})", framewise=True)
 
 
