@@ -747,7 +747,8 @@ def main() -> None:
         print(json.dumps(run_worker(opts)))
         return
     if opts.calculator_worker:
-        opts.calls_per_round, opts.min_rounds = 5, 8
+        # blocks of 20 calls: the first call after switching variants finds colder caches
+        opts.calls_per_round, opts.min_rounds = 20, 5
         print(json.dumps(run_calculator_worker(opts)))
         return
     if opts.peak:

@@ -9,24 +9,27 @@ What it computes, for atoms with positions R and (optionally) a periodic cell:
   (eV/Å^3, Voigt order xx yy zz yz xz xy), only for cells periodic in all three directions.
 
 A call costs little beyond the network. The neighbour list (:class:`so3krates.neighbors.
-NeighborList`, the pairs within cutoff + ``skin``) stays on the device from call to call, and each
-call is one compiled program that refreshes it (:func:`so3krates.neighbors.update_neighbor_list`:
-kept while every atom stays within half the skin of where the list was built, rebuilt on the
-device beyond), hands the model the pairs within the cutoff (:func:`so3krates.neighbors.
-active_graph`), evaluates energy, forces (and stress), and finds the closest pair for the overlap
-check. The positions go to the device and one array of results comes back; nothing else crosses.
-A change of atomic numbers, cell or pbc builds a new list on the host, and so does a list that
-ran out of room (the call is then redone). The model sees the pairs a fresh
-:func:`so3krates.neighbors.build_graph` finds (in the same order for a molecule, and for a cell
-until a rebuild on the device reorders them), with about as much padding, so the results equal a
-fresh build's to rounding (tested): skin pairs and padding contribute exact zeros.
+NeighborList`, the pairs within cutoff + ``skin``) stays on the device from call to call. A call
+is one compiled program on it: the model gets the list's pairs within the cutoff
+(:func:`so3krates.neighbors.active_graph`), and the closest pair is found for the overlap check.
+Only the positions go to the device, and one array of results comes back. The host, which has
+the positions anyway, tests whether an atom moved more than half the skin since the list was
+built; then a small second program rebuilds the list on the device first
+(:func:`so3krates.neighbors.update_neighbor_list`). A change of atomic numbers, cell or pbc
+builds a new list on the host, and so does a list that ran out of room (then the call is redone).
+The model sees the pairs a fresh :func:`so3krates.neighbors.build_graph` finds (in the same order
+for a molecule, and for a cell until a rebuild on the device reorders them), with about as much
+padding, so the results equal a fresh build's to rounding (tested): skin pairs and padding
+contribute exact zeros.
 
-Compiled code is reused across calls: the list is padded to bucketed sizes, so the program is
-recompiled only when a structure falls into a new bucket (or the dtype/property set changes).
+Compiled code is reused across calls: the list is padded to bucketed sizes, so the programs are
+compiled only when a structure falls into a new bucket (or the dtype/property set changes), both
+at its first call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -84,37 +87,41 @@ class SO3kratesCalculator(Calculator):
         # would pad to (capacity factor 1), not the room MD lists of the process reserved
         self._capacities = PairCapacities(max_keys=8)
         self._structure: tuple[bytes, ...] | None = None  # numbers, cell, pbc the list is for
-        self.neighbor_list: NeighborList | None = None  # on the device, as the last call left it
+        self._reference: np.ndarray | None = None  # the positions the list was built at (host copy)
+        self.neighbor_list: NeighborList | None = None  # on the device
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        atoms = self.atoms
+        given = self.atoms if atoms is None else atoms
         want_stress = "stress" in properties
-        if want_stress and not atoms.pbc.all():
+        if want_stress and not given.pbc.all():
             raise PropertyNotImplementedError("stress needs a cell that is periodic in all three directions")
-        positions = atoms.positions
+        positions = given.positions
         if not np.all(np.isfinite(positions)):
             bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
             raise StructureError(f"non-finite positions for atoms {bad.tolist()}")
-        structure = (atoms.numbers.tobytes(), atoms.cell.array.tobytes(), atoms.pbc.tobytes())
+        structure = (given.numbers.tobytes(), given.cell.array.tobytes(), given.pbc.tobytes())
         if structure != self._structure:
-            self._allocate(atoms, structure)
+            self._allocate(given, structure)
         padded = np.zeros(self.neighbor_list.graph.positions.shape)
         padded[: len(positions)] = positions
+        if np.max(np.sum((positions - self._reference) ** 2, axis=1)) > (0.5 * self.skin) ** 2:
+            self._rebuild(padded, given, structure)
+        packed = _evaluate_on_list(self._device_potential, self.neighbor_list, padded, dtype=self.dtype,
+                                   stress=want_stress)
+        # ASE's bookkeeping (a copy of the atoms) while the device computes
+        super().calculate(atoms, properties, system_changes)
+        packed = np.asarray(packed, dtype=np.float64)  # the one transfer back
         for _ in range(MAX_REALLOCATIONS):
-            packed, neighbors = _evaluate_with_list(
-                self._device_potential, self.neighbor_list, padded, dtype=self.dtype, stress=want_stress
-            )
-            packed = np.asarray(packed, dtype=np.float64)  # the one transfer back
             overflow, closest_distance, first, second = packed[:4]
             if not overflow:
                 break
-            self._allocate(atoms, structure)  # more pairs than the list (or the model's share) has room for
+            self._allocate(given, structure)  # more pairs within the cutoff than the model's room: again
+            packed = np.asarray(_evaluate_on_list(self._device_potential, self.neighbor_list, padded,
+                                                  dtype=self.dtype, stress=want_stress), dtype=np.float64)
         else:
             raise RuntimeError(f"the neighbour list overflowed {MAX_REALLOCATIONS} times in one call")
-        self.neighbor_list = neighbors
         check_closest_pair(first, second, closest_distance, self.min_distance)
-        self.results = _unpack_results(packed[4:], len(padded), len(atoms), want_stress)
+        self.results = _unpack_results(packed[4:], len(padded), len(given), want_stress)
 
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last call: ASE's answer (``compare_atoms``), found faster in the
@@ -133,10 +140,12 @@ class SO3kratesCalculator(Calculator):
                     for key in ("numbers", "initial_charges", "initial_magmoms"))
         ):
             return super().check_state(atoms, tol)
-        before, now = previous.arrays["positions"], atoms.arrays["positions"]
-        if np.array_equal(before, now) or np.allclose(before, now, rtol=0, atol=tol):
-            return []
-        return ["positions"]
+        # np.allclose(before, now, rtol=0, atol=tol), as ASE asks, for finite positions (the others
+        # go to ASE: it calls inf close to inf)
+        largest = np.max(np.abs(previous.arrays["positions"] - atoms.arrays["positions"]), initial=0.0)
+        if not np.isfinite(largest):
+            return super().check_state(atoms, tol)
+        return ["positions"] if largest > tol else []
 
     def _allocate(self, atoms, structure: tuple[bytes, ...]) -> None:
         """A new list on the host for these atoms (validated), moved to the device."""
@@ -147,7 +156,22 @@ class SO3kratesCalculator(Calculator):
             system, self.potential.cutoff, self.skin, capacity_factor=1.0, active=True, capacities=self._capacities
         )
         self.neighbor_list = jax.device_put(neighbors)
+        self._reference = system.positions
         self._structure = structure
+        # compiled now, with the first call's program, not at the first rebuild of a run
+        _rebuilt_list(self.neighbor_list, neighbors.graph.positions)
+
+    def _rebuild(self, padded, atoms, structure: tuple[bytes, ...]) -> None:
+        """An atom moved more than half the skin: the list found anew on the device (on the host,
+        if more pairs than it has room for). The positions it was built at come back, so that the
+        next test for a rebuild measures from the very positions the device's test did."""
+        neighbors = _rebuilt_list(self.neighbor_list, padded)
+        reference, overflow = jax.device_get((neighbors.reference_positions, neighbors.overflow))
+        if overflow:
+            self._allocate(atoms, structure)
+            return
+        self.neighbor_list = neighbors
+        self._reference = np.asarray(reference[: len(atoms)], dtype=np.float64)
 
 
 def _same_array(first: dict, second: dict, key: str) -> bool:
@@ -157,32 +181,38 @@ def _same_array(first: dict, second: dict, key: str) -> bool:
     return np.array_equal(first[key], second[key])
 
 
+# the list refreshed at new positions (rebuilt past half the skin), inside jit
+_rebuilt_list = bounded_jit(update_neighbor_list)
+
+
 @bounded_jit(static_argnames=("dtype", "stress"))
-def _evaluate_with_list(potential: Potential, neighbors: NeighborList, positions: Float[Array, "n 3"],
-                        dtype: str = "float32", stress: bool = False) -> tuple[Float[Array, " k"], NeighborList]:
-    """One calculator call on the device: the list refreshed at ``positions`` (padded; rebuilt past
-    half the skin), and in one array: overflow flag, closest pair's distance and atoms, then the
+def _evaluate_on_list(potential: Potential, neighbors: NeighborList, positions: Float[Array, "n 3"],
+                      dtype: str = "float32", stress: bool = False) -> Float[Array, " k"]:
+    """One calculator call on the device, at ``positions`` (padded) within half the skin of where
+    the list was built; in one array: overflow flag, closest pair's distance and atoms, then the
     results (:func:`_unpack_results`).
 
     The model sees the list's pairs within the cutoff (:func:`active_graph`). The closest of them
-    is found for the overlap check: an overlap is far below any cutoff, so it is among them. The
-    list's overflow flag (more pairs than its room, or than the model's share) tells the host to
-    redo the call with a larger list. One array for the results: each array a program returns is
-    a transfer of its own (~20 µs each on a CPU, more than all the rest of the host's work).
+    is found for the overlap check: an overlap is far below any cutoff, so it is among them. More
+    pairs within the cutoff than the model's room is an overflow: the host redoes the call with a
+    larger list. One array out, nothing else: each array a program returns costs the call ~4 µs,
+    and a transfer to the host ~20 µs more (on a CPU).
     """
-    neighbors = update_neighbor_list(neighbors, positions)
-    graph = active_graph(neighbors, neighbors.graph.positions)
+    graph = active_graph(neighbors, positions)
     out = evaluate(potential, graph, dtype=dtype, stress=stress)
     first, second, distance = closest_pair(
         graph.pair_first, graph.pair_second, distances(graph.pair_vectors(), graph.pair_mask)
     )
+    listed = dataclasses.replace(neighbors.graph, positions=positions)
+    within = jnp.sum(distances(listed.pair_vectors(), listed.pair_mask) < neighbors.cutoff)
+    room = neighbors.capacity if neighbors.active_capacity is None else neighbors.active_capacity
     result_dtype = out["forces"].dtype
     parts = [
-        jnp.stack([neighbors.overflow, distance, first, second]),
+        jnp.stack([neighbors.overflow | (within > room), distance, first, second]),
         out["energy"][:1], out["energies"], out["forces"].ravel(),
         out["stress"][0].ravel() if stress else jnp.zeros(0, result_dtype),
     ]
-    return jnp.concatenate([part.astype(result_dtype) for part in parts]), neighbors
+    return jnp.concatenate([part.astype(result_dtype) for part in parts])
 
 
 def _unpack_results(values: Float[np.ndarray, " k"], num_padded: int, num_atoms: int, stress: bool) -> dict:
