@@ -17,7 +17,9 @@ Conventions (shared with the model and the potentials):
 Host-side construction picks the algorithm by size: dense all-pairs for small free molecules,
 ASE's cell-binned ``primitive_neighbor_list`` (linear in N, any triclinic cell, mixed pbc) for
 everything else. Inside jit, :func:`update_neighbor_list` rebuilds a fixed-capacity list when
-atoms moved more than half the skin and reports overflow as a flag, never an exception.
+atoms moved more than half the skin and reports overflow as a flag, never an exception. A list
+for a model with long-range terms (SO3LR) carries the second, long-range pair set of its graph
+too, rebuilt in the same search on the same schedule.
 """
 
 from __future__ import annotations
@@ -209,6 +211,12 @@ class NeighborList:
     ``overflow`` is set (and stays set) when a rebuild found more pairs than fit; the host loop
     then grows the list (:func:`so3krates.md.forces.grow_neighbor_list`) and redoes the chunk.
 
+    With ``long_range_cutoff`` set, the graph also holds the long-range pairs (within
+    ``long_range_cutoff + skin``) in their own fixed capacity; a rebuild finds both sets in one
+    search over the same candidates, and too many long-range pairs sets the same ``overflow``.
+    The graph's ``total_charge`` and ``unpaired_electrons`` ride along unchanged (traced values:
+    a new charge needs no new program).
+
     With ``active_capacity`` set, :func:`active_graph` hands a model only the pairs within the
     cutoff, compacted into that many slots: the skin pairs, which contribute exactly zero, then
     cost no filter evaluations. More pairs within the cutoff than that also sets ``overflow``.
@@ -225,10 +233,17 @@ class NeighborList:
     cutoff: float = dataclasses.field(metadata=dict(static=True))
     skin: float = dataclasses.field(metadata=dict(static=True))
     active_capacity: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    long_range_cutoff: float | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def capacity(self) -> int:
         return int(self.graph.pair_first.shape[-1])
+
+    @property
+    def long_range_capacity(self) -> int | None:
+        """Room for long-range pairs (None: the list has none)."""
+        first = self.graph.long_range_first
+        return None if first is None else int(first.shape[-1])
 
     @property
     def periodic(self) -> bool:
@@ -241,6 +256,13 @@ class NeighborList:
         skin (a free molecule's list holds all its pairs, so the skin does not matter there)."""
         skin = self.skin if self.periodic else None
         return (int(self.graph.positions.shape[-2]), self.cutoff, skin, self.periodic, self.active_capacity is not None)
+
+    @property
+    def long_range_size_key(self) -> tuple | None:
+        """The :class:`PairCapacities` key of the long-range capacity (None without long-range pairs)."""
+        if self.long_range_cutoff is None:
+            return None
+        return (*self.size_key, "long-range", self.long_range_cutoff)
 
 
 def pair_bucket(n: int) -> int:
@@ -291,7 +313,8 @@ PAIR_CAPACITIES = PairCapacities()
 
 def allocate_neighbor_list(
     system: System, cutoff: float, skin: float = SKIN, capacity_factor: float = CAPACITY_FACTOR, active: bool = False,
-    capacities: PairCapacities | None = PAIR_CAPACITIES,
+    capacities: PairCapacities | None = PAIR_CAPACITIES, long_range_cutoff: float | None = None,
+    total_charge: float | None = None, unpaired_electrons: float | None = None,
 ) -> NeighborList:
     """Build a list on the host with spare capacity for later in-jit rebuilds.
 
@@ -300,55 +323,96 @@ def allocate_neighbor_list(
     bucket grid and raised to what ``capacities`` handed out to lists of this size before (None:
     this structure's own needs only). With ``active``, a free molecule of up to
     ``ALL_PAIRS_MAX_ATOMS`` atoms gets room for all its pairs in the list itself.
+
+    With ``long_range_cutoff``, the graph also holds the long-range pairs (within
+    ``long_range_cutoff + skin``), with room sized the same way (a free molecule's: all its
+    pairs). ``total_charge`` and ``unpaired_electrons`` go into the graph as :func:`build_graph`
+    puts them (None: the graph carries none).
     """
     first, second, offsets = find_pairs(system.positions, system.cell, system.pbc, cutoff + skin)
     capacity = pair_bucket(int(len(first) * capacity_factor) + 1)
-    if active and not np.any(system.pbc) and system.num_atoms <= ALL_PAIRS_MAX_ATOMS:
+    all_pairs = pair_bucket(system.num_atoms * (system.num_atoms - 1) // 2)
+    free = not np.any(system.pbc)
+    if active and free and system.num_atoms <= ALL_PAIRS_MAX_ATOMS:
         # room for every pair: such a list never overflows, whatever the geometry, and costs
         # little, since the in-jit rebuild searches all pairs anyway and the model sees only
         # the active pairs
-        capacity = pair_bucket(system.num_atoms * (system.num_atoms - 1) // 2)
+        capacity = all_pairs
     active_capacity = None
     if active:
         shift = lattice_shift(offsets.astype(np.float64), np.asarray(system.cell, np.float64))
         within = int(np.sum(distances(pair_vectors(system.positions, first, second, shift)) < cutoff))
         active_capacity = pair_bucket(int(within * capacity_factor) + 1)
-    graph = build_graph(system, cutoff, skin, num_pairs=max(capacity, len(first)))
+    long_range_capacity = None
+    if long_range_cutoff is not None:
+        found = len(find_pairs(system.positions, system.cell, system.pbc, long_range_cutoff + skin)[0])
+        long_range_capacity = pair_bucket(int(found * capacity_factor) + 1)
+        if free and (active or long_range_capacity > all_pairs):
+            # a free molecule never has more pairs than all of them: that room cannot overflow
+            long_range_capacity = all_pairs
+        long_range_capacity = max(long_range_capacity, found)
+    graph = build_graph(
+        system, cutoff, skin, num_pairs=max(capacity, len(first)), long_range_cutoff=long_range_cutoff,
+        num_long_range_pairs=long_range_capacity, total_charge=total_charge, unpaired_electrons=unpaired_electrons,
+    )
+    reach = max(cutoff, long_range_cutoff or 0.0) + skin
     nl = NeighborList(
         graph=graph,
         reference_positions=graph.positions,
-        image_offsets=_image_offsets(system, cutoff + skin),
+        image_offsets=_image_offsets(system, reach),
         overflow=np.array(False),
         num_rebuilds=np.array(0, dtype=np.int32),
         cutoff=float(cutoff),
         skin=float(skin),
         active_capacity=None if active_capacity is None else min(active_capacity, graph.pair_first.shape[0]),
+        long_range_cutoff=None if long_range_cutoff is None else float(long_range_cutoff),
     )
     if capacities is None:
         return nl
     capacity, active_capacity = capacities.reserve(nl.size_key, nl.capacity, nl.active_capacity)
-    return resize_neighbor_list(nl, capacity, active_capacity)
+    if nl.long_range_cutoff is not None:
+        long_range_capacity, _ = capacities.reserve(nl.long_range_size_key, nl.long_range_capacity, None)
+    return resize_neighbor_list(nl, capacity, active_capacity, long_range_capacity=long_range_capacity)
 
 
 def resize_neighbor_list(nl: NeighborList, capacity: int, active_capacity: int | None = None,
-                         truncate: bool = False) -> NeighborList:
+                         truncate: bool = False, long_range_capacity: int | None = None) -> NeighborList:
     """The same list (same pairs, same reference positions, same rebuild schedule) with room for
     ``capacity`` pairs (at least the pairs it holds, unless ``truncate``: a template whose arrays
-    are about to be replaced) and ``active_capacity`` of them within the cutoff (None: as now; a
-    list without compaction stays without). Works on lists with leading batch axes too (numpy in,
+    are about to be replaced), ``active_capacity`` of them within the cutoff (None: as now; a
+    list without compaction stays without) and ``long_range_capacity`` long-range pairs (None: as
+    now; ignored for a list without them). Works on lists with leading batch axes too (numpy in,
     numpy out)."""
     graph = nl.graph
-    old = graph.pair_first.shape[-1]
-    held = int(np.max(np.sum(np.asarray(graph.pair_mask), axis=-1), initial=0))
-    if capacity < held and not truncate:
-        raise ValueError(f"cannot shrink a neighbour list holding {held} pairs to {capacity}")
     if nl.active_capacity is None:
         active_capacity = None
     else:
         active_capacity = min(nl.active_capacity if active_capacity is None else active_capacity, capacity)
-    if capacity == old:
-        return dataclasses.replace(nl, active_capacity=active_capacity)
     dummy = graph.positions.shape[-2] - 1
+    first, second, offsets, mask = _resized_pairs(
+        (graph.pair_first, graph.pair_second, graph.pair_offsets, graph.pair_mask), capacity, dummy, truncate, ""
+    )
+    graph = dataclasses.replace(graph, pair_first=first, pair_second=second, pair_offsets=offsets, pair_mask=mask)
+    if graph.has_long_range_pairs and long_range_capacity is not None:
+        first, second, offsets, mask = _resized_pairs(
+            (graph.long_range_first, graph.long_range_second, graph.long_range_offsets, graph.long_range_mask),
+            long_range_capacity, dummy, truncate, "long-range ",
+        )
+        graph = dataclasses.replace(graph, long_range_first=first, long_range_second=second,
+                                    long_range_offsets=offsets, long_range_mask=mask)
+    return dataclasses.replace(nl, graph=graph, active_capacity=active_capacity)
+
+
+def _resized_pairs(pairs, capacity: int, dummy: int, truncate: bool, kind: str):
+    """(first, second, offsets, mask) of one pair set with room for ``capacity`` (unchanged
+    arrays when it already has that room)."""
+    first, second, offsets, mask = pairs
+    old = first.shape[-1]
+    if capacity == old:
+        return pairs
+    held = int(np.max(np.sum(np.asarray(mask), axis=-1), initial=0))
+    if capacity < held and not truncate:
+        raise ValueError(f"cannot shrink a neighbour list holding {held} {kind}pairs to {capacity}")
 
     def fit(array, fill, axis=-1):  # the pair axis: last, or second to last for offsets
         array = np.asarray(array)
@@ -359,12 +423,7 @@ def resize_neighbor_list(nl: NeighborList, capacity: int, active_capacity: int |
         widths[axis] = (0, capacity - old)
         return np.pad(array, widths, constant_values=fill)
 
-    graph = dataclasses.replace(
-        graph,
-        pair_first=fit(graph.pair_first, dummy), pair_second=fit(graph.pair_second, dummy),
-        pair_offsets=fit(graph.pair_offsets, 0, axis=-2), pair_mask=fit(graph.pair_mask, False),
-    )
-    return dataclasses.replace(nl, graph=graph, active_capacity=active_capacity)
+    return fit(first, dummy), fit(second, dummy), fit(offsets, 0, axis=-2), fit(mask, False)
 
 
 def _within_cutoff(nl: NeighborList, graph: Graph, positions) -> Bool[Array, " p"]:
@@ -431,14 +490,26 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
     needs_rebuild = jnp.max(displacement) > 0.5 * nl.skin
 
     def rebuild(_):
-        first, second, offsets, mask, count = _all_pairs_in_jit(
-            positions, graph, nl.image_offsets, nl.cutoff + nl.skin
-        )
+        reaches = [nl.cutoff + nl.skin]
+        capacities = [nl.capacity]
+        if nl.long_range_cutoff is not None:
+            reaches.append(nl.long_range_cutoff + nl.skin)
+            capacities.append(nl.long_range_capacity)
+        found = _all_pairs_in_jit(positions, graph, nl.image_offsets, reaches, capacities)
+        (first, second, offsets, mask, count) = found[0]
         new_graph = dataclasses.replace(
             graph, positions=positions, pair_first=first, pair_second=second,
             pair_offsets=offsets, pair_mask=mask,
         )
-        return new_graph, positions, count > first.shape[0], nl.num_rebuilds + 1
+        overflow = count > first.shape[0]
+        if nl.long_range_cutoff is not None:
+            (first, second, offsets, mask, count) = found[1]
+            new_graph = dataclasses.replace(
+                new_graph, long_range_first=first, long_range_second=second,
+                long_range_offsets=offsets.astype(graph.long_range_offsets.dtype), long_range_mask=mask,
+            )
+            overflow = overflow | (count > first.shape[0])
+        return new_graph, positions, overflow, nl.num_rebuilds + 1
 
     def keep(_):
         return dataclasses.replace(graph, positions=positions), nl.reference_positions, jnp.array(False), nl.num_rebuilds
@@ -452,9 +523,10 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
     )
 
 
-def _all_pairs_in_jit(positions, graph: Graph, image_offsets, reach):
-    """Dense candidate search over atom pairs x lattice images, compacted to the capacity."""
-    n, capacity = positions.shape[0], graph.pair_first.shape[0]
+def _all_pairs_in_jit(positions, graph: Graph, image_offsets, reaches: Sequence[float], capacities: Sequence[int]):
+    """Dense candidate search over atom pairs x lattice images, compacted to each capacity: one
+    (first, second, offsets, mask, count) per reach, all from the one set of distances."""
+    n = positions.shape[0]
     cell = graph.cells[0]
     # Search with the atoms wrapped into the home cell, so that the image range of
     # _image_offsets suffices however far they drifted (MD does not wrap; an input may be
@@ -466,7 +538,7 @@ def _all_pairs_in_jit(positions, graph: Graph, image_offsets, reach):
     wrapped = positions - wraps.astype(positions.dtype) @ cell
     shifts = lattice_shift(image_offsets.astype(positions.dtype), cell)  # (s, 3)
     vectors = wrapped[None, :, None, :] - wrapped[:, None, None, :] + shifts[None, None]
-    within = jnp.sum(vectors**2, axis=-1) < reach**2  # (n, n, s)
+    squared = jnp.sum(vectors**2, axis=-1)  # (n, n, s)
     index = jnp.arange(n)
     real = graph.atom_mask[:, None] & graph.atom_mask[None, :]
     upper = index[:, None] < index[None, :]
@@ -474,13 +546,16 @@ def _all_pairs_in_jit(positions, graph: Graph, image_offsets, reach):
     positive = positive_image(jnp.asarray(image_offsets))
     # a pair is kept once: i < j for any image, and i == j only for the positive image
     unique = upper[:, :, None] | (same[:, :, None] & positive[None, None, :])
-    candidates = within & unique & real[:, :, None]
-    count = jnp.sum(candidates)
-    first, second, image = jnp.nonzero(candidates, size=capacity, fill_value=n - 1)
-    mask = jnp.arange(capacity) < count
+    allowed = unique & real[:, :, None]
     dummy = n - 1
-    first = jnp.where(mask, first, dummy).astype(jnp.int32)
-    second = jnp.where(mask, second, dummy).astype(jnp.int32)
-    offsets = jnp.where(mask[:, None], image_offsets[image] + wraps[first] - wraps[second], 0.0)
-    offsets = offsets.astype(graph.pair_offsets.dtype)
-    return first, second, offsets, mask, count
+    found = []
+    for reach, capacity in zip(reaches, capacities):
+        candidates = allowed & (squared < reach**2)
+        count = jnp.sum(candidates)
+        first, second, image = jnp.nonzero(candidates, size=capacity, fill_value=dummy)
+        mask = jnp.arange(capacity) < count
+        first = jnp.where(mask, first, dummy).astype(jnp.int32)
+        second = jnp.where(mask, second, dummy).astype(jnp.int32)
+        offsets = jnp.where(mask[:, None], image_offsets[image] + wraps[first] - wraps[second], 0.0)
+        found.append((first, second, offsets.astype(graph.pair_offsets.dtype), mask, count))
+    return found

@@ -71,16 +71,42 @@ class SO3kratesEnergy:
     def interaction_range(self) -> float:
         return max(self.config.num_layers * self.config.cutoff, self.long_range_cutoff or 0.0)
 
+    @property
+    def takes_charge(self) -> bool:
+        """Whether the energy depends on the graph's total charge (embedding or partial charges)."""
+        return self.config.charge_embedding or self.config.electrostatics
+
+    @property
+    def takes_spin(self) -> bool:
+        """Whether the energy depends on the graph's number of unpaired electrons."""
+        return self.config.spin_embedding
+
+    @property
+    def predicts_charges(self) -> bool:
+        """Whether the model has per-atom partial charges (:meth:`energies_and_charges`)."""
+        return self.config.electrostatics
+
     def __call__(self, params, graph, pair_vectors):
         """Per-atom energies. The long-range pair vectors, if the model needs them, come from the
         graph's own positions and cells, which must be those ``pair_vectors`` were made from
         (:func:`atomic_energies` sees to that, strained positions and cells included)."""
+        return self._apply(params, graph, pair_vectors)
+
+    def energies_and_charges(self, params, graph, pair_vectors):
+        """Per-atom energies and the partial charges (e) of the same evaluation; the model must
+        have them (:attr:`predicts_charges`)."""
+        energies, state = self._apply(params, graph, pair_vectors, mutable=["intermediates"])
+        return energies, state["intermediates"]["charges"][0]
+
+    def _apply(self, params, graph, pair_vectors, **kwargs):
         long_range = graph.long_range_vectors().astype(pair_vectors.dtype) if self.config.has_long_range else None
         if self.radial_table_spacing is None:
-            return SO3krates(self.config).apply(params, graph, pair_vectors, None, long_range)
+            return SO3krates(self.config).apply(params, graph, pair_vectors, None, long_range, **kwargs)
         distances = safe_norm(pair_vectors)
         radial = tabulation.interpolate(self.config, params["radial_table"], distances, self.radial_table_spacing)
-        return SO3krates(self.config).apply({"params": params["params"]}, graph, pair_vectors, radial, long_range)
+        return SO3krates(self.config).apply(
+            {"params": params["params"]}, graph, pair_vectors, radial, long_range, **kwargs
+        )
 
     def init(self, key: jax.Array):
         example = build_graph(
@@ -114,6 +140,51 @@ class Potential:
     def long_range_cutoff(self) -> float | None:
         """Graphs for this potential need long-range pairs up to this cutoff (None: none)."""
         return getattr(self.model, "long_range_cutoff", None)
+
+    @property
+    def takes_charge(self) -> bool:
+        """Whether the energy depends on the total charge (SO3LR: yes; a plain SO3krates: no)."""
+        return bool(getattr(self.model, "takes_charge", False))
+
+    @property
+    def takes_spin(self) -> bool:
+        """Whether the energy depends on the spin multiplicity (number of unpaired electrons)."""
+        return bool(getattr(self.model, "takes_spin", False))
+
+    @property
+    def predicts_charges(self) -> bool:
+        """Whether the model has per-atom partial charges (``evaluate(..., charges=True)``)."""
+        return bool(getattr(self.model, "predicts_charges", False))
+
+    def charge_inputs(self, charge=0, multiplicity=1) -> dict[str, float | None]:
+        """The graph inputs (``build_graph``'s ``total_charge`` and ``unpaired_electrons``) for a
+        structure of total ``charge`` (elementary charges) and spin ``multiplicity`` 2S + 1.
+
+        Both must be integers (``1.0`` is accepted, ``0.5`` is an error); the number of unpaired
+        electrons is ``multiplicity - 1``. A model that takes the charge (or spin) always gets a
+        value, 0 included, so charged and neutral structures share one compiled program; a model
+        without that input gets None, and a non-zero charge (a multiplicity other than 1) for it
+        is an error, not a silently neutral result. The parity of the electron count is not
+        checked: the model takes the values as given (as SO3LR's own tools do).
+        """
+        charge = integer_input(charge, "charge")
+        multiplicity = integer_input(multiplicity, "multiplicity")
+        if multiplicity < 1:
+            raise ValueError(f"the spin multiplicity 2S+1 must be at least 1, got {multiplicity}")
+        if charge != 0 and not self.takes_charge:
+            raise ValueError(
+                f"this model has no total-charge input, so it cannot describe charge {charge:+d}: "
+                "use a model with charge inputs (SO3LR) or a neutral structure"
+            )
+        if multiplicity != 1 and not self.takes_spin:
+            raise ValueError(
+                f"this model has no spin input, so it cannot describe multiplicity {multiplicity}: "
+                "use a model with spin inputs (SO3LR) or a singlet"
+            )
+        return {
+            "total_charge": float(charge) if self.takes_charge else None,
+            "unpaired_electrons": float(multiplicity - 1) if self.takes_spin else None,
+        }
 
     def graph(self, systems, skin: float = 0.0, total_charge=None, unpaired_electrons=None) -> Graph:
         """The graph this potential needs: its pairs, its long-range pairs if any, and the total
@@ -170,6 +241,47 @@ def _as_system(structure) -> System:
     return structure if isinstance(structure, System) else System.from_atoms(structure)
 
 
+def integer_input(value, name: str) -> int:
+    """An integer-valued setting (charge, multiplicity) as an int; anything else is an error."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the {name} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or not np.isfinite(number) or number != round(number):
+        raise ValueError(f"the {name} must be an integer, got {value!r}")
+    return int(round(number))
+
+
+# the keys of atoms.info that hold the total charge and the spin multiplicity 2S + 1: "charge"
+# and "multiplicity" are SO3LR's (its mlff data loaders read them); "spin" is the multiplicity
+# in other ASE-based tools (fairchem)
+CHARGE_KEY = "charge"
+MULTIPLICITY_KEYS = ("multiplicity", "spin")
+
+
+def charge_and_multiplicity(structure=None, charge=None, multiplicity=None) -> tuple[int, int]:
+    """The total charge (e) and spin multiplicity 2S + 1 of ``structure`` (ase.Atoms, System or
+    None): from ``atoms.info["charge"]`` and ``atoms.info["multiplicity"]`` (or ``"spin"``), or
+    from the ``charge`` and ``multiplicity`` given here; 0 and 1 when neither says. Both given
+    and different is an error (which one was meant?), and so is a non-integer value."""
+    info = getattr(structure, "info", None) or {}
+    found_charge = info.get(CHARGE_KEY)
+    found = {key: info[key] for key in MULTIPLICITY_KEYS if info.get(key) is not None}
+    if len({integer_input(v, f"atoms.info[{k!r}]") for k, v in found.items()}) > 1:
+        raise ValueError(f"atoms.info gives different spin multiplicities: {found}")
+    found_multiplicity = next(iter(found.values()), None)
+    values = []
+    for name, given, stored, default in (
+        ("charge", charge, found_charge, 0), ("multiplicity", multiplicity, found_multiplicity, 1)
+    ):
+        given = None if given is None else integer_input(given, name)
+        stored = None if stored is None else integer_input(stored, f"atoms.info {name}")
+        if given is not None and stored is not None and given != stored:
+            raise ValueError(f"{name} {given} was asked for, but the structure's atoms.info says {stored}")
+        values.append(default if given is None and stored is None else (given if given is not None else stored))
+    return values[0], values[1]
+
+
 def with_dtype(potential: Potential, dtype) -> Potential:
     cast = lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf  # noqa: E731
     return dataclasses.replace(
@@ -192,9 +304,25 @@ def atomic_energies(
     return jnp.where(graph.atom_mask, energies, 0.0)
 
 
-@bounded_jit(static_argnames=("dtype", "stress"))
-def evaluate(potential: Potential, graph: Graph, dtype: str = "float32", stress: bool = False) -> dict[str, Array]:
-    """Energy per structure, per-atom energies, forces and (optionally) stress of a graph."""
+def atomic_energies_and_charges(
+    potential: Potential, graph: Graph, positions: Float[Array, "n 3"], cells: Float[Array, "g 3 3"]
+) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
+    """:func:`atomic_energies` and the partial charges (e, zero on padding) of the same
+    evaluation, for a model that has them (``potential.predicts_charges``)."""
+    vectors = graph.pair_vectors(positions, cells)
+    graph = dataclasses.replace(graph, positions=positions, cells=cells)
+    energies, charges = potential.model.energies_and_charges(potential.params, graph, vectors)
+    energies = energies + gather(potential.energy_shifts, graph.numbers)
+    return jnp.where(graph.atom_mask, energies, 0.0), jnp.where(graph.atom_mask, charges, 0.0)
+
+
+@bounded_jit(static_argnames=("dtype", "stress", "charges"))
+def evaluate(potential: Potential, graph: Graph, dtype: str = "float32", stress: bool = False,
+             charges: bool = False) -> dict[str, Array]:
+    """Energy per structure, per-atom energies, forces and (optionally) stress of a graph; with
+    ``charges`` (for a model that predicts them) also the per-atom partial ``charges`` (e)."""
+    if charges and not potential.predicts_charges:
+        raise ValueError("this model has no partial charges")
     dtype = jnp.dtype(require_dtype(dtype))
     potential, graph = with_dtype(potential, dtype), _graph_with_dtype(graph, dtype)
     g = graph.num_structures
@@ -206,18 +334,23 @@ def evaluate(potential: Potential, graph: Graph, dtype: str = "float32", stress:
             deformation = jnp.eye(3, dtype=dtype) + symmetric
             strained_positions = jnp.einsum("na,nab->nb", positions, gather(deformation, graph.structure_index))
             strained_cells = jnp.einsum("gia,gab->gib", graph.cells, deformation)
+        if charges:
+            energies, partial = atomic_energies_and_charges(potential, graph, strained_positions, strained_cells)
+            return jnp.sum(energies), (energies, partial)
         energies = atomic_energies(potential, graph, strained_positions, strained_cells)
-        return jnp.sum(energies), energies
+        return jnp.sum(energies), (energies, None)
 
     strain = jnp.zeros((g, 3, 3), dtype)
-    (_, energies), (gradient, strain_gradient) = jax.value_and_grad(total_energy, argnums=(0, 1), has_aux=True)(
-        graph.positions, strain
-    )
+    (_, (energies, partial)), (gradient, strain_gradient) = jax.value_and_grad(
+        total_energy, argnums=(0, 1), has_aux=True
+    )(graph.positions, strain)
     out = {
         "energy": jax.ops.segment_sum(energies, graph.structure_index, g),
         "energies": energies,
         "forces": -gradient,
     }
+    if charges:
+        out["charges"] = partial
     if stress:
         volumes = jnp.abs(jnp.linalg.det(graph.cells))
         out["stress"] = strain_gradient / volumes[:, None, None]
@@ -283,6 +416,13 @@ def heat_flux(
     potential: Potential, system: System, velocities: Float[np.ndarray, "n 3"], dtype: str = "float64"
 ) -> dict[str, np.ndarray]:
     """Heat flux J (eV Å/fs) of a periodic cell for velocities in Å/fs."""
+    if potential.long_range_cutoff is not None:
+        # the unfolded system holds the network's pairs only; the long-range terms' pair energies
+        # would need their own split between atoms, and their replicas reach 12 Å beyond the cell
+        raise NotImplementedError(
+            "the heat flux of a model with long-range terms (SO3LR) is not implemented: "
+            "use a model without them"
+        )
     unfolded = unfold(system, potential.cutoff, potential.interaction_range)
     graph = unfolded.graph
     padded = np.zeros((graph.positions.shape[0], 3))

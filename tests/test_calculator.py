@@ -231,3 +231,104 @@ def test_check_state_answers_as_ase_does(potentials):
         expected = compare_atoms(calculator.atoms, moved, tol=1e-15)
         assert sorted(calculator.check_state(moved)) == sorted(expected), name
         assert bool(expected) == (name != "nothing" and "below" not in name), name
+
+
+# --- SO3LR: long-range pairs kept on the device, charge and spin, partial charges and dipole -------
+
+
+@pytest.fixture(scope="module")
+def so3lr():
+    from pathlib import Path
+
+    from so3krates import load_model
+
+    return load_model(Path(__file__).resolve().parents[1] / "data" / "models" / "so3lr")
+
+
+def so3lr_fresh(atoms, potential, charge=0, multiplicity=1):
+    """Energy, forces and partial charges of a fresh graph (long-range pairs included), float64."""
+    from so3krates import System, evaluate
+
+    graph = potential.graph(System.from_atoms(atoms), **potential.charge_inputs(charge, multiplicity))
+    out = evaluate(potential, graph, dtype="float64", charges=True)
+    n = len(atoms)
+    return float(out["energy"][0]), np.asarray(out["forces"])[:n], np.asarray(out["charges"])[:n]
+
+
+def assert_so3lr_fresh(atoms, potential, charge=0, multiplicity=1):
+    energy, forces, charges = so3lr_fresh(atoms, potential, charge, multiplicity)
+    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-10)
+    np.testing.assert_allclose(atoms.get_charges(), charges, atol=1e-12)
+    np.testing.assert_allclose(atoms.get_dipole_moment(), charges @ atoms.positions, atol=1e-10)
+    assert atoms.get_charges().sum() == pytest.approx(charge, abs=1e-10)
+
+
+def test_so3lr_list_kept_and_rebuilt_on_the_device_equals_a_fresh_build(so3lr):
+    """Acetate, charge from atoms.info: reused lists, then a rebuild on the device (short- and
+    long-range pairs), give the fresh build's energy, forces, charges and dipole."""
+    atoms = rattled_molecule("CH3COOH", seed=1)
+    del atoms[[i for i, z in enumerate(atoms.numbers) if z == 1][-1]]  # the carboxyl H (last H in G2)
+    atoms.info["charge"] = -1
+    calculator = SO3kratesCalculator(so3lr, dtype="float64", skin=0.5)
+    atoms.calc = calculator
+    assert_so3lr_fresh(atoms, so3lr, charge=-1)
+    assert calculator.neighbor_list.long_range_cutoff == so3lr.long_range_cutoff
+    start = atoms.get_positions()
+    atoms.positions = start + [0.12, -0.1, 0.1]  # a uniform shift of 0.19 Å: within half the skin, reused
+    assert_so3lr_fresh(atoms, so3lr, charge=-1)
+    assert int(calculator.neighbor_list.num_rebuilds) == 0
+    rng = np.random.default_rng(2)
+    atoms.positions = start + rng.normal(scale=0.2, size=start.shape)  # past half the skin
+    assert_so3lr_fresh(atoms, so3lr, charge=-1)
+    assert int(calculator.neighbor_list.num_rebuilds) == 1
+    # a new charge in atoms.info (which ASE's own check_state ignores) is a new calculation
+    neutral_energy = so3lr_fresh(atoms, so3lr, 0, 2)[0]
+    atoms.info.update(charge=0, multiplicity=2)
+    assert_so3lr_fresh(atoms, so3lr, charge=0, multiplicity=2)
+    assert abs(atoms.get_potential_energy() - neutral_energy) < 1e-10
+
+
+def test_so3lr_charge_from_the_calculator_and_clear_errors(so3lr, potentials):
+    atoms = rattled_molecule("CH3COOH", seed=1)
+    del atoms[[i for i, z in enumerate(atoms.numbers) if z == 1][-1]]
+    atoms.calc = SO3kratesCalculator(so3lr, dtype="float64", charge=-1)
+    assert_so3lr_fresh(atoms, so3lr, charge=-1)
+    atoms.info["charge"] = 0  # the structure says otherwise: which one was meant?
+    with pytest.raises(ValueError, match="charge -1 was asked for, but the structure's atoms.info says 0"):
+        atoms.get_potential_energy()
+    atoms.info["charge"] = 0.5
+    with pytest.raises(ValueError, match="charge must be an integer"):
+        atoms.get_potential_energy()
+    with pytest.raises(ValueError, match="charge must be an integer"):
+        SO3kratesCalculator(so3lr, charge=1.5)
+    # a model without charge inputs: a charged structure is an error, neutral ones run as before
+    with pytest.raises(ValueError, match="no total-charge input"):
+        SO3kratesCalculator(potentials["paper"], charge=1)
+    plain = rattled_molecule("CH3CH2OH", seed=2)
+    plain.calc = SO3kratesCalculator(potentials["paper"])
+    plain.get_potential_energy()
+    with pytest.raises(PropertyNotImplementedError, match="no partial charges"):
+        plain.get_charges()
+    plain.info["charge"] = 1
+    with pytest.raises(ValueError, match="no total-charge input"):
+        plain.get_potential_energy()
+
+
+@pytest.mark.slow  # (its own programs: ~30 s of compiling)
+def test_so3lr_periodic_cell_smaller_than_the_long_range_cutoff(so3lr):
+    """Four waters in a 5 Å box: the 12 Å long-range pairs reach many images of every atom."""
+    from ase.build import molecule
+
+    rng = np.random.default_rng(5)
+    box = Atoms(cell=np.eye(3) * 5.0, pbc=True)
+    for corner in ([0, 0, 0], [2.5, 2.5, 0], [2.5, 0, 2.5], [0, 2.5, 2.5]):
+        water = molecule("H2O")
+        water.rotate(rng.uniform(0, 360), rng.normal(size=3), center="COP")
+        water.translate(np.asarray(corner, float) + 1.25 - water.positions.mean(axis=0))
+        box += water
+    box.calc = SO3kratesCalculator(so3lr, dtype="float64", skin=0.5)
+    assert_so3lr_fresh(box, so3lr)
+    box.positions = box.positions + rng.normal(scale=0.2, size=box.positions.shape)
+    assert_so3lr_fresh(box, so3lr)
+    assert int(box.calc.neighbor_list.num_rebuilds) == 1

@@ -686,3 +686,109 @@ def test_pair_capacities_only_grow_and_stay_bounded():
     for key in "bcde":
         capacities.reserve(key, 8, 8)
     assert len(capacities._marks) == 3
+
+
+# --- the long-range pair set (models with long-range terms, SO3LR) ---------------------------------
+
+
+def long_range_pair_set(nl: NeighborList) -> set:
+    graph = nl.graph
+    mask = np.asarray(graph.long_range_mask)
+    return set(canonical_list(np.asarray(graph.long_range_first)[mask], np.asarray(graph.long_range_second)[mask],
+                              np.asarray(graph.long_range_offsets)[mask]))
+
+
+def assert_no_padding_in_long_range_pairs(nl: NeighborList, real_atoms: int):
+    graph = nl.graph
+    mask = np.asarray(graph.long_range_mask)
+    first, second = np.asarray(graph.long_range_first), np.asarray(graph.long_range_second)
+    assert np.all(first[mask] < real_atoms) and np.all(second[mask] < real_atoms)
+    dummy = graph.positions.shape[0] - 1
+    np.testing.assert_array_equal(first[~mask], dummy)
+    np.testing.assert_array_equal(second[~mask], dummy)
+    np.testing.assert_array_equal(np.asarray(graph.long_range_offsets)[~mask], 0.0)
+
+
+LONG_RANGE_SYSTEMS = {
+    # a cell whose plane spacings (~3.7-5 Å) are far below twice the long-range cutoff: every
+    # image within reach counts, several per direction
+    "triclinic": (lambda: triclinic_system(5), 2.5, 7.0),
+    "slab": (lambda: System.create(
+        np.random.default_rng(7).uniform(size=(6, 3)) @ SLAB, [1, 1, 8, 8, 6, 6], cell=SLAB, pbc=[True, True, False]
+    ), 2.5, 6.0),
+    "molecule": (lambda: molecule_system("CH3CONH2"), 2.0, 3.5),
+}
+
+
+@pytest.mark.parametrize("kind", list(LONG_RANGE_SYSTEMS))
+def test_in_jit_long_range_pairs_kept_then_rebuilt_exactly(kind):
+    make, cutoff, long_range = LONG_RANGE_SYSTEMS[kind]
+    system, skin = make(), 0.5
+    nl = allocate_neighbor_list(system, cutoff, skin, capacity_factor=1.5, long_range_cutoff=long_range,
+                                total_charge=-1.0, capacities=None)
+    reach = long_range + skin
+    assert nl.long_range_cutoff == long_range and nl.long_range_capacity >= len(long_range_pair_set(nl))
+    assert long_range_pair_set(nl) == brute_force_pairs(system.positions, system.cell, system.pbc, reach)
+    assert real_pair_set(nl) == brute_force_pairs(system.positions, system.cell, system.pbc, cutoff + skin)
+    # the allocation equals a fresh build_graph (same pairs, same order, same inputs)
+    fresh = build_graph(system, cutoff, skin, long_range_cutoff=long_range, total_charge=-1.0)
+    count = int(np.sum(fresh.long_range_mask))
+    np.testing.assert_array_equal(np.asarray(nl.graph.long_range_first)[:count], fresh.long_range_first[:count])
+    np.testing.assert_array_equal(np.asarray(nl.graph.long_range_offsets)[:count], fresh.long_range_offsets[:count])
+    np.testing.assert_array_equal(nl.graph.total_charge, [-1.0])
+    rng = np.random.default_rng(3)
+    small = system.positions + random_displacements(rng, system.num_atoms, 0.45 * skin)
+    kept = update(nl, padded(nl, small))
+    assert int(kept.num_rebuilds) == 0 and long_range_pair_set(kept) == long_range_pair_set(nl)
+    # within the long-range cutoff, the kept list still holds every pair (the skin's promise)
+    lengths = np.linalg.norm(np.asarray(kept.graph.long_range_vectors()), axis=1)
+    mask = np.asarray(kept.graph.long_range_mask) & (lengths < long_range)
+    inside = set(canonical_list(np.asarray(kept.graph.long_range_first)[mask],
+                                np.asarray(kept.graph.long_range_second)[mask],
+                                np.asarray(kept.graph.long_range_offsets)[mask]))
+    assert inside == brute_force_pairs(small, system.cell, system.pbc, long_range)
+    moved = system.positions + random_displacements(rng, system.num_atoms, 1.2 * skin)
+    rebuilt = update(kept, padded(kept, moved))
+    assert int(rebuilt.num_rebuilds) == 1 and not bool(rebuilt.overflow)
+    assert long_range_pair_set(rebuilt) == brute_force_pairs(moved, system.cell, system.pbc, reach)
+    assert real_pair_set(rebuilt) == brute_force_pairs(moved, system.cell, system.pbc, cutoff + skin)
+    assert_no_padding_in_long_range_pairs(rebuilt, system.num_atoms)
+    assert_no_padding_in_pairs(rebuilt, system.num_atoms)
+    np.testing.assert_array_equal(rebuilt.graph.total_charge, [-1.0])  # the inputs ride along
+
+
+def test_in_jit_long_range_overflow_sets_the_flag_and_growing_fits():
+    from so3krates.md.forces import grow_after_overflow, neighbor_room
+
+    num_atoms, cutoff, long_range, skin = 12, 2.0, 5.0, 0.5
+    sparse = np.zeros((num_atoms, 3))
+    sparse[:, 0] = 8.0 * np.arange(num_atoms)  # no pairs at all
+    system = System.create(sparse, np.full(num_atoms, 6), cell=np.diag([96.0, 30.0, 30.0]), pbc=True)
+    nl = allocate_neighbor_list(system, cutoff, skin, long_range_cutoff=long_range, capacities=None)
+    assert int(np.sum(nl.graph.long_range_mask)) == 0
+    squeezed = sparse * 0.5  # 4 Å apart: long-range pairs, but none within cutoff + skin
+    true_pairs = brute_force_pairs(squeezed, system.cell, system.pbc, long_range + skin)
+    assert len(true_pairs) > nl.long_range_capacity
+    assert not brute_force_pairs(squeezed, system.cell, system.pbc, cutoff + skin)
+    overflowed = update(nl, padded(nl, squeezed))
+    assert bool(overflowed.overflow)  # only the long-range set overflowed
+    grown = nl
+    for _ in range(8):  # the host reaction: grow from the start state until the update fits
+        grown = grow_after_overflow(grown)
+        after = update(grown, padded(grown, squeezed))
+        if not bool(after.overflow):
+            break
+    assert not bool(after.overflow)
+    assert neighbor_room(after)[2] > nl.long_range_capacity
+    assert long_range_pair_set(after) == true_pairs
+
+
+def test_resize_keeps_long_range_pairs_and_refuses_to_drop_them():
+    system = molecule_system("CH3CH2OH")
+    nl = allocate_neighbor_list(system, 2.0, 0.5, long_range_cutoff=6.0, capacities=None)
+    held = int(np.sum(nl.graph.long_range_mask))
+    larger = resize_neighbor_list(nl, nl.capacity, long_range_capacity=nl.long_range_capacity + 16)
+    assert larger.long_range_capacity == nl.long_range_capacity + 16
+    assert long_range_pair_set(larger) == long_range_pair_set(nl)
+    with pytest.raises(ValueError, match="long-range pairs"):
+        resize_neighbor_list(nl, nl.capacity, long_range_capacity=held - 1)

@@ -26,6 +26,10 @@ def register(subparsers) -> None:
     parser.add_argument("structure", help="structure file readable by ASE, or a built-in molecule name (e.g. ethanol)")
     parser.add_argument("--model", default=None,
                         help="checkpoint directory, a built-in model name (e.g. ac_ala3_nhme) or 'lj'")
+    parser.add_argument("--charge", type=int, default=None,
+                        help="total charge, e (default: the structure file's, else 0)")
+    parser.add_argument("--multiplicity", type=int, default=None,
+                        help="spin multiplicity 2S+1 (default: the structure file's, else 1)")
     parser.add_argument("--walkers", type=int, default=4)
     parser.add_argument("--hops", type=int, default=200, help="hops per walker (in total, counting resumed ones)")
     parser.add_argument("--out", default=None, help="output directory (store, graph, walker states)")
@@ -101,6 +105,13 @@ def run(args) -> int:
     model = load_explore_model(args.model)
     if hasattr(model, "check_elements"):
         model.check_elements(atoms.numbers)  # before any walker starts: a clear error, exit 2
+    # the walkers read the charge from atoms.info (relaxations and escapes copy the atoms)
+    from so3krates.potential import Potential, charge_and_multiplicity
+
+    charge, multiplicity = charge_and_multiplicity(atoms, args.charge, args.multiplicity)
+    if isinstance(model, Potential):
+        model.charge_inputs(charge, multiplicity)  # a model without charge inputs: a clear error now
+    atoms.info.update(charge=charge, multiplicity=multiplicity)
     exploration = Exploration(atoms, model, args.out, config,
                               description={"structure": args.structure, "model": args.model, "command": sys.argv})
     before = exploration.progress()

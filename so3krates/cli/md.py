@@ -4,8 +4,15 @@
         --timestep 0.5 --time 10ps --out run/
     so3krates md ethanol.xyz --model models/ethanol ... --out run/ --resume   # after a kill
 
-``--model`` is a checkpoint directory (so3krates.load_model), ``lj`` (Lennard-Jones, argon
-parameters; for tests and demos) or ``xtb`` (GFN2-xTB through tblite; slow but real).
+``--model`` is a checkpoint directory (so3krates.load_model), a built-in model name (``so3lr``,
+the pretrained SO3LR; a specialist such as ``ethanol``), ``lj`` (Lennard-Jones, argon parameters;
+for tests and demos) or ``xtb`` (GFN2-xTB through tblite; slow but real).
+
+``--charge`` (e) and ``--multiplicity`` (2S + 1) default to the structure file's own (extended
+XYZ ``charge=`` and ``multiplicity=``), else 0 and 1; a model without charge inputs refuses a
+charged structure:
+
+    so3krates md acetate.xyz --model so3lr --charge -1 --time 1ps --out run/
 """
 
 from __future__ import annotations
@@ -25,7 +32,12 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("md", help="run molecular dynamics", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("structure", help="structure file readable by ASE (xyz, extxyz, pdb, traj, ...)")
-    parser.add_argument("--model", default=None, help="model checkpoint directory, or 'lj' or 'xtb'")
+    parser.add_argument("--model", default=None,
+                        help="model checkpoint directory, a built-in model name (e.g. so3lr), or 'lj' or 'xtb'")
+    parser.add_argument("--charge", type=int, default=None,
+                        help="total charge, e (default: the structure file's, else 0)")
+    parser.add_argument("--multiplicity", type=int, default=None,
+                        help="spin multiplicity 2S+1 (default: the structure file's, else 1)")
     parser.add_argument("--ensemble", choices=ENSEMBLES, default="langevin")
     parser.add_argument("--temperature", type=float, default=300.0, help="K (NVE: of the initial velocities)")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -48,7 +60,12 @@ def register(subparsers) -> None:
 
 
 def load_md_model(spec: str):
-    """'lj', 'xtb' or a checkpoint directory -> a model Simulation accepts."""
+    """'lj', 'xtb', a checkpoint directory or a built-in model name (so3krates.catalog, e.g.
+    'so3lr'; a directory of that name wins) -> a model Simulation accepts."""
+    from so3krates import catalog
+
+    if spec in catalog.builtin_models() and not Path(spec).is_dir():
+        return catalog.load_builtin_model(spec)
     if spec == "lj":
         from so3krates.lennard_jones import lennard_jones_potential
 
@@ -89,7 +106,7 @@ def run(args) -> int:
     config = MDConfig(
         ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep, friction=args.friction,
         chain_length=args.chain_length, chain_tau=args.tau, seed=args.seed, dtype=args.dtype,
-        record_every=args.record_every, chunk_steps=chunk,
+        record_every=args.record_every, chunk_steps=chunk, charge=args.charge, multiplicity=args.multiplicity,
     )
     model = load_md_model(args.model)
     simulation = Simulation(atoms, model, config)

@@ -56,6 +56,7 @@ from jaxtyping import Bool, Float, Int
 from so3krates.compilation import bounded_jit
 from so3krates.md.forces import any_overflow, grow_after_overflow, grow_neighbor_list, make_force_field, neighbor_room
 from so3krates.neighbors import CAPACITY_FACTOR, SKIN, bucket
+from so3krates.potential import charge_and_multiplicity
 from so3krates.runtime import DTYPES
 from so3krates.system import System
 
@@ -85,6 +86,10 @@ class RelaxConfig:
     # neighbour list (the list's own defaults: relaxations move atoms further per step than MD)
     skin: float = SKIN  # Å
     capacity_factor: float = CAPACITY_FACTOR
+    # the structures' total charge (e) and spin multiplicity 2S + 1, for models that take them
+    # (SO3LR); None: the structures' atoms.info["charge"] / ["multiplicity"], else 0 and 1
+    charge: int | None = None
+    multiplicity: int | None = None
 
     def __post_init__(self):
         problems = [f"{name} must be positive, got {getattr(self, name)}" for name in
@@ -99,6 +104,10 @@ class RelaxConfig:
             problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
+        for name in ("charge", "multiplicity"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                problems.append(f"{name} must be an integer or None, got {value!r}")
         if problems:
             raise ValueError("invalid RelaxConfig: " + "; ".join(problems))
 
@@ -313,6 +322,16 @@ def _chunk_batch(state, force_field, fmax, max_steps, cfg):
     return jax.vmap(lambda s: _chunk(s, force_field, fmax, max_steps, cfg))(state)
 
 
+def _charge_of(structures, cfg: RelaxConfig) -> tuple[int, int]:
+    """The one total charge and multiplicity of a batch (every structure's atoms.info must agree)."""
+    if isinstance(structures, (ase.Atoms, System)):
+        structures = [structures]
+    found = {charge_and_multiplicity(s, cfg.charge, cfg.multiplicity) for s in structures}
+    if len(found) > 1:
+        raise ValueError(f"the structures have different (charge, multiplicity): {sorted(found)}; relax them apart")
+    return found.pop() if found else (0, 1)
+
+
 def _as_batch(structures) -> tuple[System, np.ndarray]:
     if isinstance(structures, (ase.Atoms, System)):
         structures = [structures]
@@ -336,13 +355,16 @@ def allocate_batch(force_field, template: System, positions: np.ndarray):
     if rooms[0] is not None:
         capacity = max(room[0] for room in rooms)
         actives = [room[1] for room in rooms if room[1] is not None]
-        lists = [grow_neighbor_list(n, capacity, max(actives) if actives else None) for n in lists]
+        long_ranges = [room[2] for room in rooms if room[2] is not None]
+        lists = [grow_neighbor_list(n, capacity, max(actives) if actives else None,
+                                    max(long_ranges) if long_ranges else None) for n in lists]
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *lists)
 
 
 def _run(structures, model, cfg: RelaxConfig) -> Iterator[tuple[RelaxState, int]]:
     template, positions = _as_batch(structures)
-    force_field = make_force_field(model, template, cfg.dtype, cfg.skin, cfg.capacity_factor)
+    charge, multiplicity = _charge_of(structures, cfg)
+    force_field = make_force_field(model, template, cfg.dtype, cfg.skin, cfg.capacity_factor, charge, multiplicity)
     yield from _run_force_field(force_field, template, positions, cfg)
 
 
@@ -355,7 +377,8 @@ def _run_force_field(force_field, template: System, positions: np.ndarray, cfg: 
     positions = np.concatenate([positions, np.repeat(positions[-1:], extra, axis=0)])
     positions = positions.astype(cfg.dtype)
     # one program for every fmax and max_steps (traced arguments), and one start for every chunk length
-    compiled = dataclasses.replace(cfg, max_steps=1, fmax=1.0)
+    # (the charge is in the force field's neighbour lists, traced: no program per charge either)
+    compiled = dataclasses.replace(cfg, max_steps=1, fmax=1.0, charge=None, multiplicity=None)
     fmax, max_steps = jnp.asarray(cfg.fmax, cfg.dtype), jnp.asarray(cfg.max_steps, jnp.int32)
     neighbors = allocate_batch(force_field, template, positions)
     state = _start_batch(positions, neighbors, force_field, fmax, dataclasses.replace(compiled, chunk_steps=1))
@@ -427,9 +450,12 @@ PREVIEW_MAX_STEPS = 500
 
 
 def irelax(atoms: ase.Atoms | System, model, *, fmax: float = PREVIEW_FMAX, max_steps: int = PREVIEW_MAX_STEPS,
-           every: int = 5, dtype: str = "float64", method: str = "fire") -> Iterator[RelaxStep]:
-    """Relax one structure, yielding its progress every ``every`` steps and at the end."""
-    cfg = RelaxConfig(fmax=fmax, max_steps=max_steps, chunk_steps=every, dtype=dtype, method=method)
+           every: int = 5, dtype: str = "float64", method: str = "fire", charge: int | None = None,
+           multiplicity: int | None = None) -> Iterator[RelaxStep]:
+    """Relax one structure, yielding its progress every ``every`` steps and at the end (charge and
+    multiplicity as :class:`RelaxConfig`'s)."""
+    cfg = RelaxConfig(fmax=fmax, max_steps=max_steps, chunk_steps=every, dtype=dtype, method=method,
+                      charge=charge, multiplicity=multiplicity)
     for state, reallocations in _run(atoms, model, cfg):
         result = _result(state, cfg, reallocations, 1)
         steps = int(result.steps[0])

@@ -40,6 +40,10 @@ class MDConfig:
     max_bond_stretch: float | None = MD_MAX_BOND_STRETCH  # stop when a bond exceeds factor * its starting length
     max_force: float | None = 100.0  # eV/Å, stop when one atom's |F| exceeds it
     bond_detection_factor: float = BOND_FACTOR  # bonded: d < factor * (r_cov,i + r_cov,j) at the start
+    # the structure's total charge (e) and spin multiplicity 2S + 1, for models that take them
+    # (SO3LR); None: the structure's atoms.info["charge"] / ["multiplicity"], else 0 and 1
+    charge: int | None = None
+    multiplicity: int | None = None
 
     def __post_init__(self):
         problems = []
@@ -72,6 +76,12 @@ class MDConfig:
                 problems.append(f"{name} must be positive or None, got {value}")
         if self.max_bond_stretch is not None and self.max_bond_stretch <= 1:
             problems.append(f"max_bond_stretch must exceed 1, got {self.max_bond_stretch}")
+        for name in ("charge", "multiplicity"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                problems.append(f"{name} must be an integer or None, got {value!r}")
+        if isinstance(self.multiplicity, int) and self.multiplicity < 1:
+            problems.append(f"multiplicity must be at least 1, got {self.multiplicity}")
         if problems:
             raise ValueError("invalid MDConfig: " + "; ".join(problems))
 

@@ -9,8 +9,9 @@ Every force field has three methods:
 and is a pytree (its parameters are traced arguments of the jitted chunk, not baked-in
 constants). Positions hold the real atoms only; the padding atoms the graph needs are added here.
 
-* :class:`PotentialForces` any :class:`so3krates.Potential` (SO3krates, Lennard-Jones) with
-  the in-jit :class:`so3krates.neighbors.NeighborList`;
+* :class:`PotentialForces` any :class:`so3krates.Potential` (SO3krates, SO3LR, Lennard-Jones)
+  with the in-jit :class:`so3krates.neighbors.NeighborList` (for SO3LR also its long-range pairs,
+  and the total charge and unpaired electrons as traced graph inputs);
 * :class:`CallbackForces` the reference method (:class:`so3krates.reference.XTBReference`,
   GFN2-xTB) on the host through ``jax.pure_callback``: slow, but the same MD loop. A failed SCF
   returns NaN, which the non-finite guard turns into a stop, with tblite's message kept in the
@@ -36,7 +37,7 @@ from so3krates.neighbors import (
     CAPACITY_FACTOR, PAIR_CAPACITIES, SKIN, NeighborList, active_graph, allocate_neighbor_list, pair_bucket,
     resize_neighbor_list, update_neighbor_list,
 )
-from so3krates.potential import Potential, atomic_energies, with_dtype
+from so3krates.potential import Potential, atomic_energies, integer_input, with_dtype
 from so3krates.reference import ReferenceError, XTBReference, import_tblite
 from so3krates.runtime import require_dtype
 from so3krates.system import System
@@ -81,15 +82,27 @@ _ERROR_LOGS = _ErrorLogs()
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PotentialForces:
+    """A Potential as an MD force field. ``charge`` (e) and ``multiplicity`` (2S + 1) are the
+    structure's, for models that take them (validated by :meth:`Potential.charge_inputs`); they
+    go into the neighbour list's graph as traced values, so they never change the program."""
+
     potential: Potential
     skin: float = dataclasses.field(default=SKIN, metadata=dict(static=True))  # Å
     capacity_factor: float = dataclasses.field(default=CAPACITY_FACTOR, metadata=dict(static=True))
     dtype: str = dataclasses.field(default="float32", metadata=dict(static=True))
+    # leaves, not static: only allocate() reads them (on the host), and a charged and a neutral
+    # run then share the compiled chunk
+    charge: int = 0
+    multiplicity: int = 1
 
     def allocate(self, system: System) -> NeighborList:
         # the model sees only the pairs within the cutoff (compacted every step): the skin
         # pairs would cost full filter evaluations for an exact zero
-        nl = allocate_neighbor_list(system, self.potential.cutoff, self.skin, self.capacity_factor, active=True)
+        nl = allocate_neighbor_list(
+            system, self.potential.cutoff, self.skin, self.capacity_factor, active=True,
+            long_range_cutoff=self.potential.long_range_cutoff,
+            **self.potential.charge_inputs(self.charge, self.multiplicity),
+        )
         return cast_neighbor_list(nl, self.dtype)
 
     def update(self, neighbors: NeighborList, positions):
@@ -184,22 +197,37 @@ class SumForces:
 
 
 def make_force_field(model, system: System, dtype: str = "float32", skin: float = SKIN,
-                     capacity_factor: float = CAPACITY_FACTOR):
-    """The force field for ``model`` (Potential, XTBReference, or ``energy(positions)``) on ``system``."""
+                     capacity_factor: float = CAPACITY_FACTOR, charge=0, multiplicity=1):
+    """The force field for ``model`` (Potential, XTBReference, or ``energy(positions)``) on
+    ``system``, a structure of total ``charge`` (e) and spin ``multiplicity`` (2S + 1).
+
+    A Potential without charge (spin) inputs refuses a non-zero charge (a multiplicity other than
+    1) with a clear error. The reference method has its own charge and multiplicity: they must
+    be these. An ``energy(positions)`` (a restraint, a test well) has no notion of charge and
+    ignores them."""
     require_dtype(dtype)
     if isinstance(model, Potential):
         model.check_elements(system.numbers)
-        return PotentialForces(with_dtype(model, jnp.dtype(dtype)), float(skin), float(capacity_factor), dtype)
+        model.charge_inputs(charge, multiplicity)  # an unsupported or non-integer charge: an error now
+        return PotentialForces(with_dtype(model, jnp.dtype(dtype)), float(skin), float(capacity_factor), dtype,
+                               int(charge), int(multiplicity))
+    if isinstance(model, (tuple, list)):
+        return SumForces(tuple(make_force_field(m, system, dtype, skin, capacity_factor, charge, multiplicity)
+                               for m in model))
+    if isinstance(model, (PotentialForces, CallbackForces, EnergyFunction, SumForces)):
+        return model
     if isinstance(model, XTBReference):
+        wanted = (integer_input(charge, "charge"), integer_input(multiplicity, "multiplicity"))
+        if wanted != (model.charge, model.multiplicity):
+            raise ValueError(
+                f"the structure has charge {wanted[0]} and multiplicity {wanted[1]}, the reference method "
+                f"{model.charge} and {model.multiplicity}: build it with XTBReference(charge=..., multiplicity=...)"
+            )
         import_tblite()  # here, not inside the callback, where XLA would wrap the missing-extra error
         return CallbackForces(
             model, tuple(int(z) for z in system.numbers),
             tuple(float(x) for x in np.asarray(system.cell).ravel()), tuple(bool(p) for p in system.pbc),
         )
-    if isinstance(model, (PotentialForces, CallbackForces, EnergyFunction, SumForces)):
-        return model
-    if isinstance(model, (tuple, list)):
-        return SumForces(tuple(make_force_field(m, system, dtype, skin, capacity_factor) for m in model))
     if callable(model):
         return EnergyFunction(model)
     raise TypeError(f"cannot run MD with a {type(model).__name__}: expected a Potential, XTBReference or energy function")
@@ -215,10 +243,15 @@ def cast_neighbor_list(nl: NeighborList, dtype) -> NeighborList:
     """The list with its floating arrays in ``dtype`` (a float32 run keeps float32 carries)."""
     dtype = jnp.dtype(dtype)
     graph = nl.graph
+    optional = {
+        name: np.asarray(getattr(graph, name), dtype)
+        for name in ("long_range_offsets", "total_charge", "unpaired_electrons")
+        if getattr(graph, name) is not None
+    }
     graph = dataclasses.replace(
         graph,
         positions=np.asarray(graph.positions, dtype), pair_offsets=np.asarray(graph.pair_offsets, dtype),
-        cells=np.asarray(graph.cells, dtype),
+        cells=np.asarray(graph.cells, dtype), **optional,
     )
     return dataclasses.replace(
         nl, graph=graph, reference_positions=np.asarray(nl.reference_positions, dtype),
@@ -243,42 +276,57 @@ def any_overflow(neighbors):
     return flag
 
 
-def neighbor_room(neighbors) -> tuple[int, int | None] | None:
-    """(pair capacity, active capacity) of the lists, the largest of each (None without a list)."""
+def neighbor_room(neighbors) -> tuple[int, int | None, int | None] | None:
+    """(pair capacity, active capacity, long-range capacity) of the lists, the largest of each
+    (None without a list; None for the active or long-range room when no list has one)."""
     lists = neighbor_lists(neighbors)
     if not lists:
         return None
     actives = [nl.active_capacity for nl in lists if nl.active_capacity is not None]
-    return max(nl.capacity for nl in lists), (max(actives) if actives else None)
+    long_ranges = [nl.long_range_capacity for nl in lists if nl.long_range_capacity is not None]
+    return (max(nl.capacity for nl in lists), (max(actives) if actives else None),
+            (max(long_ranges) if long_ranges else None))
 
 
-def grow_neighbor_list(neighbors, capacity: int, active_capacity: int | None = None):
-    """The same lists (same pairs, same reference positions) with room for ``capacity`` pairs and
-    ``active_capacity`` of them within the cutoff (None: as they are); never smaller than now.
+def grow_neighbor_list(neighbors, capacity: int, active_capacity: int | None = None,
+                       long_range_capacity: int | None = None):
+    """The same lists (same pairs, same reference positions) with room for ``capacity`` pairs,
+    ``active_capacity`` of them within the cutoff and ``long_range_capacity`` long-range pairs
+    (None: as they are); never smaller than now.
 
     Growing keeps the rebuild schedule untouched, so a run that reallocates computes exactly
     what a run with this capacity from the start computes. Works on a leading replica axis too.
     """
     def grow(nl: NeighborList) -> NeighborList:
         active = None if active_capacity is None else max(active_capacity, nl.active_capacity or 0)
-        grown = resize_neighbor_list(nl, max(capacity, nl.capacity), active)
+        long_range = None
+        if long_range_capacity is not None and nl.long_range_capacity is not None:
+            long_range = max(long_range_capacity, nl.long_range_capacity)
+        grown = resize_neighbor_list(nl, max(capacity, nl.capacity), active, long_range_capacity=long_range)
         return dataclasses.replace(grown, overflow=np.zeros_like(np.asarray(nl.overflow)))
 
     return jax.tree.map(lambda x: grow(x) if _is_list(x) else x, neighbors, is_leaf=_is_list)
 
 
 def grow_after_overflow(neighbors):
-    """The reaction to an overflow: every list one step up the bucket grid (pair and active
-    capacity), recorded in the shared :data:`~so3krates.neighbors.PAIR_CAPACITIES` so that later
-    lists of this size start with the room this one needed. A free molecule's list never grows
-    past all its pairs (then only the model's share, the active capacity, had overflowed)."""
+    """The reaction to an overflow: every list one step up the bucket grid (pair, active and
+    long-range capacity: the flag does not say which overflowed), recorded in the shared
+    :data:`~so3krates.neighbors.PAIR_CAPACITIES` so that later lists of this size start with the
+    room this one needed. A free molecule's list never grows past all its pairs (then only the
+    model's share, the active capacity, had overflowed)."""
     def grow(nl: NeighborList) -> NeighborList:
         capacity = pair_bucket(nl.capacity + 1)
+        long_range = None if nl.long_range_capacity is None else pair_bucket(nl.long_range_capacity + 1)
         if not nl.periodic:
             atoms = int(np.max(np.sum(np.asarray(nl.graph.atom_mask), axis=-1)))
-            capacity = max(nl.capacity, min(capacity, pair_bucket(atoms * (atoms - 1) // 2)))
+            all_pairs = pair_bucket(atoms * (atoms - 1) // 2)
+            capacity = max(nl.capacity, min(capacity, all_pairs))
+            if long_range is not None:
+                long_range = max(nl.long_range_capacity, min(long_range, all_pairs))
         active = None if nl.active_capacity is None else pair_bucket(nl.active_capacity + 1)
         capacity, active = PAIR_CAPACITIES.reserve(nl.size_key, capacity, active)
-        return grow_neighbor_list(nl, capacity, active)
+        if long_range is not None:
+            long_range, _ = PAIR_CAPACITIES.reserve(nl.long_range_size_key, long_range, None)
+        return grow_neighbor_list(nl, capacity, active, long_range)
 
     return jax.tree.map(lambda x: grow(x) if _is_list(x) else x, neighbors, is_leaf=_is_list)

@@ -108,6 +108,7 @@ def save_checkpoint(path: Path, simulation: Simulation, extra: dict[str, Any] | 
         "reallocations": simulation.reallocations,
         "neighbor_capacity": None if room is None else room[0],
         "active_neighbor_capacity": None if room is None else room[1],
+        "long_range_neighbor_capacity": None if room is None else room[2],
         "replicas": simulation.replicas,
         "md_config": simulation.config.to_dict(),
         "numbers": np.asarray(simulation.system.numbers).tolist(),
@@ -147,8 +148,10 @@ def restore_state(simulation: Simulation, metadata: dict[str, Any], arrays: dict
     capacity = metadata.get("neighbor_capacity")
     if capacity is not None:  # the checkpoint's room, whatever the fresh allocation got
         active = metadata.get("active_neighbor_capacity")
+        long_range = metadata.get("long_range_neighbor_capacity")
         template = dataclasses.replace(template, neighbors=jax.tree.map(
-            lambda x: resize_neighbor_list(x, capacity, active, truncate=True) if isinstance(x, NeighborList) else x,
+            lambda x: resize_neighbor_list(x, capacity, active, truncate=True, long_range_capacity=long_range)
+            if isinstance(x, NeighborList) else x,
             template.neighbors, is_leaf=lambda x: isinstance(x, NeighborList)))
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves = []

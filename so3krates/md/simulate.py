@@ -35,10 +35,12 @@ from so3krates.md.forces import (
 )
 from so3krates.md.guards import GUARDS, BlowUpError, GuardStatus, find_bonds
 from so3krates.md.integrators import MDState, langevin, nose_hoover, nve
+from so3krates.potential import charge_and_multiplicity
 from so3krates.system import System
 
 # Changing these needs a new Simulation (they fix the state's layout or the starting point).
-FIXED = ("ensemble", "dtype", "chain_length", "seed", "skin", "capacity_factor", "bond_detection_factor", "remove_rotation")
+FIXED = ("ensemble", "dtype", "chain_length", "seed", "skin", "capacity_factor", "bond_detection_factor", "remove_rotation",
+         "charge", "multiplicity")
 
 
 @jax.tree_util.register_dataclass
@@ -237,10 +239,15 @@ def _controls(config: MDConfig) -> Controls:
 class Simulation:
     """MD of one structure with one model: ``irun``/``run`` advance it chunk by chunk.
 
-    ``structure``: ase.Atoms or System. ``model``: a Potential (SO3krates, Lennard-Jones), an
-    XTBReference, or a jax-traceable ``energy(positions)``. ``momenta`` (amu Å/fs) replace the
+    ``structure``: ase.Atoms or System. ``model``: a Potential (SO3krates, SO3LR, Lennard-Jones),
+    an XTBReference, or a jax-traceable ``energy(positions)``. ``momenta`` (amu Å/fs) replace the
     Maxwell-Boltzmann draw. Observers attached with :meth:`attach` receive every
     ``interval``-th ChunkResult (and always the one a guard stopped).
+
+    The total charge and spin multiplicity (``self.charge``, ``self.multiplicity``) come from
+    ``config.charge``/``config.multiplicity`` or the structure's ``atoms.info["charge"]`` /
+    ``["multiplicity"]`` (both given and different: an error), else 0 and 1; a model without
+    charge inputs refuses a charged structure.
     """
 
     def __init__(self, structure: ase.Atoms | System, model, config: MDConfig | None = None, *,
@@ -252,7 +259,9 @@ class Simulation:
             raise ValueError(f"replicas must be a positive number or None, got {replicas}")
         self.replicas = replicas
         cfg = self.config
-        self.force_field = make_force_field(model, self.system, cfg.dtype, cfg.skin, cfg.capacity_factor)
+        self.charge, self.multiplicity = charge_and_multiplicity(structure, cfg.charge, cfg.multiplicity)
+        self.force_field = make_force_field(model, self.system, cfg.dtype, cfg.skin, cfg.capacity_factor,
+                                            self.charge, self.multiplicity)
         self.bonds = find_bonds(self.system, cfg.bond_detection_factor, cfg.dtype, padded=True)
         self._initial_momenta = None if momenta is None else np.asarray(momenta, cfg.dtype)
         self._observers: list[tuple[Callable, int, tuple, dict]] = []
