@@ -28,6 +28,7 @@ from so3krates.compilation import compilations
 from so3krates.data.units import ENERGY_UNITS
 from so3krates.data.upload import MAX_ATOMS, MAX_BYTES, read_structure
 from so3krates.md import MDConfig
+from so3krates.potential import charge_and_multiplicity
 from so3krates.system import StructureError
 from so3krates.viz import MoleculeViewer
 
@@ -71,6 +72,20 @@ def get_model(key: str):
     return pn.state.as_cached(f"model:{key}", lambda: catalog.load_builtin_model(key))
 
 
+def model_name(key: str) -> str:
+    """A model's short name for the picker and the status: "SO3LR", "Ethanol specialist", a folder."""
+    return Path(key[4:]).name if key.startswith("dir:") else catalog.model_name(key)
+
+
+def domain_text(key: str, atoms) -> str:
+    """Whether ``atoms`` is inside the training domain of the model ``key``, for the status line
+    (nothing for a checkpoint folder: its domain is its training data, which the app does not see)."""
+    if key.startswith("dir:"):
+        return ""
+    domain = catalog.training_domain(key, atoms)
+    return f"{'Inside' if domain.inside else '**Outside**'} its training domain: {domain.reason}."
+
+
 def default_chunk(num_atoms: int) -> int:
     return 50 if num_atoms <= 20 else 20 if num_atoms <= 100 else 10
 
@@ -82,10 +97,12 @@ START = "ethanol" if "ethanol" in MOLECULES else next(iter(MOLECULES))
 
 # --- widgets ------------------------------------------------------------------------------------
 
-molecule = pn.widgets.Select(name="Molecule", options={m.label: n for n, m in MOLECULES.items()}, value=START)
+molecule = pn.widgets.Select(name="Molecule", options={m.picker_label(): n for n, m in MOLECULES.items()}, value=START)
 upload = pn.widgets.FileDropper(name="Upload", max_file_size=f"{MAX_BYTES // 1_000_000}MB", multiple=False,
                                 height=90, layout="compact")
 model = pn.widgets.Select(name="Model", options=MODELS, value=MOLECULES[START].default_model)
+charge = pn.widgets.IntInput(name="Total charge", value=0, start=-20, end=20, step=1,
+                             description="the structure's total charge in e (models with charge inputs: SO3LR)")
 ensemble = pn.widgets.RadioButtonGroup(name="Ensemble", options=list(ENSEMBLES), value="Langevin",
                                        button_type="default")
 temperature = pn.widgets.FloatInput(name="Temperature (K)", value=300.0, start=1.0, end=5000.0, step=10.0)
@@ -227,7 +244,8 @@ def running_text() -> str:
         parts.append(f"{page.speed[0]:,.0f} steps/s · {page.speed[1]:.2f} ns/day")
     if len(history):
         parts.append(f"step {history.columns['step'][-1]:,} · {history.columns['time_fs'][-1] / 1000:.3f} ps · "
-                     f"T = {history.columns['temperature'][-1]:.0f} K")
+                     f"T = {history.columns['temperature'][-1]:.0f} K · "
+                     f"E_pot = {energy_text(history.columns['potential_energy'][-1])}")
     if page.last_compile_step is not None:
         parts.append(compile_text(f"last at step {page.last_compile_step:,}"))
     return " · ".join(parts)
@@ -356,20 +374,38 @@ def flush_plot() -> None:
 
 # --- callbacks -------------------------------------------------------------------------------------
 
-def load(atoms, title: str, model_key: str) -> bool:
-    """A new structure and/or model; on failure the page keeps what it had and says why."""
+def load(atoms, title: str, model_key: str, note: str = "") -> bool:
+    """A new structure and/or model (the charge in ``atoms.info["charge"]``); on failure the page
+    keeps what it had and says why. ``note`` goes into the status (why this model was taken)."""
     try:
-        page.session.load(atoms, get_model(model_key), md_config())
+        potential = get_model(model_key)
+        # SO3LR's convention, atoms.info["charge"] (and "multiplicity"): a model without these inputs refuses them
+        total, multiplicity = charge_and_multiplicity(atoms)
+        potential.charge_inputs(total, multiplicity)
+        page.session.load(atoms, potential, md_config())
     except (StructureError, ValueError, FileNotFoundError, KeyError) as error:
         show_error(f"Cannot use this structure with this model: {error}")
         return False
     clear_error()
     page.title, page.playback, page.speed, page.shown = title, [], None, None
+    show_charge(total)
     viewer.set_structure(atoms, title=title)
     replot()
     update_scrubber()
-    status.object = f"**{title}** ({len(atoms)} atoms) with {MODEL_LABELS.get(model_key, model_key)}. Press **Run**."
+    charged = f", charge {total:+d}" if total else ""
+    status.object = " ".join(part for part in (
+        f"**{title}** ({len(atoms)} atoms{charged}) runs with **{MODEL_LABELS.get(model_key, model_key)}**.",
+        note, domain_text(model_key, atoms), "Press **Run**.") if part)
     return True
+
+
+def show_charge(value: int) -> None:
+    """The charge field shows the loaded structure's charge (without loading it again)."""
+    page.switching = True
+    try:
+        charge.value = value
+    finally:
+        page.switching = False
 
 
 def on_molecule(event) -> None:
@@ -401,6 +437,37 @@ def on_model(event) -> None:
             page.switching = False
 
 
+def on_charge(event) -> None:
+    if page.switching:
+        return
+    atoms = page.session.atoms.copy()
+    atoms.info["charge"] = int(event.new)
+    if not load(atoms, page.title, model.value):
+        show_charge(event.old)
+
+
+def upload_model(atoms) -> tuple[str, str]:
+    """The model an upload runs with (SO3LR where its elements reach), and a note saying why it is
+    another one. StructureError, naming the elements, when no model here knows them."""
+    if catalog.SO3LR in MODEL_LABELS:
+        missing = catalog.unknown_elements(catalog.SO3LR, atoms.numbers)
+        if not missing:
+            return catalog.SO3LR, ""
+        lacks = f"SO3LR does not know {', '.join(missing)} (it knows {catalog.element_list(catalog.SO3LR)})"
+    else:
+        lacks = "SO3LR is not installed (data/models/so3lr)"
+    if model.value.startswith("dir:"):  # the checkpoint folder chosen now may know them
+        try:
+            get_model(model.value).check_elements(atoms.numbers)
+            return model.value, f"{lacks}: the chosen checkpoint knows these elements."
+        except StructureError:
+            pass
+    fallback = catalog.model_for_elements(atoms.numbers)
+    if fallback is None:
+        raise StructureError(f"{lacks}, and no other model here knows them either")
+    return fallback, f"{lacks}: the {catalog.model_name(fallback)} knows these elements."
+
+
 def on_upload(event) -> None:
     if not event.new:
         return
@@ -415,29 +482,37 @@ def on_upload(event) -> None:
     except StructureError as error:
         show_error(f"Upload rejected: {error}")
         return
-    model_key = model.value
     try:
-        get_model(model_key).check_elements(atoms.numbers)
-    except (StructureError, AttributeError):  # this model cannot: take a built-in one that can
-        model_key = catalog.model_for_elements(atoms.numbers) or model_key
-        if model_key != model.value:
-            page.switching = True
-            try:
-                model.value = model_key
-            finally:
-                page.switching = False
-    title = f"uploaded: {Path(name).name}"
-    if load(atoms, title, model_key):
-        name_in_picker(title, atoms)
-
-
-def name_in_picker(title: str, atoms) -> None:
-    """The molecule picker names the upload (and offers it again later), without loading twice."""
-    key = f"upload:{title}"
-    page.uploads[key] = (atoms.copy(), title)
+        model_key, note = upload_model(atoms)
+    except StructureError as error:
+        show_error(f"Upload rejected: {Path(name).name}: {error}")
+        return
+    previous = model.value
     page.switching = True
     try:
-        molecule.options = {**molecule.options, title: key}
+        model.value = model_key
+    finally:
+        page.switching = False
+    title = f"uploaded: {Path(name).name}"
+    if load(atoms, title, model_key, note):
+        name_in_picker(title, atoms, model_key)
+    else:
+        page.switching = True
+        try:
+            model.value = previous
+        finally:
+            page.switching = False
+
+
+def name_in_picker(title: str, atoms, model_key: str) -> None:
+    """The molecule picker names the upload and the model it runs with (and offers it again
+    later), without loading twice."""
+    key = f"upload:{title}"
+    page.uploads[key] = (atoms.copy(), title)
+    label = f"{title} · {model_name(model_key)}"
+    page.switching = True
+    try:
+        molecule.options = {**{k: v for k, v in molecule.options.items() if v != key}, label: key}
         molecule.value = key
     finally:
         page.switching = False
@@ -530,6 +605,7 @@ def energy_file() -> io.BytesIO:
 
 molecule.param.watch(on_molecule, "value")
 model.param.watch(on_model, "value")
+charge.param.watch(on_charge, "value")
 upload.param.watch(on_upload, "value")
 for widget in (ensemble, temperature, timestep, friction, chunk):
     widget.param.watch(on_settings, "value")
@@ -552,7 +628,7 @@ downloads = pn.Row(
 controls = pn.Column(
     molecule, pn.pane.Markdown(f"…or upload .xyz / .extxyz / .pdb (up to {MAX_BYTES // 1_000_000} MB, "
                                f"{MAX_ATOMS} atoms):", margin=(0, 10)),
-    upload, model, pn.pane.Markdown("**Ensemble**", margin=(0, 10)), ensemble, temperature, timestep, friction,
+    upload, model, charge, pn.pane.Markdown("**Ensemble**", margin=(0, 10)), ensemble, temperature, timestep, friction,
     chunk, paced, pn.Row(run_button, pause_button, stop_button), pn.Row(reset_button, relax_button), quench_button,
     pn.pane.Markdown("**Energy unit**", margin=(0, 10)), units, pn.pane.Markdown("**Downloads**", margin=(0, 10)),
     downloads, width=330,

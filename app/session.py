@@ -329,7 +329,8 @@ class MDSession:
         lines = ["# so3krates MD: energies in eV, time in fs, temperature in K",
                  ",".join(table)]
         rows = zip(*table.values())
-        lines += [",".join(repr(v) if isinstance(v, float) else str(v) for v in row) for row in rows]
+        # float(v): under numpy 2 the repr of an np.float64 is "np.float64(...)", not a number
+        lines += [",".join(repr(float(v)) if isinstance(v, float) else str(v) for v in row) for row in rows]
         return "\n".join(lines) + "\n"
 
     def history_extxyz(self) -> str:

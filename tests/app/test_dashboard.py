@@ -7,6 +7,7 @@ status line and the error box. Screenshots of passing runs go to test-artifacts/
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import time
@@ -16,6 +17,8 @@ import ase.io
 import numpy as np
 import pytest
 from browser import changed_fraction, non_background, png_pixels, wait_until
+
+from so3krates import catalog
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE_TIMEOUT_S = 120  # first page: imports, model load, a 1.3 MB bundle, software WebGL
@@ -101,6 +104,20 @@ class Dashboard:
         self.page.locator("input[type=file]").set_input_files(
             {"name": name, "mimeType": "application/octet-stream", "buffer": content})
 
+    def first_potential_energy(self) -> float:
+        """Run until the first frames are in, stop, and read the starting potential energy (eV)
+        off the energies download."""
+        self.run_until_points(2)
+        self.click("Stop")
+        self.wait_status("Stopped")
+        with self.page.expect_download() as download:
+            self.page.get_by_role("button", name="Energies (CSV)").click()
+        lines = download.value.path().read_text().splitlines()
+        header = lines[1].split(",")
+        first = dict(zip(header, lines[2].split(",")))
+        assert int(first["step"]) == 0, first
+        return float(first["potential_energy"])
+
     def check_clean(self) -> None:
         """No request left 127.0.0.1 and the console saw no error."""
         assert not self.record.outside_loopback(), self.record.outside_loopback()
@@ -175,16 +192,62 @@ def test_a_good_upload_replaces_the_molecule(dashboard):
     board.upload("water.xyz", water)
     board.page.locator('.so3k-viewer[data-atoms="3"]').wait_for(timeout=30_000)
     assert "uploaded: water.xyz" in board.wait_status("water.xyz")
-    assert board.molecule_choice() == "uploaded: water.xyz"  # the picker names what is loaded
-    board.choose_molecule("Ethanol")
+    assert board.molecule_choice() == "uploaded: water.xyz · SO3LR"  # the picker names what is loaded, and its model
+    board.choose_molecule("Ethanol · Ethanol specialist")
     board.page.locator('.so3k-viewer[data-atoms="9"]').wait_for(timeout=30_000)
-    board.choose_molecule("uploaded: water.xyz")  # and offers the upload again
+    board.choose_molecule("uploaded: water.xyz · SO3LR")  # and offers the upload again
     board.page.locator('.so3k-viewer[data-atoms="3"]').wait_for(timeout=30_000)
-    # a peptide needs nitrogen: the ethanol model cannot, so a built-in model that can is taken
-    board.upload("peptide.xyz", (REPO / "data" / "models" / "ac_ala3_nhme" / "structure.xyz").read_bytes())
-    board.page.locator('.so3k-viewer[data-atoms="42"]').wait_for(timeout=30_000)
-    assert "Ac-Ala3-NHMe (shipped)" in board.wait_status("peptide.xyz")
-    assert board.molecule_choice() == "uploaded: peptide.xyz"
+    # argon is not an element of SO3LR: the upload runs with the model that knows it, and says why
+    board.upload("argon.xyz", b"2\n\nAr 0 0 0\nAr 0 0 3.8\n")
+    board.page.locator('.so3k-viewer[data-atoms="2"]').wait_for(timeout=30_000)
+    status = board.wait_status("argon.xyz")
+    assert "Lennard-Jones" in status and "SO3LR does not know Ar" in status, status
+    assert board.molecule_choice() == "uploaded: argon.xyz · Lennard-Jones"
+    # bromine: no model here knows it; the message names it and SO3LR's elements, the page keeps argon
+    board.upload("bromomethane.xyz", b"5\n\nC 0 0 0\nBr 0 0 1.94\nH 1.03 0 -0.36\nH -0.51 0.89 -0.36\n"
+                                     b"H -0.51 -0.89 -0.36\n")
+    message = wait_until(lambda: "Upload rejected" in board.alert() and board.alert(), 30, "the element error")
+    assert "Br" in message and "H, C, N, O, F, P, S, Cl" in message, message
+    assert board.page.locator('.so3k-viewer[data-atoms="2"]').count() == 1
+    board.check_clean()
+
+
+ACETATE = b"""7
+acetate anion: acetic acid of ASE's G2 set without its acidic hydrogen
+C   0.00000   0.15456   0.00000
+O   0.16638   1.36008   0.00000
+O  -1.23645  -0.41504   0.00000
+C   1.07378  -0.89275   0.00000
+H   2.04819  -0.40814   0.00000
+H   0.96866  -1.52835   0.88175
+H   0.96866  -1.52835  -0.88175
+"""
+
+def test_an_upload_runs_with_so3lr_and_the_charge_changes_the_energy(dashboard):
+    board = dashboard
+    board.upload("aspirin.xyz", (REPO / "data" / "molecules" / "aspirin.xyz").read_bytes())
+    board.page.locator('.so3k-viewer[data-atoms="21"]').wait_for(timeout=30_000)
+    status = board.wait_status("aspirin.xyz")
+    assert "SO3LR (pretrained, general)" in status and "Inside its training domain" in status, status
+    assert board.molecule_choice() == "uploaded: aspirin.xyz · SO3LR"
+    assert board.page.get_by_label("Total charge", exact=True).input_value() == "0"
+    board.run_until_points(5)
+    assert "E_pot" in board.wait_status("step", timeout=30)
+    board.click("Stop")
+    board.wait_status("Stopped")
+
+    board.upload("acetate.xyz", ACETATE)
+    board.page.locator('.so3k-viewer[data-atoms="7"]').wait_for(timeout=30_000)
+    board.wait_status("acetate.xyz")
+    neutral = board.first_potential_energy()
+    board.fill("Total charge", -1)
+    assert "charge -1" in board.wait_status("charge -1")
+    anion = board.first_potential_energy()
+    # the same geometry: only the charge differs, and it reaches SO3LR (the library agrees, float32)
+    expected = {q: catalog.load_builtin_model(catalog.SO3LR).calculate(ase.io.read(io.StringIO(ACETATE.decode()), format="xyz"),
+                                                                        total_charge=q)["energy"] for q in (0, -1)}
+    assert neutral == pytest.approx(expected[0], abs=2e-3) and anion == pytest.approx(expected[-1], abs=2e-3)
+    assert abs(anion - neutral) > 0.5, (neutral, anion)
     board.check_clean()
 
 
@@ -205,7 +268,7 @@ def test_two_sessions_run_independent_simulations(app_server, chromium_page):
     second_page = chromium_page.page.context.new_page()
     chromium_page.page = second_page
     second = Dashboard(chromium_page, app_server.url, "second")
-    second.choose_molecule("Ar13 cluster (Lennard-Jones)")
+    second.choose_molecule("Ar13 cluster · Lennard-Jones")
     second.page.locator('.so3k-viewer[data-atoms="13"]').wait_for(timeout=30_000)
     first.run_until_points()
     second.run_until_points()

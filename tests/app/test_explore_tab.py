@@ -185,7 +185,7 @@ def test_a_200_hop_exploration_leaves_the_server_alive_and_its_memory_flat(app_s
     # Tri-alanine on the Threads backend: its programs once recompiled on every hop, until the
     # server ran out of memory maps and crashed with every visitor's session (~27 hops in).
     board = explore_board
-    board.choose_molecule("Ac-Ala3-NHMe (tri-alanine)")
+    board.choose_molecule("Ac-Ala3-NHMe (tri-alanine) · Ac-Ala3-NHMe specialist")
     board.wait_status("Ac-Ala3-NHMe")
     board.open_explore()
     board.fill("Walkers", 2)
