@@ -248,6 +248,11 @@ def test_an_upload_runs_with_so3lr_and_the_charge_changes_the_energy(dashboard):
                                                                         total_charge=q)["energy"] for q in (0, -1)}
     assert neutral == pytest.approx(expected[0], abs=2e-3) and anion == pytest.approx(expected[-1], abs=2e-3)
     assert abs(anion - neutral) > 0.5, (neutral, anion)
+    # a specialist has no charge input: it refuses the anion, and SO3LR stays
+    board.page.get_by_label("Model", exact=True).select_option(label="Ethanol specialist (SO3krates trained on GFN2-xTB)")
+    wait_until(lambda: "charge -1" in board.alert(), 30, f"the charge error (alert {board.alert()!r})")
+    assert board.page.get_by_label("Model", exact=True).evaluate("s => s.options[s.selectedIndex].text") == \
+        "SO3LR (pretrained, general)"
     board.check_clean()
 
 
