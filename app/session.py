@@ -259,12 +259,14 @@ class MDSession:
             simulation = self.simulation
             if simulation is None:
                 emit(Event("compiling", message="preparing the simulation"))
-                simulation = Simulation(self.atoms, self.model, self.config)
+                config = self.config
+                simulation = Simulation(self.atoms, self.model, config)
                 with self._lock:
                     if generation != self._generation:
                         return
                     self.simulation = simulation
-                    self._pending = None  # built with the newest settings
+                    # settings changed while it was built reach it before the first chunk
+                    self._pending = None if self.config is config else self.config
                 emit(Event("chunk", result=simulation.initial_frame()))
             while self._go_on(generation, stop):
                 simulation = self._apply_pending(generation, simulation)

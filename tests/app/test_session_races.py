@@ -80,3 +80,18 @@ def test_run_right_after_pause_takes_the_pause_back(held):
     session.pause()
     collect(session, stopped)
     assert not session.running
+
+
+def test_a_setting_changed_while_the_simulation_is_built_reaches_its_first_chunk():
+    gate = Gate()
+    atoms = ase.Atoms("H3", positions=[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    session = MDSession(atoms, gated_well(gate, atoms.positions), CONFIG)
+    gate.arm()
+    session.run()
+    gate.wait_entered()  # the worker is inside Simulation(...): its starting forces
+    session.configure(timestep=1.0)
+    gate.release()
+    events = collect(session, chunks(2))
+    session.halt(timeout=30)
+    first_chunk = next(e.result for e in events if e.kind == "chunk" and e.result.steps_done)
+    assert first_chunk.timestep == 1.0, "the change made while the simulation was built was lost"
