@@ -11,6 +11,14 @@ _TIME_UNITS_FS = {"fs": 1.0, "ps": 1e3, "ns": 1e6}
 _WALL_UNITS_S = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
+def add_charge_arguments(parser: argparse.ArgumentParser) -> None:
+    """--charge and --multiplicity (models with these inputs, e.g. SO3LR; see so3krates.potential)."""
+    parser.add_argument("--charge", type=int, default=None,
+                        help="total charge, e (default: the structure file's, else 0)")
+    parser.add_argument("--multiplicity", type=int, default=None,
+                        help="spin multiplicity 2S+1 (default: the structure file's, else 1)")
+
+
 def _number_and_unit(text: str, units: dict[str, float], what: str) -> float:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z]*)\s*", text)
     if match is None or match.group(2) not in units:

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from so3krates.cli.common import apply_config_file
+from so3krates.cli.common import add_charge_arguments, apply_config_file
 from so3krates.explore.hopping import HoppingConfig
 
 
@@ -26,10 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("structure", help="structure file readable by ASE, or a built-in molecule name (e.g. ethanol)")
     parser.add_argument("--model", default=None,
                         help="checkpoint directory, a built-in model name (e.g. ac_ala3_nhme) or 'lj'")
-    parser.add_argument("--charge", type=int, default=None,
-                        help="total charge, e (default: the structure file's, else 0)")
-    parser.add_argument("--multiplicity", type=int, default=None,
-                        help="spin multiplicity 2S+1 (default: the structure file's, else 1)")
+    add_charge_arguments(parser)
     parser.add_argument("--walkers", type=int, default=4)
     parser.add_argument("--hops", type=int, default=200, help="hops per walker (in total, counting resumed ones)")
     parser.add_argument("--out", default=None, help="output directory (store, graph, walker states)")

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from so3krates.cli.common import apply_config_file, simulation_time_fs
+from so3krates.cli.common import add_charge_arguments, apply_config_file, simulation_time_fs
 
 ENSEMBLES = ("nve", "langevin", "nose-hoover")
 # Lennard-Jones parameters of argon (sigma Å, epsilon eV, cutoff Å)
@@ -34,10 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("structure", help="structure file readable by ASE (xyz, extxyz, pdb, traj, ...)")
     parser.add_argument("--model", default=None,
                         help="model checkpoint directory, a built-in model name (e.g. so3lr), or 'lj' or 'xtb'")
-    parser.add_argument("--charge", type=int, default=None,
-                        help="total charge, e (default: the structure file's, else 0)")
-    parser.add_argument("--multiplicity", type=int, default=None,
-                        help="spin multiplicity 2S+1 (default: the structure file's, else 1)")
+    add_charge_arguments(parser)
     parser.add_argument("--ensemble", choices=ENSEMBLES, default="langevin")
     parser.add_argument("--temperature", type=float, default=300.0, help="K (NVE: of the initial velocities)")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
