@@ -406,15 +406,20 @@ def padded(nl: NeighborList, positions: np.ndarray) -> np.ndarray:
     return out
 
 
-def assert_no_padding_in_pairs(nl: NeighborList, real_atoms: int):
-    graph = nl.graph
-    mask = np.asarray(graph.pair_mask)
-    first, second = np.asarray(graph.pair_first), np.asarray(graph.pair_second)
+def assert_padding_apart(graph, first, second, offsets, mask, real_atoms: int):
+    """Real pairs join real atoms; every padding slot joins the dummy atom to itself, unshifted."""
+    first, second, offsets, mask = (np.asarray(x) for x in (first, second, offsets, mask))
     assert np.all(first[mask] < real_atoms) and np.all(second[mask] < real_atoms)
     dummy = graph.positions.shape[0] - 1
     np.testing.assert_array_equal(first[~mask], dummy)
     np.testing.assert_array_equal(second[~mask], dummy)
-    np.testing.assert_array_equal(np.asarray(graph.pair_offsets)[~mask], 0.0)
+    np.testing.assert_array_equal(offsets[~mask], 0.0)
+
+
+def assert_no_padding_in_pairs(nl: NeighborList, real_atoms: int):
+    graph = nl.graph
+    mask = np.asarray(graph.pair_mask)
+    assert_padding_apart(graph, graph.pair_first, graph.pair_second, graph.pair_offsets, mask, real_atoms)
     # no real pair has zero length (the padding atom sits on atom 0)
     lengths = np.linalg.norm(np.asarray(graph.pair_vectors())[mask], axis=1)
     assert np.all(lengths > 0.1)
@@ -700,13 +705,8 @@ def long_range_pair_set(nl: NeighborList) -> set:
 
 def assert_no_padding_in_long_range_pairs(nl: NeighborList, real_atoms: int):
     graph = nl.graph
-    mask = np.asarray(graph.long_range_mask)
-    first, second = np.asarray(graph.long_range_first), np.asarray(graph.long_range_second)
-    assert np.all(first[mask] < real_atoms) and np.all(second[mask] < real_atoms)
-    dummy = graph.positions.shape[0] - 1
-    np.testing.assert_array_equal(first[~mask], dummy)
-    np.testing.assert_array_equal(second[~mask], dummy)
-    np.testing.assert_array_equal(np.asarray(graph.long_range_offsets)[~mask], 0.0)
+    assert_padding_apart(graph, graph.long_range_first, graph.long_range_second, graph.long_range_offsets,
+                         graph.long_range_mask, real_atoms)
 
 
 LONG_RANGE_SYSTEMS = {
