@@ -203,6 +203,63 @@ def test_truncated_pickle(so3lr, tmp_path):
     assert_refused(fake_checkout(tmp_path, data[: len(data) // 2]), tmp_path, "truncated or corrupted")
 
 
+@pytest.fixture(scope="module")
+def orbax_checkout(so3lr, tmp_path_factory) -> Path:
+    """A checkout like SO3LR's, but its only parameters an orbax checkpoint of the shipped ones,
+    written by orbax itself (so3lr/params/checkpoints/ckpt_<step>/params; no pickle to fall back on)."""
+    import orbax.checkpoint as ocp
+
+    checkout = tmp_path_factory.mktemp("orbax") / "so3lr_checkout"
+    params = checkout / "so3lr" / "params"
+    params.mkdir(parents=True)
+    shutil.copy(DATA / "hyperparameters.json", params / "hyperparameters.json")
+    ocp.PyTreeCheckpointer().save((params / "checkpoints" / "ckpt_5150000" / "params").absolute(), so3lr_tree(so3lr))
+    return checkout
+
+
+def orbax_copy(orbax_checkout, tmp_path) -> tuple[Path, Path]:
+    """A copy of the checkout to damage, and the checkpoint's largest data file."""
+    checkout = Path(shutil.copytree(orbax_checkout, tmp_path / "checkout"))
+    data = [p for p in (checkout / "so3lr" / "params" / "checkpoints").rglob("*") if p.is_file() and p.parent.name == "d"]
+    largest = max(data, key=lambda p: p.stat().st_size)
+    # the arrays (~2 MB, split over one to a few files by orbax's concurrent writers), not an index
+    assert largest.stat().st_size > 20_000
+    return checkout, largest
+
+
+def test_orbax_checkpoint_round_trip(so3lr, orbax_checkout, tmp_path):
+    out = import_so3lr(orbax_checkout, tmp_path / "model")  # auto: the checkpoint
+    converted = so3krates.load_model(out)
+    jax.tree.map(np.testing.assert_array_equal, converted.params, jax.tree.map(np.asarray, so3lr.params))
+    assert converted.model.config == so3lr.model.config
+    provenance = json.loads((out / "config.json").read_text())["provenance"]
+    assert provenance["converted_from"] == "so3lr/params/checkpoints/ckpt_5150000/params"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied"])
+def test_damaged_orbax_checkpoint_is_refused(orbax_checkout, tmp_path, capsys, damage):
+    """A data file of the checkpoint cut short (an interrupted download or copy): one error that
+    names the checkpoint, from the API and the command, and no output directory."""
+    from so3krates.cli import main
+
+    checkout, data = orbax_copy(orbax_checkout, tmp_path)
+    content = data.read_bytes()
+    data.write_bytes(content[: len(content) // 2] if damage == "truncated" else b"")
+    out = tmp_path / "out"
+    checkpoint = checkout / "so3lr" / "params" / "checkpoints" / "ckpt_5150000" / "params"
+    with pytest.raises(SO3LRImportError, match="cannot be read as an orbax checkpoint, truncated or corrupted") as error:
+        import_so3lr(checkout, out, source_format="checkpoint")
+    assert str(error.value).startswith(f"{checkpoint}:")
+    assert not out.exists()
+    capsys.readouterr()
+    assert main(["import-so3lr", str(checkout), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"so3krates import-so3lr: error: {checkpoint}: cannot be read"), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not out.exists(), "nothing may be written on error"
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("touch exploited",))
