@@ -15,11 +15,14 @@ Conventions (shared with the model and the potentials):
   cutoff function makes them contribute exactly zero.
 
 Host-side construction picks the algorithm by size: dense all-pairs for small free molecules,
-ASE's cell-binned ``primitive_neighbor_list`` (linear in N, any triclinic cell, mixed pbc) for
+vesin's cell list (linear in N, any triclinic cell, mixed pbc, cutoffs beyond the cell) for
 everything else. Inside jit, :func:`update_neighbor_list` rebuilds a fixed-capacity list when
-atoms moved more than half the skin and reports overflow as a flag, never an exception. A list
-for a model with long-range terms (SO3LR) carries the second, long-range pair set of its graph
-too, rebuilt in the same search on the same schedule.
+atoms moved more than half the skin and reports overflow as a flag, never an exception. The
+in-jit search is a cell list (:class:`BinGrid`): atoms are sorted into bins of the periodic
+cell, and each atom meets only the atoms of the bins (and their periodic images) near its own,
+so a rebuild's cost and memory are linear in the atom count. A free molecule is one bin: its
+search is all pairs. A list for a model with long-range terms (SO3LR) carries the second,
+long-range pair set of its graph too, found in the same search on the same schedule.
 """
 
 from __future__ import annotations
@@ -203,6 +206,91 @@ def unbatch(values: np.ndarray, graph: Graph) -> list[np.ndarray]:
 # --- neighbour lists that live inside jit (for MD) -------------------------------------------
 
 
+BIN_CAPACITY_FACTOR = 1.25  # spare room per bin: the fullest bin of a liquid fluctuates by ~10%
+# Bins per direction aim at this many bins across the search reach: a stencil of (2·2+1)^3 bins
+# of width reach/2 holds ~15x the atoms of the reach's sphere, against 27x for bins as wide as
+# the reach; narrower bins save little more (12x at a third) and cost more empty slots.
+BINS_PER_REACH = 2
+
+
+def plane_spacings(cell: Float[Array, "3 3"]) -> Float[Array, " 3"]:
+    """The distance between neighbouring lattice planes along each reciprocal direction (the
+    width of the cell as seen by a sphere: any triclinic cell). Either namespace."""
+    xp = jnp if isinstance(cell, jax.Array) else np
+    reciprocal = xp.linalg.pinv(cell).T  # rows: reciprocal vectors (without 2π)
+    return 1.0 / xp.linalg.norm(reciprocal, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BinGrid:
+    """How the in-jit search bins a structure (static: it fixes the compiled program's shapes).
+
+    ``bins`` per lattice direction (1 along a non-periodic one); ``stencil`` k: each atom meets
+    the bins up to k away in each direction, wrapped periodically (a bin met twice through two
+    images is two distinct sets of images); ``capacity``: room for atoms per bin. With bins of
+    width w = plane spacing / bins, every image within the reach r lies within the stencil when
+    k·w >= r (atoms whose bins are k+1 apart are at least k·w apart). A free molecule has one
+    bin and k = 0: all pairs.
+    """
+
+    bins: tuple[int, int, int]
+    stencil: tuple[int, int, int]
+    capacity: int
+    pbc: tuple[bool, bool, bool]
+
+    @property
+    def num_bins(self) -> int:
+        return math.prod(self.bins)
+
+    @property
+    def displacements(self) -> np.ndarray:
+        """(s, 3) integer bin displacements of the stencil."""
+        ranges = [np.arange(-k, k + 1) for k in self.stencil]
+        return np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int32)
+
+    @property
+    def candidates(self) -> int:
+        """Candidate partners searched per atom."""
+        return len(self.displacements) * self.capacity
+
+
+def _stencil_for(cell, pbc, bins, reach: float) -> tuple[int, int, int]:
+    spacing = plane_spacings(np.asarray(cell, np.float64))
+    # a hair of margin: a bin boundary exactly at the reach must not lose a pair to rounding
+    return tuple(int(math.ceil(reach * (1 + 1e-9) * b / s)) if p else 0 for b, s, p in zip(bins, spacing, pbc))
+
+
+def _bin_coordinates(fractional, bins, pbc):
+    """Integer bin coordinates (n, 3) of wrapped fractional coordinates. Either namespace."""
+    xp = jnp if isinstance(fractional, jax.Array) else np
+    bins = xp.asarray(bins)
+    coords = xp.clip(xp.floor(fractional * bins).astype(xp.int32), 0, bins - 1)
+    return xp.where(xp.asarray(pbc), coords, 0)
+
+
+def bin_grid(system: System, reach: float, capacity_factor: float = BIN_CAPACITY_FACTOR,
+             num_atoms: int | None = None) -> BinGrid:
+    """The grid of the in-jit search for ``system`` within ``reach`` (host). ``num_atoms``: the
+    padded atom count (the most atoms one bin can ever hold). One bin in all: room for every
+    atom (such a grid never overflows); else room for ``capacity_factor`` x the fullest bin now.
+    """
+    cell, pbc = np.asarray(system.cell, np.float64), tuple(bool(p) for p in np.broadcast_to(system.pbc, (3,)))
+    num_atoms = system.num_atoms + 1 if num_atoms is None else num_atoms
+    spacing = plane_spacings(cell) if any(pbc) else np.ones(3)
+    bins = tuple(max(1, int(BINS_PER_REACH * s / reach)) if p else 1 for s, p in zip(spacing, pbc))
+    stencil = _stencil_for(cell, pbc, bins, reach)
+    if math.prod(bins) == 1:
+        capacity = num_atoms - 1
+    else:
+        fractional = np.asarray(system.positions, np.float64) @ np.linalg.pinv(cell)
+        fractional = np.where(pbc, fractional - np.floor(fractional), fractional)
+        flat = np.ravel_multi_index(_bin_coordinates(fractional, bins, pbc).T, bins)
+        fullest = int(np.bincount(flat, minlength=math.prod(bins)).max())
+        capacity = min(bucket(int(fullest * capacity_factor) + 1, minimum=4), num_atoms - 1)
+    return BinGrid(bins=bins, stencil=stencil, capacity=capacity, pbc=pbc)
+
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class NeighborList:
@@ -222,16 +310,18 @@ class NeighborList:
     cost no filter evaluations. More pairs within the cutoff than that also sets ``overflow``.
 
     The capacities are static (they fix the compiled program's shapes): they come from the
-    shared :data:`PAIR_CAPACITIES`, so every list of one size bucket gets the same ones.
+    shared :data:`PAIR_CAPACITIES`, so every list of one size bucket gets the same ones. So is
+    the ``grid`` of the rebuild's cell list; a bin fuller than its room, or a cell strained
+    until the stencil no longer covers the reach, sets ``overflow`` too.
     """
 
     graph: Graph
     reference_positions: Float[Array, "n 3"]
-    image_offsets: Float[Array, "s 3"]  # lattice translations searched on a rebuild
     overflow: Bool[Array, ""]
     num_rebuilds: Int[Array, ""]
     cutoff: float = dataclasses.field(metadata=dict(static=True))
     skin: float = dataclasses.field(metadata=dict(static=True))
+    grid: BinGrid = dataclasses.field(metadata=dict(static=True))  # how a rebuild searches
     active_capacity: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     long_range_cutoff: float | None = dataclasses.field(default=None, metadata=dict(static=True))
 
@@ -247,7 +337,12 @@ class NeighborList:
 
     @property
     def periodic(self) -> bool:
-        return bool(np.any(np.asarray(self.image_offsets) != 0))
+        return any(self.grid.pbc)
+
+    @property
+    def reach(self) -> float:
+        """The search radius of a rebuild: the longest cutoff plus the skin."""
+        return max(self.cutoff, self.long_range_cutoff or 0.0) + self.skin
 
     @property
     def size_key(self) -> tuple:
@@ -359,11 +454,11 @@ def allocate_neighbor_list(
     nl = NeighborList(
         graph=graph,
         reference_positions=graph.positions,
-        image_offsets=_image_offsets(system, reach),
         overflow=np.array(False),
         num_rebuilds=np.array(0, dtype=np.int32),
         cutoff=float(cutoff),
         skin=float(skin),
+        grid=bin_grid(system, reach, num_atoms=graph.positions.shape[0]),
         active_capacity=None if active_capacity is None else min(active_capacity, graph.pair_first.shape[0]),
         long_range_cutoff=None if long_range_cutoff is None else float(long_range_cutoff),
     )
@@ -457,25 +552,6 @@ def active_graph(nl: NeighborList, positions: Float[Array, "n 3"]) -> Graph:
     )
 
 
-def _image_offsets(system: System, reach: float) -> Float[np.ndarray, "s 3"]:
-    """All lattice translations that can hold an image within ``reach`` of the cell.
-
-    Along a periodic direction, the number of images needed is reach over the distance between
-    the lattice planes spanned by the other two vectors (works for any triclinic cell). The
-    in-jit search wraps the atoms into the home cell first, so this holds wherever they are.
-    """
-    cell, pbc = np.asarray(system.cell), np.asarray(system.pbc)
-    counts = np.zeros(3, dtype=int)
-    if pbc.any():
-        reciprocal = np.linalg.pinv(cell).T  # rows: reciprocal vectors (without 2π)
-        plane_spacing = 1.0 / np.linalg.norm(reciprocal, axis=1)
-        # one image more than a wrapped cell needs: a safety margin for rounding at the faces
-        counts = np.where(pbc, np.ceil(reach / plane_spacing).astype(int) + 1, 0)
-    ranges = [np.arange(-c, c + 1) for c in counts]
-    grid = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3)
-    return grid.astype(np.float64)
-
-
 def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> NeighborList:
     """Refresh the pair list for new positions; rebuilds only past half the skin.
 
@@ -495,13 +571,13 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
         if nl.long_range_cutoff is not None:
             reaches.append(nl.long_range_cutoff + nl.skin)
             capacities.append(nl.long_range_capacity)
-        found = _all_pairs_in_jit(positions, graph, nl.image_offsets, reaches, capacities)
+        found, binning_failed = _binned_pairs_in_jit(positions, graph, nl.grid, reaches, capacities)
         (first, second, offsets, mask, count) = found[0]
         new_graph = dataclasses.replace(
             graph, positions=positions, pair_first=first, pair_second=second,
             pair_offsets=offsets, pair_mask=mask,
         )
-        overflow = count > first.shape[0]
+        overflow = binning_failed | (count > first.shape[0])
         if nl.long_range_cutoff is not None:
             (first, second, offsets, mask, count) = found[1]
             new_graph = dataclasses.replace(
@@ -523,39 +599,85 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
     )
 
 
-def _all_pairs_in_jit(positions, graph: Graph, image_offsets, reaches: Sequence[float], capacities: Sequence[int]):
-    """Dense candidate search over atom pairs x lattice images, compacted to each capacity: one
-    (first, second, offsets, mask, count) per reach, all from the one set of distances."""
+def _binned_pairs_in_jit(positions, graph: Graph, grid: BinGrid, reaches: Sequence[float], capacities: Sequence[int]):
+    """Cell-list search, compacted to each capacity: one (first, second, offsets, mask, count) per
+    reach, all from one set of distances, and whether the grid failed (a bin over its room, or a
+    cell strained until the stencil misses part of the reach; the caller reports overflow).
+
+    The atoms are wrapped into the home cell and sorted into bins; atom i meets the atoms of
+    every bin within the stencil of its own, each bin at the lattice image the displacement
+    crossed into. With R = W + w @ cell (W wrapped), the offset of the unwrapped positions is
+    image + w[first] - w[second]. Memory: n x (stencil bins x bin room) booleans, linear in n.
+    """
     n = positions.shape[0]
-    cell = graph.cells[0]
-    # Search with the atoms wrapped into the home cell, so that the image range of
-    # _image_offsets suffices however far they drifted (MD does not wrap; an input may be
-    # unwrapped). With R = R' + w @ cell, the offset for the unwrapped positions is
-    # n + w[first] - w[second]. The image grid is non-zero exactly along the periodic directions.
-    periodic = jnp.any(image_offsets != 0, axis=0)
-    fractional = positions @ jnp.linalg.pinv(cell)
-    wraps = jnp.where(periodic[None, :] & graph.atom_mask[:, None], jnp.floor(fractional), 0.0)
-    wrapped = positions - wraps.astype(positions.dtype) @ cell
-    shifts = lattice_shift(image_offsets.astype(positions.dtype), cell)  # (s, 3)
-    vectors = wrapped[None, :, None, :] - wrapped[:, None, None, :] + shifts[None, None]
-    squared = jnp.sum(vectors**2, axis=-1)  # (n, n, s)
-    index = jnp.arange(n)
-    real = graph.atom_mask[:, None] & graph.atom_mask[None, :]
-    upper = index[:, None] < index[None, :]
-    same = index[:, None] == index[None, :]
-    positive = positive_image(jnp.asarray(image_offsets))
-    # a pair is kept once: i < j for any image, and i == j only for the positive image
-    unique = upper[:, :, None] | (same[:, :, None] & positive[None, None, :])
-    allowed = unique & real[:, :, None]
     dummy = n - 1
+    cell = graph.cells[0]
+    bins = np.asarray(grid.bins, np.int32)
+    pbc = jnp.asarray(grid.pbc)
+    room = grid.capacity
+    fractional = positions @ jnp.linalg.pinv(cell)
+    wraps = jnp.where(pbc[None, :] & graph.atom_mask[:, None], jnp.floor(fractional), 0.0)
+    wrapped = positions - wraps.astype(positions.dtype) @ cell
+    coords = _bin_coordinates(fractional - wraps, bins, grid.pbc)  # (n, 3)
+    flat = jnp.where(graph.atom_mask, jnp.ravel_multi_index(tuple(coords.T), tuple(grid.bins), mode="clip"),
+                     grid.num_bins)
+    order = jnp.argsort(flat, stable=True)
+    counts = jnp.bincount(flat, length=grid.num_bins + 1)[: grid.num_bins]
+    starts = jnp.cumsum(counts) - counts
+    members = jnp.arange(room)
+    table = jnp.where(members < counts[:, None], order[jnp.clip(starts[:, None] + members, 0, n - 1)], dummy)
+    displacements = jnp.asarray(grid.displacements)  # (s, 3)
+
+    def met(first, slots):
+        """The bins (flat) atom(s) ``first`` meet through stencil ``slots``, and their images."""
+        target = coords[first] + displacements[slots]
+        image = jnp.floor_divide(target, bins)
+        neighbour_bin = jnp.ravel_multi_index(tuple(jnp.moveaxis(target - image * bins, -1, 0)), tuple(grid.bins),
+                                              mode="clip")
+        return neighbour_bin, image.astype(positions.dtype)
+
+    stencil_slots = jnp.arange(len(grid.displacements))
+    shifts_of = lambda image: image @ cell  # noqa: E731
+
+    def close(first):  # (s * room,) squared distances of atom ``first`` to its candidates
+        neighbour_bin, image = met(first, stencil_slots)  # (s,), (s, 3)
+        second = table[neighbour_bin]  # (s, room)
+        # difference first: a self-pair's vector is then exactly its lattice shift
+        vectors = (wrapped[second] - wrapped[first]) + shifts_of(image)[:, None, :]
+        squared = jnp.sum(vectors**2, axis=-1)
+        # a pair is kept once: first < second for any image, the positive image of a self-pair
+        unique = (first < second) | ((first == second) & positive_image(image)[:, None])
+        allowed = unique & graph.atom_mask[first] & graph.atom_mask[second]
+        return jnp.where(allowed, squared, jnp.inf).reshape(-1)
+
+    batch = max(1, (1 << 18) // grid.candidates)
+    squared = jax.lax.map(close, jnp.arange(n), batch_size=min(batch, n))  # (n, s * room)
     found = []
     for reach, capacity in zip(reaches, capacities):
-        candidates = allowed & (squared < reach**2)
+        candidates = squared < reach**2
         count = jnp.sum(candidates)
-        first, second, image = jnp.nonzero(candidates, size=capacity, fill_value=dummy)
+        first, slot = jnp.nonzero(candidates, size=capacity, fill_value=0)
         mask = jnp.arange(capacity) < count
+        neighbour_bin, image = met(first, slot // room)
+        second = table[neighbour_bin, slot % room]
         first = jnp.where(mask, first, dummy).astype(jnp.int32)
         second = jnp.where(mask, second, dummy).astype(jnp.int32)
-        offsets = jnp.where(mask[:, None], image_offsets[image] + wraps[first] - wraps[second], 0.0)
+        offsets = jnp.where(mask[:, None], image + wraps[first] - wraps[second], 0.0)
         found.append((first, second, offsets.astype(graph.pair_offsets.dtype), mask, count))
-    return found
+    # the stencil covers the reach while k * (plane spacing / bins) >= reach (a strained cell may
+    # shrink the spacing below what the grid was built for)
+    covered = jnp.asarray(grid.stencil) * plane_spacings(cell) / bins >= max(reaches)
+    failed = (jnp.max(counts) > room) | ~jnp.all(jnp.where(pbc, covered, True))
+    return found, failed
+
+
+def regrow_grid(nl: NeighborList) -> NeighborList:
+    """The list with its cell-list grid fit for what overflowed: bins one step up the bucket
+    grid (at most every atom), the stencil refit to the list's present cell (a strained cell
+    needs a wider one). Pairs and rebuild schedule untouched. Works on leading batch axes too."""
+    grid = nl.grid
+    cells = np.asarray(nl.graph.cells).reshape(-1, 3, 3)
+    stencil = tuple(max(ks) for ks in zip(*(_stencil_for(c, grid.pbc, grid.bins, nl.reach) for c in cells)))
+    num_atoms = int(nl.graph.positions.shape[-2])
+    capacity = grid.capacity if grid.num_bins == 1 else min(bucket(grid.capacity + 1, minimum=4), num_atoms - 1)
+    return dataclasses.replace(nl, grid=dataclasses.replace(grid, stencil=stencil, capacity=capacity))

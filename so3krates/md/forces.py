@@ -35,7 +35,7 @@ import numpy as np
 from so3krates.geometry import pad
 from so3krates.neighbors import (
     CAPACITY_FACTOR, PAIR_CAPACITIES, SKIN, NeighborList, active_graph, allocate_neighbor_list, pair_bucket,
-    resize_neighbor_list, update_neighbor_list,
+    regrow_grid, resize_neighbor_list, update_neighbor_list,
 )
 from so3krates.potential import Potential, atomic_energies, integer_input, with_dtype
 from so3krates.reference import ReferenceError, XTBReference, import_tblite
@@ -253,10 +253,7 @@ def cast_neighbor_list(nl: NeighborList, dtype) -> NeighborList:
         positions=np.asarray(graph.positions, dtype), pair_offsets=np.asarray(graph.pair_offsets, dtype),
         cells=np.asarray(graph.cells, dtype), **optional,
     )
-    return dataclasses.replace(
-        nl, graph=graph, reference_positions=np.asarray(nl.reference_positions, dtype),
-        image_offsets=np.asarray(nl.image_offsets, dtype),
-    )
+    return dataclasses.replace(nl, graph=graph, reference_positions=np.asarray(nl.reference_positions, dtype))
 
 
 def _is_list(x) -> bool:
@@ -310,10 +307,11 @@ def grow_neighbor_list(neighbors, capacity: int, active_capacity: int | None = N
 
 def grow_after_overflow(neighbors):
     """The reaction to an overflow: every list one step up the bucket grid (pair, active and
-    long-range capacity: the flag does not say which overflowed), recorded in the shared
-    :data:`~so3krates.neighbors.PAIR_CAPACITIES` so that later lists of this size start with the
-    room this one needed. A free molecule's list never grows past all its pairs (then only the
-    model's share, the active capacity, had overflowed)."""
+    long-range capacity, and the room per bin of the rebuild's cell list: the flag does not say
+    which overflowed), recorded in the shared :data:`~so3krates.neighbors.PAIR_CAPACITIES` so
+    that later lists of this size start with the room this one needed. A free molecule's list
+    never grows past all its pairs (then only the model's share, the active capacity, had
+    overflowed)."""
     def grow(nl: NeighborList) -> NeighborList:
         capacity = pair_bucket(nl.capacity + 1)
         long_range = None if nl.long_range_capacity is None else pair_bucket(nl.long_range_capacity + 1)
@@ -327,6 +325,6 @@ def grow_after_overflow(neighbors):
         capacity, active = PAIR_CAPACITIES.reserve(nl.size_key, capacity, active)
         if long_range is not None:
             long_range, _ = PAIR_CAPACITIES.reserve(nl.long_range_size_key, long_range, None)
-        return grow_neighbor_list(nl, capacity, active, long_range)
+        return grow_neighbor_list(regrow_grid(nl), capacity, active, long_range)
 
     return jax.tree.map(lambda x: grow(x) if _is_list(x) else x, neighbors, is_leaf=_is_list)
