@@ -483,8 +483,8 @@ def report(rows, anchor: bool, wall_s: float, load_before, load_after, args) -> 
                                    next((r for r in m["original", "ase"] if "error" not in r), {}), row["atoms"])
         ase_peaks = f"{_fmt(_best(m['ours', 'ase'], 'peak_mb', max), '.0f')} / {_fmt(_best(m['original', 'ase'], 'peak_mb', max), '.0f')}"
         lines.append(
-            f"| {row['name']} | {row['atoms']} | {_fmt(ours_ms, '.1f')} | {_fmt(orig_ms, '.1f')} | {_fmt(call_ratio, '.2f')}x | "
-            f"{_fmt(ours_sps, '.2f')} | {_fmt(orig_sps, '.2f')} | {_fmt(md_ratio, '.2f')}x | {memory(m['ours', 'md'])} | "
+            f"| {row['name']} | {row['atoms']} | {_fmt(ours_ms, '.1f')} | {_fmt(orig_ms, '.1f')} | {_fmt(call_ratio, '.2f')}{'x' if call_ratio else ''} | "
+            f"{_fmt(ours_sps, '.2f')} | {_fmt(orig_sps, '.2f')} | {_fmt(md_ratio, '.2f')}{'x' if md_ratio else ''} | {memory(m['ours', 'md'])} | "
             f"{memory(m['original', 'md'])} | {first_call} | {first_md} | {agreement} | {ase_peaks} |"
         )
         for ratio, what in ((call_ratio, "ASE call"), (md_ratio, "MD")):
