@@ -218,7 +218,8 @@ def plane_spacings(cell: Float[Array, "3 3"]) -> Float[Array, " 3"]:
     width of the cell as seen by a sphere: any triclinic cell). Either namespace."""
     xp = jnp if isinstance(cell, jax.Array) else np
     reciprocal = xp.linalg.pinv(cell).T  # rows: reciprocal vectors (without 2π)
-    return 1.0 / xp.linalg.norm(reciprocal, axis=1)
+    with np.errstate(divide="ignore"):  # a zero lattice vector (no periodicity there): inf
+        return 1.0 / xp.linalg.norm(reciprocal, axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +232,11 @@ class BinGrid:
     width w = plane spacing / bins, every image within the reach r lies within the stencil when
     k·w >= r (atoms whose bins are k+1 apart are at least k·w apart). A free molecule has one
     bin and k = 0: all pairs.
+
+    Only half the stencil is searched: a pair seen from atom i through bin displacement d is seen
+    from its partner through -d, so each unordered pair is found once through the displacements
+    whose first non-zero component is positive, and through d = 0 (the own bin, no image) with
+    i < j. That halves the candidates of the full stencil.
     """
 
     bins: tuple[int, int, int]
@@ -244,9 +250,11 @@ class BinGrid:
 
     @property
     def displacements(self) -> np.ndarray:
-        """(s, 3) integer bin displacements of the stencil."""
+        """(s, 3) integer bin displacements of the half stencil searched, d = 0 first."""
         ranges = [np.arange(-k, k + 1) for k in self.stencil]
-        return np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int32)
+        full = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int32)
+        own = np.all(full == 0, axis=1)
+        return np.concatenate([full[own], full[positive_image(full)]])
 
     @property
     def candidates(self) -> int:
@@ -277,7 +285,13 @@ def bin_grid(system: System, reach: float, capacity_factor: float = BIN_CAPACITY
     cell, pbc = np.asarray(system.cell, np.float64), tuple(bool(p) for p in np.broadcast_to(system.pbc, (3,)))
     num_atoms = system.num_atoms + 1 if num_atoms is None else num_atoms
     spacing = plane_spacings(cell) if any(pbc) else np.ones(3)
-    bins = tuple(max(1, int(BINS_PER_REACH * s / reach)) if p else 1 for s, p in zip(spacing, pbc))
+    bins = np.array([max(1, int(BINS_PER_REACH * s / reach)) if p else 1 for s, p in zip(spacing, pbc)])
+    # never more bins than atoms: a dilute cell (a molecule in a large periodic box) would
+    # otherwise get millions of empty bins; fewer, wider bins need a smaller stencil instead
+    if bins.prod() > system.num_atoms:
+        shrink = (system.num_atoms / bins.prod()) ** (1 / 3)
+        bins = np.maximum(1, np.floor(bins * shrink)).astype(int)
+    bins = tuple(int(b) for b in bins)
     stencil = _stencil_for(cell, pbc, bins, reach)
     if math.prod(bins) == 1:
         capacity = num_atoms - 1
@@ -600,33 +614,33 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
 
 
 def _binned_pairs_in_jit(positions, graph: Graph, grid: BinGrid, reaches: Sequence[float], capacities: Sequence[int]):
-    """Cell-list search, compacted to each capacity: one (first, second, offsets, mask, count) per
-    reach, all from one set of distances, and whether the grid failed (a bin over its room, or a
-    cell strained until the stencil misses part of the reach; the caller reports overflow).
+    """Cell-list search: one (first, second, offsets, mask, count) per reach, each compacted to
+    its capacity, and whether the grid failed (a bin over its room, or a cell strained until the
+    stencil misses part of the reach; the caller reports overflow).
 
-    The atoms are wrapped into the home cell and sorted into bins; atom i meets the atoms of
-    every bin within the stencil of its own, each bin at the lattice image the displacement
-    crossed into. With R = W + w @ cell (W wrapped), the offset of the unwrapped positions is
-    image + w[first] - w[second]. Memory: n x (stencil bins x bin room) booleans, linear in n.
+    The atoms are wrapped into the home cell and sorted into bins; atom i meets the atoms of the
+    bins of the half stencil (:class:`BinGrid`) around its own, each at the lattice image the
+    displacement crossed into. With R = W + w @ cell (W wrapped), the offset of the unwrapped
+    positions is image + w[first] - w[second]. Only the longest reach searches the candidates
+    (n x half stencil x bin room, linear in n); the shorter ones filter its pairs.
     """
     n = positions.shape[0]
     dummy = n - 1
-    cell = graph.cells[0]
+    cell, atom_mask = jnp.asarray(graph.cells[0]), jnp.asarray(graph.atom_mask)
     bins = np.asarray(grid.bins, np.int32)
     pbc = jnp.asarray(grid.pbc)
     room = grid.capacity
     fractional = positions @ jnp.linalg.pinv(cell)
-    wraps = jnp.where(pbc[None, :] & graph.atom_mask[:, None], jnp.floor(fractional), 0.0)
+    wraps = jnp.where(pbc[None, :] & atom_mask[:, None], jnp.floor(fractional), 0.0)
     wrapped = positions - wraps.astype(positions.dtype) @ cell
     coords = _bin_coordinates(fractional - wraps, bins, grid.pbc)  # (n, 3)
-    flat = jnp.where(graph.atom_mask, jnp.ravel_multi_index(tuple(coords.T), tuple(grid.bins), mode="clip"),
-                     grid.num_bins)
+    flat = jnp.where(atom_mask, jnp.ravel_multi_index(tuple(coords.T), tuple(grid.bins), mode="clip"), grid.num_bins)
     order = jnp.argsort(flat, stable=True)
     counts = jnp.bincount(flat, length=grid.num_bins + 1)[: grid.num_bins]
     starts = jnp.cumsum(counts) - counts
     members = jnp.arange(room)
     table = jnp.where(members < counts[:, None], order[jnp.clip(starts[:, None] + members, 0, n - 1)], dummy)
-    displacements = jnp.asarray(grid.displacements)  # (s, 3)
+    displacements = jnp.asarray(grid.displacements)  # (s, 3), the own bin first
 
     def met(first, slots):
         """The bins (flat) atom(s) ``first`` meet through stencil ``slots``, and their images."""
@@ -637,33 +651,42 @@ def _binned_pairs_in_jit(positions, graph: Graph, grid: BinGrid, reaches: Sequen
         return neighbour_bin, image.astype(positions.dtype)
 
     stencil_slots = jnp.arange(len(grid.displacements))
-    shifts_of = lambda image: image @ cell  # noqa: E731
+    own_bin = (stencil_slots == 0)[:, None]
 
     def close(first):  # (s * room,) squared distances of atom ``first`` to its candidates
         neighbour_bin, image = met(first, stencil_slots)  # (s,), (s, 3)
         second = table[neighbour_bin]  # (s, room)
         # difference first: a self-pair's vector is then exactly its lattice shift
-        vectors = (wrapped[second] - wrapped[first]) + shifts_of(image)[:, None, :]
+        vectors = (wrapped[second] - wrapped[first]) + (image @ cell)[:, None, :]
         squared = jnp.sum(vectors**2, axis=-1)
-        # a pair is kept once: first < second for any image, the positive image of a self-pair
-        unique = (first < second) | ((first == second) & positive_image(image)[:, None])
-        allowed = unique & graph.atom_mask[first] & graph.atom_mask[second]
+        allowed = jnp.where(own_bin, first < second, True) & atom_mask[first] & atom_mask[second]
         return jnp.where(allowed, squared, jnp.inf).reshape(-1)
 
     batch = max(1, (1 << 18) // grid.candidates)
     squared = jax.lax.map(close, jnp.arange(n), batch_size=min(batch, n))  # (n, s * room)
+    longest = int(np.argmax(reaches))
+    candidates = squared < reaches[longest] ** 2
+    count = jnp.sum(candidates)
+    first, slot = jnp.nonzero(candidates, size=capacities[longest], fill_value=0)
+    mask = jnp.arange(capacities[longest]) < count
+    neighbour_bin, image = met(first, slot // room)
+    second = table[neighbour_bin, slot % room]
+    first = jnp.where(mask, first, dummy).astype(jnp.int32)
+    second = jnp.where(mask, second, dummy).astype(jnp.int32)
+    offsets = jnp.where(mask[:, None], image + wraps[first] - wraps[second], 0.0)
+    lengths = jnp.where(mask, squared[first, slot], jnp.inf)
     found = []
     for reach, capacity in zip(reaches, capacities):
-        candidates = squared < reach**2
-        count = jnp.sum(candidates)
-        first, slot = jnp.nonzero(candidates, size=capacity, fill_value=0)
-        mask = jnp.arange(capacity) < count
-        neighbour_bin, image = met(first, slot // room)
-        second = table[neighbour_bin, slot % room]
-        first = jnp.where(mask, first, dummy).astype(jnp.int32)
-        second = jnp.where(mask, second, dummy).astype(jnp.int32)
-        offsets = jnp.where(mask[:, None], image + wraps[first] - wraps[second], 0.0)
-        found.append((first, second, offsets.astype(graph.pair_offsets.dtype), mask, count))
+        if reach == reaches[longest] and capacity == capacities[longest]:
+            found.append((first, second, offsets.astype(graph.pair_offsets.dtype), mask, count))
+            continue
+        inside = lengths < reach**2
+        (index,) = jnp.nonzero(inside, size=capacity, fill_value=0)
+        kept = jnp.arange(capacity) < jnp.sum(inside)
+        found.append((
+            jnp.where(kept, first[index], dummy), jnp.where(kept, second[index], dummy),
+            jnp.where(kept[:, None], offsets[index], 0.0).astype(graph.pair_offsets.dtype), kept, jnp.sum(inside),
+        ))
     # the stencil covers the reach while k * (plane spacing / bins) >= reach (a strained cell may
     # shrink the spacing below what the grid was built for)
     covered = jnp.asarray(grid.stencil) * plane_spacings(cell) / bins >= max(reaches)
