@@ -45,7 +45,7 @@ def interpolate(
     x = jnp.clip(distances, 0.0, config.cutoff) / spacing
     index = jnp.clip(jnp.floor(x), 0, intervals - 1).astype(jnp.int32)
     t = (x - index)[:, None]
-    c = table.astype(distances.dtype)[index]
+    c = jnp.asarray(table, distances.dtype)[index]
     values = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
     F = config.num_features
     return [
