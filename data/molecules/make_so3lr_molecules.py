@@ -16,8 +16,12 @@ until max |F| < 0.005 eV/Å); and three structures taken unchanged from the SO3L
 * ``ala15_helix.xyz``   examples/data/ala15_folded.xyz: a folded (helical) Ac-(Ala)15-NHMe, 162 atoms
 * ``at_base_pair.xyz``  tests/test_data/atat.xyz holds two stacked Watson-Crick A·T pairs (bases
   capped with H at the sugar position); its first 30 atoms are one pair (adenine, thymine)
-* ``water_box.xyz``     tests/test_data/water_64.xyz: 64 waters in a periodic 12.4 Å cube
-  (positions wrapped into the cell; its momenta, forces and energy are dropped)
+* ``water_box.xyz``     tests/test_data/water_64.xyz: 64 waters in a periodic 12.4 Å cube,
+  equilibrated with SO3LR (``equilibrate_water``): that file is a snapshot of a hot run (its
+  momenta are at ~1000 K), and MD started from its positions heated to ~570 K within 20 fs. It
+  is relaxed (FIRE to max |F| < 0.05 eV/Å), then run for 2 ps of Langevin at 300 K (float32,
+  1 fs, friction 0.01/fs, seed 0); the last frame, wrapped into the cell, is kept (no momenta).
+  ``.venv/bin/python data/molecules/make_so3lr_molecules.py water SO3LR_GIT_DIR`` redoes only it.
 """
 
 from __future__ import annotations
@@ -107,13 +111,60 @@ def finish(embedded: Path, so3lr_git: Path) -> None:
         source = f"SO3LR repository (MIT licence) {path} at commit {commit}"
         if name == "water_box":
             box = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=True)
-            box.wrap()
-            write(name, box, description, source=source, method="taken unchanged, wrapped into the cell")
+            write(name, equilibrate_water(box, so3lr), description, source=source, method=WATER_METHOD)
         else:  # SO3LR's test files put molecules in a 999.9 Å periodic box: a free molecule here
             molecule = ase.Atoms(atoms.numbers, atoms.positions)
             molecule.positions -= molecule.positions.mean(axis=0)
             write(name, molecule, description, source=source, method=f"taken unchanged ({kept}), centred")
         print(f"{name}: {len(atoms)} atoms from {path}")
+
+
+WATER_METHOD = ("positions and cell of that file, relaxed with SO3LR (FIRE, float64, max |F| < 0.05 eV/Å), "
+                "then 2 ps of Langevin at 300 K with SO3LR (float32, 1 fs, friction 0.01/fs, seed 0); "
+                "the last frame, wrapped into the cell")
+
+
+def equilibrate_water(box, so3lr):
+    """The water box relaxed and then thermalised at 300 K with SO3LR (see the module docstring)."""
+    import ase
+
+    from so3krates.explore.relax import RelaxConfig, relax
+    from so3krates.md import MDConfig, Simulation
+
+    relaxed = relax([box], so3lr, RelaxConfig(fmax=0.05, max_steps=3000, dtype="float64"))
+    if not relaxed.all_converged:
+        raise RuntimeError(f"water_box: relaxation did not converge (max |F| {relaxed.max_force[0]:.3f} eV/Å)")
+    print(f"water_box: relaxed in {int(relaxed.steps[0])} steps, E {float(relaxed.energy[0]):.3f} eV")
+    start = ase.Atoms(box.numbers, relaxed.positions[0][: len(box)], cell=box.cell, pbc=True)
+    config = MDConfig(ensemble="langevin", temperature=300.0, timestep=1.0, friction=0.01, chunk_steps=500,
+                      record_every=100, dtype="float32", seed=0)
+    result = Simulation(start, so3lr, config).run(2000)
+    if result.blowup is not None:
+        raise RuntimeError(f"water_box: equilibration stopped: {result.blowup}")
+    print(f"water_box: 2 ps at 300 K, mean T over the last ps {np.mean(result.temperature[result.time_fs > 1000]):.0f} K")
+    final = ase.Atoms(box.numbers, result.positions[-1], cell=box.cell, pbc=True)
+    final.wrap()
+    return final
+
+
+def water(so3lr_git: Path) -> None:
+    """Redo only the water box (the other molecules unchanged)."""
+    import ase
+    import ase.io
+
+    import so3krates
+
+    so3krates.configure()
+    so3lr = so3krates.load_model(HERE.parents[0] / "models" / "so3lr")
+    commit = subprocess.run(["git", "-C", str(so3lr_git), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    description, path, _ = FROM_SO3LR["water_box"]
+    text = subprocess.run(["git", "-C", str(so3lr_git), "show", f"HEAD:{path}"], capture_output=True, text=True,
+                          check=True).stdout
+    atoms = ase.io.read(io.StringIO(text), format="extxyz")
+    box = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=True)
+    write("water_box", equilibrate_water(box, so3lr), description,
+          source=f"SO3LR repository (MIT licence) {path} at commit {commit}", method=WATER_METHOD)
 
 
 def write(name: str, atoms, description: str, **info) -> None:
@@ -133,5 +184,7 @@ if __name__ == "__main__":
         embed(Path(arguments[0]))
     elif stage == "finish":
         finish(Path(arguments[0]), Path(arguments[1]))
+    elif stage == "water":
+        water(Path(arguments[0]))
     else:
         raise SystemExit(__doc__)

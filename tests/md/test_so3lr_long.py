@@ -88,9 +88,8 @@ def test_langevin_water_box_stays_water_at_300_kelvin(so3lr):
 
     Every recorded frame (every 20 fs): each O keeps exactly its own two H within 1.3 Å, no H
     is bonded to two O (no proton transfer, no dissociation). 1.3 Å lies between the covalent
-    bond (0.97 Å; measured here up to 1.16 Å: the box, not at SO3LR's minimum, releases 10 eV at
-    the start and briefly heats to 565 K before the thermostat takes it out) and the closest
-    hydrogen-bonded O···H (~1.5 Å). The mean temperature of the
+    bond (0.97 Å; up to 1.16 Å was measured in a hotter start, the unequilibrated box that
+    heated to 565 K) and the closest hydrogen-bonded O···H (~1.5 Å). The mean temperature of the
     second half: Langevin thermalises all 3N = 576 coordinates, so the instantaneous T scatters
     by 300 K sqrt(2/576) = 17.7 K; taking one independent value per thermostat time (100 fs,
     conservative: the kinetic energy decorrelates faster) the 500 fs mean of 1 ps has std 7.9 K
