@@ -209,7 +209,8 @@ def unbatch(values: np.ndarray, graph: Graph) -> list[np.ndarray]:
 BIN_CAPACITY_FACTOR = 1.25  # spare room per bin: the fullest bin of a liquid fluctuates by ~10%
 # Bins per direction aim at this many bins across the search reach: a stencil of (2·2+1)^3 bins
 # of width reach/2 holds ~15x the atoms of the reach's sphere, against 27x for bins as wide as
-# the reach; narrower bins save little more (12x at a third) and cost more empty slots.
+# the reach; narrower bins save little more (12x at a third) and cost more empty slots. (Half of
+# each stencil is searched: see BinGrid.)
 BINS_PER_REACH = 2
 
 
@@ -302,7 +303,6 @@ def bin_grid(system: System, reach: float, capacity_factor: float = BIN_CAPACITY
         fullest = int(np.bincount(flat, minlength=math.prod(bins)).max())
         capacity = min(bucket(int(fullest * capacity_factor) + 1, minimum=4), num_atoms - 1)
     return BinGrid(bins=bins, stencil=stencil, capacity=capacity, pbc=pbc)
-
 
 
 @jax.tree_util.register_dataclass
