@@ -64,20 +64,22 @@ def test_ten_picoseconds_of_nve_on_dha_conserve_energy(so3lr):
 
 
 def molecules_intact(positions: np.ndarray, numbers: np.ndarray, edge: float, bond: float = 1.3) -> list[str]:
-    """What is wrong with the water molecules of one frame (cubic cell, minimum image): every O
-    must have exactly its own two H (atoms O, H, H in order) within ``bond`` Å, and every H exactly
-    one O."""
+    """What is wrong with the water molecules of one frame (cubic cell, minimum image; atoms O, H,
+    H in order): every H must be within ``bond`` Å of its own O (no dissociation) and nearer to it
+    than to any other O (no proton transfer)."""
     oxygens, hydrogens = np.flatnonzero(numbers == 8), np.flatnonzero(numbers == 1)
     vectors = positions[hydrogens][None, :, :] - positions[oxygens][:, None, :]
     vectors -= edge * np.round(vectors / edge)
-    bonded = np.linalg.norm(vectors, axis=-1) < bond  # (O, H)
-    own = (hydrogens[None, :] - oxygens[:, None] >= 1) & (hydrogens[None, :] - oxygens[:, None] <= 2)
+    distance = np.linalg.norm(vectors, axis=-1)  # (O, H)
+    own = np.searchsorted(oxygens, hydrogens) - 1  # index into oxygens of each H's own O
+    own_distance = distance[own, np.arange(len(hydrogens))]
     problems = []
-    if not np.array_equal(bonded, own):
-        wrong = np.argwhere(bonded != own)
-        problems.append(f"O-H bonds differ from the molecules' at (O, H) = {[(oxygens[o], hydrogens[h]) for o, h in wrong[:5]]}")
-    if np.any(bonded.sum(axis=0) != 1):
-        problems.append(f"H atoms bonded to {sorted(set(bonded.sum(axis=0).tolist()))} O atoms")
+    broken = np.flatnonzero(own_distance >= bond)
+    if len(broken):
+        problems.append(f"H {hydrogens[broken[:5]].tolist()} {own_distance[broken[:5]].round(2).tolist()} Å from their O")
+    moved = np.flatnonzero(np.argmin(distance, axis=0) != own)
+    if len(moved):
+        problems.append(f"H {hydrogens[moved[:5]].tolist()} nearer to another O than to their own")
     return problems
 
 
@@ -86,14 +88,16 @@ def test_langevin_water_box_stays_water_at_300_kelvin(so3lr):
     """The built-in 64-water box (12.4 Å, periodic), float32 Langevin at 300 K, 1 ps at 1 fs (10 ps
     with SO3KRATES_SOAK=1) (friction 0.01/fs: the thermostat's time 100 fs, ten of them in 1 ps).
 
-    Every recorded frame (every 20 fs): each O keeps exactly its own two H within 1.3 Å, no H
-    is bonded to two O (no proton transfer, no dissociation). 1.3 Å lies between the covalent
-    bond (0.97 Å; up to 1.16 Å was measured in a hotter start, the unequilibrated box that
-    heated to 565 K) and the closest hydrogen-bonded O···H (~1.5 Å). The mean temperature of the
+    Every recorded frame (every 20 fs): each H stays within 1.3 Å of its own O (no dissociation;
+    the covalent bond is 0.97 Å, up to 1.16 Å was seen in a hotter start) and nearer to it than
+    to any other O (no proton transfer). A hydrogen bond may be short: in the 10-ps soak one H
+    came 1.29 Å from a neighbour's O for one frame while 1.05 Å from its own, which is an intact
+    molecule, so "within 1.3 Å of two O" is not the test. The mean temperature of the
     second half: Langevin thermalises all 3N = 576 coordinates, so the instantaneous T scatters
     by 300 K sqrt(2/576) = 17.7 K; taking one independent value per thermostat time (100 fs,
     conservative: the kinetic energy decorrelates faster) the 500 fs mean of 1 ps has std 7.9 K
-    (2.5 K over the second half of 10 ps), and the bound is four of them.
+    (2.5 K over the second half of 10 ps), and the bound is four of them, plus, on the low side,
+    the integrator's known kinetic-temperature bias at 1 fs (see the assertion).
     """
     atoms = load_molecule("water_box")
     edge = atoms.cell[0, 0]
@@ -112,7 +116,13 @@ def test_langevin_water_box_stays_water_at_300_kelvin(so3lr):
     dof = 3 * len(atoms)
     sigma_mean = 300.0 * np.sqrt(2.0 / dof) / np.sqrt(half_fs * config.friction)
     assert len(second_half) == steps // 2 // config.record_every
-    assert abs(np.mean(second_half) - 300.0) < 4 * sigma_mean, (np.mean(second_half), 4 * sigma_mean)
+    # at 1 fs the kinetic temperature of BAOAB reads low by a few percent (the O-H stretch has
+    # ω Δt ≈ 0.7 and its end-of-step kinetic energy errs as (ω Δt)²): measured here 293.1 K
+    # (1-6.6 ps) and 289.7 K (5-10 ps) at 1 fs, 299.9 K at 0.5 fs (0.5-2.5 ps), the Δt² law.
+    # So the low side allows that known 4% besides the statistical four sigma.
+    integrator_bias = 0.04 * 300.0
+    mean = float(np.mean(second_half))
+    assert 300.0 - 4 * sigma_mean - integrator_bias < mean < 300.0 + 4 * sigma_mean, (mean, sigma_mean)
     # the molecules moved: oxygens travelled (minimum image) and the potential energy changed
     travel = result.positions[-1][atoms.numbers == 8] - atoms.positions[atoms.numbers == 8]
     travel -= edge * np.round(travel / edge)
