@@ -481,7 +481,19 @@ def allocate_neighbor_list(
     capacity, active_capacity = capacities.reserve(nl.size_key, nl.capacity, nl.active_capacity)
     if nl.long_range_cutoff is not None:
         long_range_capacity, _ = capacities.reserve(nl.long_range_size_key, nl.long_range_capacity, None)
+    nl = reserve_bin_room(nl, capacities)
     return resize_neighbor_list(nl, capacity, active_capacity, long_range_capacity=long_range_capacity)
+
+
+def reserve_bin_room(nl: NeighborList, capacities: PairCapacities) -> NeighborList:
+    """The list with the room per bin of its grid raised to the largest ``capacities`` handed
+    out to grids like it (same size key, bins and stencil), and that room recorded: the room is a
+    shape, so structures of one periodic system (minima hops, say) share one program."""
+    grid = nl.grid
+    if grid.num_bins == 1:  # room for every atom already
+        return nl
+    room, _ = capacities.reserve((*nl.size_key, "bins", grid.bins, grid.stencil), grid.capacity, None)
+    return dataclasses.replace(nl, grid=dataclasses.replace(grid, capacity=room))
 
 
 def resize_neighbor_list(nl: NeighborList, capacity: int, active_capacity: int | None = None,

@@ -18,7 +18,9 @@ from ase.io import read
 
 from so3krates import System
 from so3krates.md.forces import grow_after_overflow
-from so3krates.neighbors import BinGrid, allocate_neighbor_list, find_pairs, regrow_grid, update_neighbor_list
+from so3krates.neighbors import (
+    BinGrid, PairCapacities, allocate_neighbor_list, find_pairs, regrow_grid, update_neighbor_list,
+)
 from tests.test_neighbors import (
     brute_force_pairs, canonical_list, long_range_pair_set, padded, random_displacements,
     real_pair_set,
@@ -98,6 +100,21 @@ def test_a_crowded_bin_overflows_and_growing_the_room_fits():
             break
     assert not bool(after.overflow) and after.grid.capacity > room
     assert real_pair_set(after) == host_pairs(crowded, system, CUTOFF + SKIN)
+
+
+def test_structures_of_one_periodic_system_share_the_room_per_bin():
+    """The room per bin is a shape: minima hops of one periodic system must not each get their
+    own (a new program per hop); the largest handed out so far is shared, as pair rooms are."""
+    loose = gas(CELLS["cubic"])
+    positions = loose.positions.copy()
+    positions[:40] = 0.5 + 1.2 * np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3)[:40]
+    crowded = System.create(positions, loose.numbers, cell=loose.cell, pbc=True)
+    alone = allocate_neighbor_list(loose, CUTOFF, SKIN, capacities=None)
+    shared = PairCapacities()
+    first = allocate_neighbor_list(crowded, CUTOFF, SKIN, capacities=shared)
+    second = allocate_neighbor_list(loose, CUTOFF, SKIN, capacities=shared)
+    assert first.grid.bins == alone.grid.bins and first.grid.capacity > alone.grid.capacity
+    assert second.grid == first.grid
 
 
 def test_a_shrunk_cell_sets_overflow_and_the_refit_stencil_covers_it():

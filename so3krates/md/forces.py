@@ -35,7 +35,7 @@ import numpy as np
 from so3krates.geometry import pad
 from so3krates.neighbors import (
     CAPACITY_FACTOR, PAIR_CAPACITIES, SKIN, NeighborList, active_graph, allocate_neighbor_list, pair_bucket,
-    regrow_grid, resize_neighbor_list, update_neighbor_list,
+    regrow_grid, reserve_bin_room, resize_neighbor_list, update_neighbor_list,
 )
 from so3krates.potential import Potential, atomic_energies, integer_input, with_dtype
 from so3krates.reference import ReferenceError, XTBReference, import_tblite
@@ -325,6 +325,6 @@ def grow_after_overflow(neighbors):
         capacity, active = PAIR_CAPACITIES.reserve(nl.size_key, capacity, active)
         if long_range is not None:
             long_range, _ = PAIR_CAPACITIES.reserve(nl.long_range_size_key, long_range, None)
-        return grow_neighbor_list(regrow_grid(nl), capacity, active, long_range)
+        return grow_neighbor_list(reserve_bin_room(regrow_grid(nl), PAIR_CAPACITIES), capacity, active, long_range)
 
     return jax.tree.map(lambda x: grow(x) if _is_list(x) else x, neighbors, is_leaf=_is_list)
