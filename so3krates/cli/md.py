@@ -13,6 +13,14 @@ XYZ ``charge=`` and ``multiplicity=``), else 0 and 1; a model without charge inp
 charged structure:
 
     so3krates md acetate.xyz --model so3lr --charge -1 --time 1ps --out run/
+
+``--record heat-flux`` also writes the heat flux J (eV Å/fs) of every recorded frame to
+``heat_flux.csv`` in the run directory (so3krates.md.HeatFluxRecorder; a periodic cell and a
+model without long-range terms, e.g. ``lj`` or an SO3krates checkpoint), for Green-Kubo
+thermal conductivities (so3krates.analysis.green_kubo):
+
+    so3krates md argon.extxyz --model lj --ensemble nve --temperature 90 --time 100ps \\
+        --record heat-flux --out run/
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 from so3krates.cli.common import add_charge_arguments, apply_config_file, simulation_time_fs
 
 ENSEMBLES = ("nve", "langevin", "nose-hoover")
+RECORDS = ("heat-flux",)  # extra per-frame quantities --record can write
 # Lennard-Jones parameters of argon (sigma Å, epsilon eV, cutoff Å)
 LJ_ARGON = dict(sigma=3.405, epsilon=0.0104, cutoff=8.5)
 
@@ -48,6 +57,8 @@ def register(subparsers) -> None:
     parser.add_argument("--record-every", type=int, default=10, help="steps between saved frames")
     parser.add_argument("--chunk", type=int, default=None, help="steps per compiled chunk (a multiple of --record-every)")
     parser.add_argument("--formats", nargs="+", choices=("extxyz", "traj"), default=["extxyz", "traj"])
+    parser.add_argument("--record", nargs="+", choices=RECORDS, default=[],
+                        help="extra quantities per recorded frame: heat-flux (heat_flux.csv)")
     parser.add_argument("--out", default=None, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -84,6 +95,11 @@ def run(args) -> int:
         raise ValueError("give exactly one of --time and --steps")
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
+    if isinstance(args.record, str):  # from a config file
+        args.record = [args.record]
+    unknown = sorted(set(args.record) - set(RECORDS))
+    if unknown:
+        raise ValueError(f"unknown --record values {unknown}; choose from {', '.join(RECORDS)}")
 
     import ase.io
     from tqdm import tqdm
@@ -106,11 +122,23 @@ def run(args) -> int:
         record_every=args.record_every, chunk_steps=chunk, charge=args.charge, multiplicity=args.multiplicity,
     )
     model = load_md_model(args.model)
+    record = sorted(set(args.record))
+    if "heat-flux" in record:
+        from so3krates.md.heat_flux import require_heat_flux
+        from so3krates.system import System
+
+        require_heat_flux(model, System.from_atoms(atoms))  # before anything is run or written
     simulation = Simulation(atoms, model, config)
     writer = RunWriter(args.out, simulation, resume=args.resume, overwrite=args.overwrite, formats=args.formats,
-                       metadata={"command": sys.argv, "model_source": args.model, "structure_file": str(path)})
+                       metadata={"command": sys.argv, "model_source": args.model, "structure_file": str(path),
+                                 "record": record})
     if args.resume:
         _check_same_settings(config, simulation.config, args.out)
+        _check_same_record(record, args.out)
+    if "heat-flux" in record:  # before the writer: a chunk's rows are on disk before its checkpoint
+        from so3krates.md.heat_flux import HeatFluxRecorder
+
+        simulation.attach(HeatFluxRecorder(simulation, args.out, resume=args.resume))
     simulation.attach(writer)
     if simulation.will_compile():
         print("so3krates md: compiling the MD program (first run of this size; later runs reuse the cache)...",
@@ -128,6 +156,15 @@ def run(args) -> int:
     bar.close()
     print(f"so3krates md: {simulation.step} steps ({simulation.time_fs / 1000:.3f} ps) in {args.out}", file=sys.stderr)
     return 0
+
+
+def _check_same_record(record, directory) -> None:
+    import json
+
+    saved = sorted(json.loads((Path(directory) / "run.json").read_text()).get("record", []))
+    if saved != record:
+        raise ValueError(f"{directory}: --resume with --record {record or 'nothing'}, the run records "
+                         f"{saved or 'nothing'}; use the original options")
 
 
 def _check_same_settings(requested, saved, directory) -> None:

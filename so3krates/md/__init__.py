@@ -40,6 +40,10 @@ Pieces:
 * **Output** (:mod:`so3krates.md.output`): :class:`RunWriter` (run directory, atomic npz+json
   checkpoints, ``resume=True`` gives a run identical to an uninterrupted one),
   ``save_checkpoint``/``read_checkpoint``/``restore_state``.
+* **Heat flux** (:mod:`so3krates.md.heat_flux`): :class:`HeatFluxRecorder` ``(simulation,
+  directory=None, *, resume=False, dtype="float64", margin=1.2, initial=True)``, an observer that
+  records the heat flux (eV Å/fs) of every recorded frame (``heat_flux.csv`` in a run
+  directory; attach it before the RunWriter), with one compiled program after the first frame.
 * :func:`stability_check` ``(potential, atoms, temperature, time_fs, timestep=0.5,
   bond_factor=1.5, seed=0) -> dict``: the check that certifies shipped models.
 """
@@ -47,6 +51,7 @@ Pieces:
 from so3krates.md.config import MDConfig
 from so3krates.md.forces import CallbackForces, EnergyFunction, PotentialForces, SumForces, make_force_field
 from so3krates.md.guards import GUARDS, BlowUpError
+from so3krates.md.heat_flux import HeatFluxRecorder
 from so3krates.md.integrators import (
     KB,
     MVV2E,
@@ -66,7 +71,7 @@ from so3krates.md.stability import stability_check
 
 __all__ = [
     "GUARDS", "KB", "MVV2E", "BlowUpError", "CallbackForces", "ChunkResult", "Controls", "EnergyFunction",
-    "Integrator", "MDConfig", "MDState", "PotentialForces", "RunWriter", "Simulation", "SumForces",
+    "HeatFluxRecorder", "Integrator", "MDConfig", "MDState", "PotentialForces", "RunWriter", "Simulation", "SumForces",
     "degrees_of_freedom", "kinetic_energy", "langevin", "make_force_field", "maxwell_boltzmann", "nose_hoover",
     "nve", "read_checkpoint", "restore_state", "save_checkpoint", "stability_check", "temperature",
 ]
