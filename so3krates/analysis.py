@@ -39,6 +39,19 @@ Backbone dihedrals
     (a three-coordinated C with a one-coordinated O). phi_i = C'_(i-1)-N_i-CA_i-C'_i and
     psi_i = N_i-CA_i-C'_i-N_(i+1), in degrees in (-180, 180] (IUPAC sign convention); NaN where
     the neighbouring residue or cap is missing. Residues are ordered from the N-terminus.
+
+Green-Kubo thermal conductivity
+    kappa = 1 / (3 V k_B T^2) int_0^tau <J(0) . J(t)> dt, where J is the *total* heat flux of
+    the cell, J = sum_i [(U_i + m_i v_i^2 / 2) v_i + sum_j (r_i - r_j)(dU_i/dr_j . v_j)] in
+    eV Å/fs (the volume integral of the flux density j = J / V, as
+    ``so3krates.potential.heat_flux`` and ``so3krates md --record heat-flux`` give it; hence
+    1/V, not V). The autocorrelation is averaged over the three components and all time origins
+    (FFT, unbiased), the integral is the trapezoidal running integral up to the correlation time
+    tau (``cutoff_fs``), and kappa is in W/(m K) (1 eV/(Å fs K) = 1.602176634e6 W/(m K)). The
+    mean flux is not subtracted (at equilibrium with zero total momentum it is zero; run NVE:
+    a Langevin thermostat's noise destroys the flux correlations). Its statistical error is the
+    standard error of the mean over independent runs when several are given, else over
+    consecutive blocks of the one run.
 """
 
 from __future__ import annotations
@@ -56,6 +69,9 @@ from jaxtyping import Float
 from so3krates.files import atomic_write
 
 __all__ = [
+    "GreenKubo",
+    "green_kubo",
+    "read_heat_flux",
     "PowerSpectrum",
     "RDF",
     "Residue",
@@ -387,3 +403,109 @@ def ramachandran_plot(phi: np.ndarray, psi: np.ndarray, path: str | Path, labels
     path = Path(path)
     atomic_write(path, buffer.getvalue())
     return path
+
+
+# --- Green-Kubo thermal conductivity ---------------------------------------------------------
+
+BOLTZMANN_EV_PER_K = units.kB  # 8.617333e-5 eV/K
+W_PER_M_K = 1.602176634e-19 / (1e-10 * 1e-15)  # 1 eV/(Å fs K) in W/(m K)
+
+
+@dataclasses.dataclass(frozen=True)
+class GreenKubo:
+    """A Green-Kubo thermal conductivity: ``kappa`` ± ``kappa_error`` (W/(m K)) at the
+    correlation time ``cutoff_fs``; ``running_integral`` and ``running_error`` (W/(m K)) at each
+    of ``lags_fs``; ``autocorrelation`` <J(0).J(t)>/3 (eV^2 Å^2/fs^2, per component); ``samples``
+    the independent runs (or blocks of one run) behind the error, ``error_from`` "runs" or
+    "blocks"; ``volume`` (Å^3) and ``temperature`` (K) as given."""
+
+    kappa: float
+    kappa_error: float
+    lags_fs: np.ndarray
+    running_integral: np.ndarray
+    running_error: np.ndarray
+    autocorrelation: np.ndarray
+    cutoff_fs: float
+    samples: int
+    error_from: str
+    volume: float
+    temperature: float
+
+
+def _correlation_sums(flux: np.ndarray, lags: int) -> tuple[np.ndarray, np.ndarray]:
+    """sum over origins of J(0).J(t) (all components) for t = 0..lags, and the number of origins."""
+    n = len(flux)
+    spectrum = np.fft.rfft(flux, 2 * n, axis=0)
+    sums = np.fft.irfft(np.abs(spectrum) ** 2, 2 * n, axis=0)[: lags + 1].sum(axis=1)
+    return sums, (n - np.arange(lags + 1)).astype(float)
+
+
+def _running_integral(correlation: np.ndarray, timestep_fs: float, factor: float) -> np.ndarray:
+    steps = 0.5 * (correlation[1:] + correlation[:-1]) * timestep_fs
+    return factor * np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def green_kubo(flux, timestep_fs: float, volume: float, temperature: float, cutoff_fs: float | None = None,
+               blocks: int = 10) -> GreenKubo:
+    """Thermal conductivity (W/(m K)) from heat-flux series: the module docstring's formula.
+
+    ``flux``: one series (k, 3) of the total heat flux in eV Å/fs, sampled every ``timestep_fs``
+    fs, or several independent runs (a list of such arrays, lengths may differ, or an array
+    (runs, k, 3)). ``volume`` in Å^3, ``temperature`` in K. ``cutoff_fs`` (default a tenth of
+    the shortest series) is the correlation time the integral runs to: long enough for the
+    correlation to have decayed, short enough not to integrate noise. The error is the spread of
+    the runs' own running integrals (several runs), else of ``blocks`` consecutive blocks of the
+    one run (each at least twice the cutoff long), divided by the square root of their number;
+    with n such samples the deviation divided by it follows Student's t with n - 1 degrees of
+    freedom (10 blocks: 95% of deviations within 2.26 errors).
+    """
+    runs = [np.asarray(f, dtype=np.float64) for f in (flux if isinstance(flux, (list, tuple)) else
+                                                     (flux if np.ndim(flux) == 3 else [flux]))]
+    for run in runs:
+        if run.ndim != 2 or run.shape[1] != 3:
+            raise ValueError(f"a heat-flux series has shape (k, 3), got {run.shape}")
+    if timestep_fs <= 0 or volume <= 0 or temperature <= 0:
+        raise ValueError("timestep_fs, volume and temperature must be positive")
+    shortest = min(len(run) for run in runs)
+    lags = int(round((0.1 * shortest * timestep_fs if cutoff_fs is None else cutoff_fs) / timestep_fs))
+    if lags < 1 or lags >= shortest:
+        raise ValueError(f"the cutoff must be between one sample and the series length ({shortest} samples "
+                         f"of {timestep_fs} fs), got {lags} samples")
+    # per component, 1/(V k_B T^2), in W/(m K) per eV^2 Å^2/fs
+    factor = W_PER_M_K / (3.0 * volume * BOLTZMANN_EV_PER_K * temperature**2)
+    if len(runs) > 1:
+        pieces, error_from = runs, "runs"
+    else:
+        length = len(runs[0]) // blocks
+        if blocks < 2 or length < 2 * lags:
+            raise ValueError(f"{blocks} blocks of {length} samples are too short for a {lags}-sample cutoff: "
+                             "give fewer blocks, a shorter cutoff, a longer run, or several runs")
+        pieces, error_from = [runs[0][b * length:(b + 1) * length] for b in range(blocks)], "blocks"
+    total_sums, total_counts = 0.0, 0.0
+    for run in runs:
+        sums, counts = _correlation_sums(run, lags)
+        total_sums, total_counts = total_sums + sums, total_counts + counts
+    correlation = total_sums / total_counts  # sum over the 3 components
+    integrals = []
+    for piece in pieces:
+        sums, counts = _correlation_sums(piece, lags)
+        integrals.append(_running_integral(sums / counts, timestep_fs, factor))
+    integrals = np.asarray(integrals)
+    running = _running_integral(correlation, timestep_fs, factor)
+    running_error = integrals.std(axis=0, ddof=1) / np.sqrt(len(pieces))
+    return GreenKubo(
+        kappa=float(running[-1]), kappa_error=float(running_error[-1]), lags_fs=np.arange(lags + 1) * timestep_fs,
+        running_integral=running, running_error=running_error, autocorrelation=correlation / 3.0,
+        cutoff_fs=lags * timestep_fs, samples=len(pieces), error_from=error_from, volume=float(volume),
+        temperature=float(temperature),
+    )
+
+
+def read_heat_flux(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(time_fs, flux)`` from a run directory's ``heat_flux.csv`` (``so3krates md --record
+    heat-flux``): times in fs (k,), the total heat flux in eV Å/fs (k, 3)."""
+    path = Path(directory) / "heat_flux.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no heat-flux file (run so3krates md with --record heat-flux)")
+    table = np.loadtxt(path, delimiter=",", comments="#", skiprows=2, ndmin=2)
+    return table[:, 1], table[:, 2:5]

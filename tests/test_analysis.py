@@ -217,3 +217,58 @@ def test_backbone_dihedrals_of_ac_ala3_nhme_match_ase(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with pytest.raises(ValueError, match="no peptide backbone"):
         backbone_dihedrals(ase.io.read(os.path.join(MOLECULES, "ethanol.xyz")))
+
+
+# --- Green-Kubo -----------------------------------------------------------------------------------
+
+def ornstein_uhlenbeck(rng, samples, timestep, correlation_time, std, runs=None):
+    """Exact discrete OU series (k, 3) (or (runs, k, 3)): <x(0)x(t)> = std^2 exp(-t/correlation_time)."""
+    shape = (samples, 3) if runs is None else (runs, samples, 3)
+    a = np.exp(-timestep / correlation_time)
+    noise = rng.normal(size=shape) * std * np.sqrt(1 - a * a)
+    x = np.empty(shape)
+    x[..., 0, :] = rng.normal(size=shape[:-2] + (3,)) * std
+    for k in range(1, samples):
+        x[..., k, :] = a * x[..., k - 1, :] + noise[..., k, :]
+    return x
+
+
+def ou_integral(timestep, correlation_time, std, cutoff):
+    """The trapezoidal integral of the exact autocorrelation up to the cutoff, eV^2 Å^2/fs."""
+    c = std**2 * np.exp(-np.arange(int(round(cutoff / timestep)) + 1) * timestep / correlation_time)
+    return timestep * (c.sum() - 0.5 * (c[0] + c[-1]))
+
+
+@pytest.mark.parametrize("runs", [None, 8])
+def test_green_kubo_recovers_the_integral_of_an_ornstein_uhlenbeck_flux_within_its_honest_error(runs):
+    from so3krates.analysis import BOLTZMANN_EV_PER_K, W_PER_M_K, green_kubo
+
+    timestep, tau, std, cutoff = 2.0, 40.0, 0.05, 400.0  # fs, fs, eV Å/fs, fs (10 tau)
+    volume, temperature = 1500.0, 90.0
+    exact = ou_integral(timestep, tau, std, cutoff) * W_PER_M_K / (volume * BOLTZMANN_EV_PER_K * temperature**2)
+    assert exact == pytest.approx(std**2 * tau * W_PER_M_K / (volume * BOLTZMANN_EV_PER_K * temperature**2),
+                                  rel=2e-3)
+    deviations = []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        samples = 40_000 if runs is None else 5_000
+        flux = ornstein_uhlenbeck(rng, samples, timestep, tau, std, runs)
+        result = green_kubo(flux if runs is None else list(flux), timestep, volume, temperature, cutoff_fs=cutoff)
+        assert result.error_from == ("blocks" if runs is None else "runs")
+        assert result.samples == (10 if runs is None else runs)
+        assert result.lags_fs[-1] == cutoff and result.running_integral[-1] == result.kappa
+        assert result.autocorrelation[0] == pytest.approx(std**2, rel=0.1)
+        deviations.append((result.kappa - exact) / result.kappa_error)
+        assert 0.01 < result.kappa_error / exact < 0.2
+    deviations = np.asarray(deviations)
+    assert np.all(np.abs(deviations) < 3.5), deviations  # an honest error: deviations of ~1 sigma
+    assert 0.4 < np.sqrt(np.mean(deviations**2)) < 1.8, deviations
+
+
+def test_green_kubo_refuses_bad_input():
+    from so3krates.analysis import green_kubo
+
+    with pytest.raises(ValueError, match="shape"):
+        green_kubo(np.zeros((100, 2)), 1.0, 100.0, 300.0)
+    with pytest.raises(ValueError, match="too short"):
+        green_kubo(np.zeros((100, 3)), 1.0, 100.0, 300.0, cutoff_fs=20.0)
