@@ -18,6 +18,11 @@ zero-initialised readout (a random readout would tear the molecule apart within 
 change the pair count); the network does all its work either way, so the cost per step is that of
 a trained model. In MD, Morse bond restraints (from covalent radii; a negligible cost) hold the
 molecule in shape at 300 K, so the neighbour list sees realistic vibrations.
+* the cost of recording the heat flux (``so3krates md --record heat-flux``: a
+  ``HeatFluxRecorder`` on every recorded frame, float64, the unfolded cell): MD steps/s with
+  and without it, for Lennard-Jones argon (108 atoms, NVE, 5 fs) and the 64-water box with a
+  small SO3krates model (F=60, 2 layers, 4 Å: 8 Å reach; Langevin, 0.5 fs), a frame every 10 steps.
+
 Targets (issue 4): MD step within 1.2x of one energy+forces call; at least 5x ASE's loop for
 ethanol and 2x for DHA. A benchmark, not a test: missed targets are reported, never fatal.
 """
@@ -46,7 +51,8 @@ from ase.md.verlet import VelocityVerlet  # noqa: E402
 
 import so3krates  # noqa: E402
 from so3krates import ModelConfig, SO3kratesCalculator, System, evaluate, init_model  # noqa: E402
-from so3krates.md import EnergyFunction, MDConfig, Simulation  # noqa: E402
+from so3krates.lennard_jones import lennard_jones_potential  # noqa: E402
+from so3krates.md import EnergyFunction, HeatFluxRecorder, MDConfig, Simulation  # noqa: E402
 from so3krates.md.guards import find_bonds  # noqa: E402
 from so3krates.neighbors import build_graph  # noqa: E402
 
@@ -113,6 +119,48 @@ def md_step_ms(potential, atoms, chunk: int, chunks: int):
     return 1e3 * wall / timed, result.neighbor_rebuilds, compile_s, pairs, simulation.reallocations, timed
 
 
+def heat_flux_cost(atoms, potential, config: MDConfig, chunks: int) -> dict:
+    """MD steps/s without and with a HeatFluxRecorder (after a warm-up chunk each)."""
+    rates = {}
+    for record in (False, True):
+        simulation = Simulation(atoms, potential, config)
+        recorder = None
+        if record:
+            recorder = HeatFluxRecorder(simulation)  # the first frame: sizes the room, compiles
+            simulation.attach(recorder)
+        simulation.run(config.chunk_steps)  # warm-up (compiles)
+        began = time.perf_counter()
+        simulation.run(config.chunk_steps * chunks)
+        rates[record] = config.chunk_steps * chunks / (time.perf_counter() - began)
+    return dict(plain=rates[False], recorded=rates[True], unfolded_atoms=recorder.num_atoms,
+                unfolded_pairs=recorder.num_pairs, frames=chunks * config.chunk_steps // config.record_every)
+
+
+def heat_flux_rows(quick: bool) -> list[dict]:
+    from ase.build import bulk
+
+    argon = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3)
+    argon.rattle(0.05, seed=0)
+    water = ase.io.read(ROOT / "data" / "molecules" / "water_box.xyz")
+    small = ModelConfig(num_features=60, num_layers=2, cutoff=4.0)
+    systems = [
+        ("LJ argon", argon, lennard_jones_potential(sigma=3.405, epsilon=0.0104, cutoff=8.5),
+         MDConfig(ensemble="nve", temperature=90.0, timestep=5.0, chunk_steps=200, record_every=10, dtype="float64",
+                  max_bond_stretch=None)),
+        ("water box, SO3krates F=60 L=2 4 Å", water, init_model(small, ["H", "O"], seed=0),
+         MDConfig(ensemble="langevin", temperature=300.0, timestep=0.5, chunk_steps=50 if quick else 100,
+                  record_every=10, dtype="float32", min_distance=None, max_bond_stretch=None)),
+    ]
+    rows = []
+    for name, atoms, potential, config in systems:
+        row = dict(name=name, atoms=len(atoms), dtype=config.dtype,
+                   **heat_flux_cost(atoms, potential, config, chunks=1 if quick else 2))
+        rows.append(row)
+        print(f"{name:>13} {len(atoms):4d} atoms: {row['plain']:.1f} steps/s, {row['recorded']:.1f} with the heat flux "
+              f"({row['plain'] / row['recorded']:.2f}x slower; unfolded room {row['unfolded_atoms']} atoms)", flush=True)
+    return rows
+
+
 def ase_step_ms(potential, atoms, steps: int) -> float:
     atoms = atoms.copy()
     atoms.calc = SO3kratesCalculator(potential, dtype="float32")
@@ -149,15 +197,16 @@ def main() -> None:
         print(f"{name:>13} {len(atoms):4d} atoms: call {call:8.2f} ms, MD step {step:8.2f} ms "
               f"({step / call:.2f}x call), ASE step {ase_step:8.2f} ms ({ase_step / step:.1f}x slower), "
               f"ns/day {0.5e-6 / (step * 1e-3) * 86400:.3f}", flush=True)
+    flux_rows = heat_flux_rows(args.quick)
     load_after = os.getloadavg()
-    text = report(rows, time.perf_counter() - started, load_before, load_after)
+    text = report(rows, time.perf_counter() - started, load_before, load_after, flux_rows)
     print(text)
     if record:
         with open(RESULTS, "a") as stream:
             stream.write("\n" + text)
 
 
-def report(rows, wall_s, load_before, load_after) -> str:
+def report(rows, wall_s, load_before, load_after, flux_rows=()) -> str:
     lines = [
         *heading("bench/md.py", wall_s, load_before, load_after),
         "",
@@ -191,6 +240,17 @@ def report(rows, wall_s, load_before, load_after) -> str:
             speedup = by_name[name]["ase"] / by_name[name]["step"]
             lines.append(f"- >= {factor:.0f}x ASE's loop for {name}: {'**met**' if speedup >= factor else '**NOT met**'} "
                          f"({speedup:.1f}x)")
+    if flux_rows:
+        lines += [
+            "", "The cost of recording the heat flux (`--record heat-flux`: `HeatFluxRecorder`, float64, on the "
+            "unfolded cell, a frame every 10 steps; MD steps/s over whole chunks after a warm-up chunk; the model "
+            "of the water box has a zero-initialised readout, so its atoms move freely, at full network cost):", "",
+            "| system | atoms | MD dtype | unfolded room (atoms / pairs) | steps/s | steps/s with heat flux | slow-down | frames recorded |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in flux_rows:
+            lines.append(f"| {r['name']} | {r['atoms']} | {r['dtype']} | {r['unfolded_atoms']} / {r['unfolded_pairs']} | "
+                         f"{r['plain']:.1f} | {r['recorded']:.1f} | {r['plain'] / r['recorded']:.2f}x | {r['frames']} |")
     return "\n".join(lines) + "\n"
 
 
