@@ -226,6 +226,8 @@ def report(rows, wall_s, load_before, load_after, flux_rows=()) -> str:
         "steps/s | ns/day | ASE VV step (ms) | speed-up vs ASE | steps timed | nbr rebuilds | reallocations | first chunk incl. compile (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if not rows:  # --heat-flux-only: no molecule table (its paragraph, header and separator)
+        del lines[-5:]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['atoms']} | {r['call_pairs']} / {r['model_pairs']} / {r['list_pairs']} | {r['call']:.2f} | {r['step']:.2f} | {r['step'] / r['call']:.2f} | "
