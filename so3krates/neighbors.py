@@ -323,6 +323,10 @@ class NeighborList:
     cutoff, compacted into that many slots: the skin pairs, which contribute exactly zero, then
     cost no filter evaluations. More pairs within the cutoff than that also sets ``overflow``.
 
+    A periodic list keeps the cell of its last rebuild (``reference_cell``): when a barostat
+    strains the cell, the rebuild test adds the strain's worst stretch of a pair at the
+    longest cutoff to the atoms' own displacements (see :func:`update_neighbor_list`).
+
     The capacities are static (they fix the compiled program's shapes): they come from the
     shared :data:`PAIR_CAPACITIES`, so every list of one size bucket gets the same ones. So is
     the ``grid`` of the rebuild's cell list; a bin fuller than its room, or a cell strained
@@ -338,6 +342,8 @@ class NeighborList:
     grid: BinGrid = dataclasses.field(metadata=dict(static=True))  # how a rebuild searches
     active_capacity: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     long_range_cutoff: float | None = dataclasses.field(default=None, metadata=dict(static=True))
+    # periodic lists: the cell at the last rebuild (a barostat changes the cell between rebuilds)
+    reference_cell: Float[Array, "3 3"] | None = None
 
     @property
     def capacity(self) -> int:
@@ -475,6 +481,7 @@ def allocate_neighbor_list(
         grid=bin_grid(system, reach, num_atoms=graph.positions.shape[0]),
         active_capacity=None if active_capacity is None else min(active_capacity, graph.pair_first.shape[0]),
         long_range_cutoff=None if long_range_cutoff is None else float(long_range_cutoff),
+        reference_cell=np.asarray(graph.cells[0]) if np.any(system.pbc) else None,
     )
     if capacities is None:
         return nl
@@ -586,10 +593,7 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
     """
     graph = nl.graph
     positions = jnp.asarray(positions, dtype=nl.reference_positions.dtype)
-    displacement = jnp.linalg.norm(
-        jnp.where(graph.atom_mask[:, None], positions - nl.reference_positions, 0.0), axis=1
-    )
-    needs_rebuild = jnp.max(displacement) > 0.5 * nl.skin
+    needs_rebuild = _moved_past_skin(nl, positions)
 
     def rebuild(_):
         reaches = [nl.cutoff + nl.skin]
@@ -611,18 +615,49 @@ def update_neighbor_list(nl: NeighborList, positions: Float[Array, "n 3"]) -> Ne
                 long_range_offsets=offsets.astype(graph.long_range_offsets.dtype), long_range_mask=mask,
             )
             overflow = overflow | (count > first.shape[0])
-        return new_graph, positions, overflow, nl.num_rebuilds + 1
+        return new_graph, positions, overflow, nl.num_rebuilds + 1, _current_cell(nl)
 
     def keep(_):
-        return dataclasses.replace(graph, positions=positions), nl.reference_positions, jnp.array(False), nl.num_rebuilds
+        return (dataclasses.replace(graph, positions=positions), nl.reference_positions, jnp.array(False),
+                nl.num_rebuilds, nl.reference_cell)
 
-    new_graph, reference, overflow, rebuilds = jax.lax.cond(needs_rebuild, rebuild, keep, None)
+    new_graph, reference, overflow, rebuilds, reference_cell = jax.lax.cond(needs_rebuild, rebuild, keep, None)
     if nl.active_capacity is not None:
         overflow = overflow | (jnp.sum(_within_cutoff(nl, new_graph, positions)) > nl.active_capacity)
     return dataclasses.replace(
         nl, graph=new_graph, reference_positions=reference,
-        overflow=nl.overflow | overflow, num_rebuilds=rebuilds,
+        overflow=nl.overflow | overflow, num_rebuilds=rebuilds, reference_cell=reference_cell,
     )
+
+
+def _current_cell(nl: NeighborList):
+    if nl.reference_cell is None:
+        return None
+    return nl.graph.cells[0].astype(nl.reference_cell.dtype)
+
+
+def _moved_past_skin(nl: NeighborList, positions) -> Bool[Array, ""]:
+    """Whether a pair outside the list may have come within a cutoff since the last rebuild.
+
+    A pair's vector is r_j - r_i + n @ cell. With the cell strained from the reference cell
+    H0 to H = H0 F, write r = u F: each u moved from its reference position by at most d, and a
+    vector within the cutoff c had length at most c |F^-1| before the strain, so it was within
+    c + 2d + c (|F^-1| - 1) at the last rebuild. The list holds everything within c + skin, so
+    a rebuild is due when 2d + c (|F^-1| - 1) > skin (the cell unchanged: the plain d > skin/2).
+    """
+    mask = nl.graph.atom_mask[:, None]
+    if nl.reference_cell is None:
+        undeformed, stretch = positions, 0.0
+    else:
+        cell = _current_cell(nl)
+        unchanged = jnp.all(cell == nl.reference_cell)
+        # F^-1 = H^-1 H0, the identity exactly while the cell is the reference (no rounding)
+        inverse = jnp.where(unchanged, jnp.eye(3, dtype=cell.dtype), jnp.linalg.solve(cell, nl.reference_cell))
+        undeformed = positions @ inverse
+        longest = max(nl.cutoff, nl.long_range_cutoff or 0.0)
+        stretch = longest * jnp.maximum(jnp.linalg.norm(inverse, ord=2) - 1.0, 0.0)
+    displacement = jnp.linalg.norm(jnp.where(mask, undeformed - nl.reference_positions, 0.0), axis=1)
+    return 2.0 * jnp.max(displacement) + stretch > nl.skin
 
 
 def _binned_pairs_in_jit(positions, graph: Graph, grid: BinGrid, reaches: Sequence[float], capacities: Sequence[int]):

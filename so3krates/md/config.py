@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+import numpy as np
+from ase import units
+
 from so3krates.geometry import BOND_FACTOR, MD_MAX_BOND_STRETCH, MIN_DISTANCE
-from so3krates.md.integrators import ENSEMBLES
+from so3krates.md.integrators import CELL_COUPLINGS, ENSEMBLES
 from so3krates.runtime import DTYPES
 
 # MD departs from the neighbour list's defaults (neighbors.SKIN, neighbors.CAPACITY_FACTOR) on purpose:
@@ -14,18 +17,25 @@ MD_SKIN = 0.3  # Å: a step moves atoms ~0.01 Å, so a thin skin still rebuilds 
 MD_CAPACITY_FACTOR = 1.05  # an overflow costs only a redone chunk (and the room is kept), so allocate tight
 
 # Settings a running Simulation may change between chunks without recompiling (traced values).
-CONTROLS = ("temperature", "timestep", "friction", "chain_tau")
+CONTROLS = ("temperature", "timestep", "friction", "chain_tau", "pressure", "barostat_tau", "compressibility")
+# a water-like isothermal compressibility, 4.5e-5 / bar: it sets how fast the volume relaxes, not what it samples
+DEFAULT_COMPRESSIBILITY = 4.5e-5 / units.bar  # Å³/eV
 
 
 @dataclasses.dataclass(frozen=True)
 class MDConfig:
-    ensemble: Literal["nve", "langevin", "nose-hoover"] = "langevin"
+    ensemble: Literal["nve", "langevin", "nose-hoover", "npt"] = "langevin"
     temperature: float = 300.0  # K: thermostat target; NVE: temperature of the initial velocities
     timestep: float = 0.5  # fs
     friction: float = 0.01  # 1/fs (Langevin)
     chain_length: int = 3  # Nosé-Hoover
     chain_tau: float = 100.0  # fs, Nosé-Hoover thermostat period
     chain_steps: int = 1  # Nosé-Hoover sub-steps per half step
+    # NPT (Langevin thermostat + stochastic cell rescaling; periodic structures only)
+    pressure: float = units.bar  # eV/Å³, the target (1 bar; ase.units.bar, GPa, ... convert)
+    barostat_tau: float = 1000.0  # fs, the volume's relaxation time
+    compressibility: float = DEFAULT_COMPRESSIBILITY  # Å³/eV, beta_T
+    cell_coupling: Literal["isotropic", "anisotropic"] = "isotropic"  # anisotropic: x, y, z each on its own
     yoshida_order: Literal[1, 3, 5] = 3
     chunk_steps: int = 500  # steps per jitted call (lax.scan)
     record_every: int = 10  # steps between recorded frames (divides chunk_steps)
@@ -49,6 +59,13 @@ class MDConfig:
         problems = []
         if self.ensemble not in ENSEMBLES:
             problems.append(f"ensemble={self.ensemble!r} is not one of {ENSEMBLES}")
+        if self.cell_coupling not in CELL_COUPLINGS:
+            problems.append(f"cell_coupling={self.cell_coupling!r} is not one of {CELL_COUPLINGS}")
+        for name in ("barostat_tau", "compressibility"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if not np.isfinite(self.pressure):
+            problems.append(f"pressure must be finite, got {self.pressure}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype={self.dtype!r} is not one of {DTYPES}")
         if self.yoshida_order not in (1, 3, 5):

@@ -118,6 +118,21 @@ class PotentialForces:
         value, gradient = jax.value_and_grad(energy)(positions)
         return value, -gradient
 
+    def with_virial(self, positions, neighbors: NeighborList):
+        """(energy, forces, virial): the virial W = -dE/d(strain) (eV, 3 x 3, symmetric) of a
+        homogeneous strain of atoms and cell together; the stress is -W / V."""
+        num_padded = neighbors.graph.positions.shape[0]
+        graph = active_graph(neighbors, jax.lax.stop_gradient(pad(positions, num_padded)))
+
+        def energy(x, strain):
+            deformation = jnp.eye(3, dtype=x.dtype) + 0.5 * (strain + strain.T)
+            return jnp.sum(atomic_energies(self.potential, graph, pad(x, num_padded) @ deformation,
+                                           graph.cells @ deformation))
+
+        strain = jnp.zeros((3, 3), positions.dtype)
+        value, (gradient, strain_gradient) = jax.value_and_grad(energy, argnums=(0, 1))(positions, strain)
+        return value, -gradient, -strain_gradient
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +210,10 @@ class SumForces:
         results = [part(positions, n) for part, n in zip(self.parts, neighbors)]
         return sum(r[0] for r in results), sum(r[1] for r in results)
 
+    def with_virial(self, positions, neighbors):
+        results = [part.with_virial(positions, n) for part, n in zip(self.parts, neighbors)]
+        return tuple(sum(r[k] for r in results) for k in range(3))
+
 
 def make_force_field(model, system: System, dtype: str = "float32", skin: float = SKIN,
                      capacity_factor: float = CAPACITY_FACTOR, charge=0, multiplicity=1):
@@ -233,6 +252,32 @@ def make_force_field(model, system: System, dtype: str = "float32", skin: float 
     raise TypeError(f"cannot run MD with a {type(model).__name__}: expected a Potential, XTBReference or energy function")
 
 
+def has_virial(force_field) -> bool:
+    """Whether ``force_field`` gives a virial (every part a Potential), as constant pressure needs."""
+    if isinstance(force_field, SumForces):
+        return all(has_virial(part) for part in force_field.parts)
+    return isinstance(force_field, PotentialForces)
+
+
+def neighbor_cell(neighbors, dtype) -> jax.Array:
+    """The cell (3 x 3, lattice vectors as rows) the force field's lists compute with; zeros
+    without a list (a free molecule's cell is zero too)."""
+    lists = neighbor_lists(neighbors)
+    if not lists:
+        return jnp.zeros((3, 3), dtype)
+    return jnp.asarray(lists[0].graph.cells[0], dtype)
+
+
+def with_cell(neighbors, cell):
+    """The lists computing with ``cell`` from now on (a barostat moved it); pairs unchanged (a
+    list's pairs are integer lattice offsets, and its rebuild test sees the strain)."""
+    def move(nl: NeighborList) -> NeighborList:
+        cells = jnp.broadcast_to(cell.astype(nl.graph.cells.dtype), nl.graph.cells.shape)
+        return dataclasses.replace(nl, graph=dataclasses.replace(nl.graph, cells=cells))
+
+    return jax.tree.map(lambda x: move(x) if _is_list(x) else x, neighbors, is_leaf=_is_list)
+
+
 def reference_errors(force_field) -> list[str]:
     """The failed reference calculations of ``force_field`` (or of its parts), newest last."""
     parts = force_field.parts if isinstance(force_field, SumForces) else (force_field,)
@@ -253,7 +298,9 @@ def cast_neighbor_list(nl: NeighborList, dtype) -> NeighborList:
         positions=np.asarray(graph.positions, dtype), pair_offsets=np.asarray(graph.pair_offsets, dtype),
         cells=np.asarray(graph.cells, dtype), **optional,
     )
-    return dataclasses.replace(nl, graph=graph, reference_positions=np.asarray(nl.reference_positions, dtype))
+    reference_cell = None if nl.reference_cell is None else np.asarray(nl.reference_cell, dtype)
+    return dataclasses.replace(nl, graph=graph, reference_positions=np.asarray(nl.reference_positions, dtype),
+                               reference_cell=reference_cell)
 
 
 def _is_list(x) -> bool:

@@ -9,6 +9,11 @@ temperature K. With these, a kinetic energy p²/2m comes out in amu Å²/fs², w
   Ornstein-Uhlenbeck step, half drift, half kick. The kinetic energy the O step changes is
   summed in ``state.heat`` (energy the bath put in); conserved: E_kin + E_pot - heat (the
   "effective energy", constant up to the integration error).
+* :func:`npt` constant pressure and temperature: Langevin thermostat and stochastic cell
+  rescaling (Bernetti & Bussi, J. Chem. Phys. 153, 114107 (2020)), isotropic or anisotropic
+  (each Cartesian axis of the cell on its own), driven by the virial from automatic
+  differentiation; conserved: E_kin + E_pot + P V - heat, where heat sums the energy the
+  thermostat and the barostat put in (the "effective energy").
 * :func:`nose_hoover` Martyna-Tuckerman-Klein chain with Suzuki-Yoshida factorisation of the
   thermostat propagator (Martyna et al., Mol. Phys. 87, 1117 (1996)); conserved: the extended
   energy E_kin + E_pot + sum_i Q_i v_i²/2 + N_f kT xi_1 + kT sum_{i>1} xi_i.
@@ -31,9 +36,12 @@ import jax.numpy as jnp
 from ase import units
 from jaxtyping import Array, Float
 
+from so3krates.md.forces import neighbor_cell, with_cell
+
 KB = units.kB  # eV/K
 MVV2E = 1.0 / units.fs**2  # eV per amu Å²/fs²
-ENSEMBLES = ("nve", "langevin", "nose-hoover")
+ENSEMBLES = ("nve", "langevin", "nose-hoover", "npt")
+CELL_COUPLINGS = ("isotropic", "anisotropic")
 
 
 @jax.tree_util.register_dataclass
@@ -50,6 +58,8 @@ class MDState:
     key: Array  # raw uint32 PRNG key
     step: Array  # int32 steps done (whatever JAX's 64-bit flag: 2^31 steps suffice)
     neighbors: Any  # the force field's neighbour list (None when it needs none)
+    cell: Float[Array, "3 3"]  # lattice vectors as rows (zero for a free molecule); NPT moves it
+    virial: Float[Array, "3 3"]  # W = -dE_pot/d(strain), eV (NPT only; zero otherwise)
 
     @property
     def velocities(self) -> Float[Array, "n 3"]:
@@ -126,7 +136,7 @@ class Integrator(tuple):
         return self
 
 
-def _init_factory(force_fn, default_temperature, chain_length, remove_rotation, periodic):
+def _init_factory(force_fn, default_temperature, chain_length, remove_rotation, periodic, virial: bool = False):
     def init_fn(key, positions, masses, neighbors=None, momenta=None, temperature=None):
         positions = jnp.asarray(positions)
         dtype = positions.dtype
@@ -139,13 +149,16 @@ def _init_factory(force_fn, default_temperature, chain_length, remove_rotation, 
                 velocity_key, masses, t, None if periodic else positions, remove_rotation, dtype
             )
         neighbors = force_fn.update(neighbors, positions)
-        energy, forces = force_fn(positions, neighbors)
+        if virial:
+            energy, forces, w = force_fn.with_virial(positions, neighbors)
+        else:
+            (energy, forces), w = force_fn(positions, neighbors), jnp.zeros((3, 3), dtype)
         zero = jnp.zeros((), dtype)
         return MDState(
             positions=positions, momenta=jnp.asarray(momenta, dtype), masses=masses, forces=forces.astype(dtype),
             energy=energy.astype(dtype), heat=zero, chain_positions=jnp.zeros(chain_length, dtype),
             chain_velocities=jnp.zeros(chain_length, dtype), key=key, step=jnp.zeros((), jnp.int32),
-            neighbors=neighbors,
+            neighbors=neighbors, cell=neighbor_cell(neighbors, dtype), virial=w.astype(dtype),
         )
 
     return init_fn
@@ -191,6 +204,20 @@ def nve(force_fn, timestep, *, periodic: bool = False, remove_rotation: bool = T
     return Integrator(init_fn, step_fn, conserved_fn, temperature_fn, n_dof, "nve")
 
 
+def _thermalise(state: MDState, dt, temperature_K, friction) -> MDState:
+    """The exact Ornstein-Uhlenbeck step of the momenta over ``dt``; the kinetic energy it
+    changes is added to ``state.heat``."""
+    key, noise_key = jax.random.split(state.key)
+    dtype = state.positions.dtype
+    c1 = jnp.exp(-friction * dt).astype(dtype)
+    c2 = jnp.sqrt(1.0 - c1**2)
+    sigma = jnp.sqrt(state.masses * KB * temperature_K / MVV2E)[:, None]
+    noise = jax.random.normal(noise_key, state.momenta.shape, dtype)
+    momenta = c1 * state.momenta + c2 * sigma * noise
+    heat = state.heat + kinetic_energy(momenta, state.masses) - kinetic_energy(state.momenta, state.masses)
+    return dataclasses.replace(state, momenta=momenta, heat=heat, key=key)
+
+
 def langevin(force_fn, timestep, temperature_K, friction, *, periodic: bool = False, remove_rotation: bool = True) -> Integrator:
     """Langevin dynamics by BAOAB; ``friction`` gamma in 1/fs (0.01/fs = 10/ps)."""
     n_dof = lambda state: degrees_of_freedom(state.masses.shape[-1], periodic, "langevin")  # noqa: E731
@@ -199,15 +226,7 @@ def langevin(force_fn, timestep, temperature_K, friction, *, periodic: bool = Fa
         dt = timestep
         state = _kick(state, dt)
         state = _drift(state, 0.5 * dt)
-        key, noise_key = jax.random.split(state.key)
-        dtype = state.positions.dtype
-        c1 = jnp.exp(-friction * dt).astype(dtype)
-        c2 = jnp.sqrt(1.0 - c1**2)
-        sigma = jnp.sqrt(state.masses * KB * temperature_K / MVV2E)[:, None]
-        noise = jax.random.normal(noise_key, state.momenta.shape, dtype)
-        momenta = c1 * state.momenta + c2 * sigma * noise
-        heat = state.heat + kinetic_energy(momenta, state.masses) - kinetic_energy(state.momenta, state.masses)
-        state = dataclasses.replace(state, momenta=momenta, heat=heat, key=key)
+        state = _thermalise(state, dt, temperature_K, friction)
         state = _drift(state, 0.5 * dt)
         state = _forces(force_fn, state)
         state = _kick(state, dt)
@@ -221,6 +240,96 @@ def langevin(force_fn, timestep, temperature_K, friction, *, periodic: bool = Fa
 
     init_fn = _init_factory(force_fn, temperature_K, 0, remove_rotation, periodic)
     return Integrator(init_fn, step_fn, conserved_fn, temperature_fn, n_dof, "langevin")
+
+
+def pressure_tensor(momenta, masses, virial, cell) -> Float[Array, "3 3"]:
+    """The instantaneous pressure tensor (eV/Å³): (sum_i p_i p_i^T / m_i + W) / V."""
+    volume = jnp.abs(jnp.linalg.det(cell))
+    kinetic = MVV2E * jnp.einsum("na,nb->ab", momenta / masses[:, None], momenta)
+    return (kinetic + virial) / volume
+
+
+def _forces_with_virial(force_fn, state: MDState) -> MDState:
+    neighbors = force_fn.update(state.neighbors, state.positions)
+    energy, forces, virial = force_fn.with_virial(state.positions, neighbors)
+    dtype = state.positions.dtype
+    return dataclasses.replace(state, energy=energy.astype(dtype), forces=forces.astype(dtype),
+                               virial=virial.astype(dtype), neighbors=neighbors)
+
+
+def _sinh_ratio(x):
+    """sinh(x) / x for the small strains of one step (|x| << 1)."""
+    x2 = x * x
+    return 1.0 + x2 / 6.0 + x2 * x2 / 120.0
+
+
+def npt(force_fn, timestep, temperature_K, friction, pressure, tau, compressibility, *,
+        anisotropic: bool = False, remove_rotation: bool = True) -> Integrator:
+    """Constant pressure and temperature: Langevin thermostat and stochastic cell rescaling.
+
+    ``pressure`` P0 in eV/Å³ (1 bar = ``ase.units.bar``), ``tau`` the barostat's relaxation time
+    (fs), ``compressibility`` beta (Å³/eV; it sets how fast the volume relaxes, not what it
+    samples), ``friction`` the thermostat's (1/fs). One step is O(dt/2) B(dt/2) [C + A](dt)
+    B(dt/2) O(dt/2), with forces and virial evaluated once, after the cell moved:
+
+    * C, stochastic cell rescaling (Bernetti & Bussi 2020) in the logarithm of the volume
+      (isotropic), an Euler-Maruyama step of
+      d eps = -(beta / tau) (P0 - P) dt + sqrt(2 kT beta / (V tau)) dW,
+      with P the instantaneous pressure (kinetic part from the momenta, which the cell scaling
+      rescales). Its stationary volume distribution is V^N exp(-beta P0 V) times the
+      configurational weight: for an ideal gas of N atoms, a Gamma distribution of shape N + 1.
+      ``anisotropic``: each Cartesian axis a of the cell on its own, with P_aa and beta / 3.
+    * A, the drift, exact together with the uniform strain rate of C:
+      r' = mu r + (p / m) dt sinh(x) / x, p' = p / mu, with x = log mu per axis.
+
+    Conserved: the effective energy E_kin + E_pot + P0 V - heat, where heat sums what the
+    thermostat (kinetic energy) and the barostat (kinetic, P0 dV and the strain's work on the
+    potential, by the trapezoid rule on the virials before and after) put in.
+    """
+    n_dof = lambda state: degrees_of_freedom(state.masses.shape[-1], True, "langevin")  # noqa: E731
+
+    def step_fn(state):
+        dt = timestep
+        kt = KB * temperature_K
+        state = _thermalise(state, 0.5 * dt, temperature_K, friction)
+        state = _kick(state, dt)
+        key, noise_key = jax.random.split(state.key)
+        dtype = state.positions.dtype
+        volume = jnp.abs(jnp.linalg.det(state.cell))
+        pressures = jnp.diagonal(pressure_tensor(state.momenta, state.masses, state.virial, state.cell))
+        noise = jax.random.normal(noise_key, (3,), dtype)
+        if anisotropic:
+            rate = compressibility / (3.0 * tau)
+            strain = -rate * (pressure - pressures) * dt + jnp.sqrt(2.0 * kt * rate * dt / volume) * noise
+        else:
+            rate = compressibility / tau
+            log_volume = -rate * (pressure - jnp.mean(pressures)) * dt + jnp.sqrt(2.0 * kt * rate * dt / volume) * noise[0]
+            strain = jnp.full(3, log_volume / 3.0, dtype)
+        scale = jnp.exp(strain)
+        kinetic_before = kinetic_energy(state.momenta, state.masses)
+        positions = state.positions * scale + dt * _sinh_ratio(strain) * state.momenta / state.masses[:, None]
+        momenta = state.momenta / scale
+        cell = state.cell * scale[None, :]
+        virial_before = jnp.diagonal(state.virial)
+        moved = dataclasses.replace(state, positions=positions, momenta=momenta, cell=cell, key=key,
+                                    neighbors=with_cell(state.neighbors, cell))
+        moved = _forces_with_virial(force_fn, moved)
+        work = -0.5 * jnp.sum((virial_before + jnp.diagonal(moved.virial)) * strain)
+        heat = (moved.heat + kinetic_energy(momenta, state.masses) - kinetic_before
+                + pressure * volume * (jnp.prod(scale) - 1.0) + work)
+        state = _kick(dataclasses.replace(moved, heat=heat), dt)
+        state = _thermalise(state, 0.5 * dt, temperature_K, friction)
+        return dataclasses.replace(state, step=state.step + 1)
+
+    def conserved_fn(state):
+        volume = jnp.abs(jnp.linalg.det(state.cell))
+        return kinetic_energy(state.momenta, state.masses) + state.energy + pressure * volume - state.heat
+
+    def temperature_fn(state):
+        return temperature(state.momenta, state.masses, n_dof(state))
+
+    init_fn = _init_factory(force_fn, temperature_K, 0, remove_rotation, True, virial=True)
+    return Integrator(init_fn, step_fn, conserved_fn, temperature_fn, n_dof, "npt")
 
 
 # Suzuki-Yoshida weights (sum to 1) for the thermostat propagator

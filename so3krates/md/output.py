@@ -49,7 +49,7 @@ UNITS = {
     "momenta": "ASE units (amu*Angstrom/(Angstrom*sqrt(amu/eV))) in trajectory files; amu*Angstrom/fs in checkpoint.npz",
 }
 THERMO_COLUMNS = ("step", "time_fs", "potential_energy_eV", "kinetic_energy_eV", "total_energy_eV", "conserved_eV",
-                  "temperature_K")
+                  "temperature_K", "volume_A3", "pressure_bar")  # volume 0: a free molecule; pressure: NPT only
 
 
 class RunDirectoryError(FileExistsError):
@@ -77,7 +77,8 @@ def describe_model(model) -> dict[str, Any]:
 def frame_atoms(result: ChunkResult, index: int, system, info: dict | None = None) -> ase.Atoms:
     atoms = ase.Atoms(
         numbers=np.asarray(system.numbers), positions=result.positions[index], masses=result.masses,
-        cell=np.asarray(system.cell), pbc=np.asarray(system.pbc),
+        cell=np.asarray(result.cell[index], np.float64) if np.any(system.pbc) else np.asarray(system.cell),
+        pbc=np.asarray(system.pbc),
     )
     atoms.set_momenta(result.momenta[index] / units.fs)  # amu Å/fs -> ASE momentum unit
     atoms.arrays["velocities"] = result.momenta[index] / result.masses[:, None]
@@ -91,6 +92,11 @@ def frame_atoms(result: ChunkResult, index: int, system, info: dict | None = Non
         atoms, energy=float(result.potential_energy[index]), forces=np.asarray(result.forces[index], np.float64)
     )
     return atoms
+
+
+# state leaves that checkpoints written before constant-pressure MD lack; a run without a barostat
+# keeps them constant, so the fresh simulation's values are the right ones
+ADDED_LATER = (".cell", ".virial", ".reference_cell")
 
 
 def _state_arrays(state) -> dict[str, np.ndarray]:
@@ -157,6 +163,9 @@ def restore_state(simulation: Simulation, metadata: dict[str, Any], arrays: dict
     leaves = []
     for key_path, leaf in flat:
         name = jax.tree_util.keystr(key_path)
+        if name not in arrays and name.endswith(ADDED_LATER):
+            leaves.append(np.asarray(leaf))  # a checkpoint from before NPT: the cell never moved
+            continue
         if name not in arrays:
             raise ValueError(f"{path}: checkpoint lacks {name}")
         value = arrays[name]
@@ -285,7 +294,8 @@ class RunWriter:
                     for atoms in frames:
                         traj.write(atoms)
             rows = np.column_stack([part.step, part.time_fs, part.potential_energy, part.kinetic_energy,
-                                    part.total_energy, part.conserved, part.temperature])
+                                    part.total_energy, part.conserved, part.temperature, part.volume,
+                                    part.pressure / units.bar])
             with open(self.directory / f"{name}.thermo.csv", "a") as stream:
                 for row in rows:
                     stream.write(f"{int(row[0])}," + ",".join(repr(float(x)) for x in row[1:]) + "\n")

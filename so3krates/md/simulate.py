@@ -31,16 +31,16 @@ from so3krates.compilation import bounded_jit, thread_compilations
 from so3krates.md import guards as guard_module
 from so3krates.md.config import CONTROLS, MDConfig
 from so3krates.md.forces import (
-    any_overflow, grow_after_overflow, make_force_field, neighbor_lists, reference_errors,
+    any_overflow, grow_after_overflow, has_virial, make_force_field, neighbor_lists, reference_errors,
 )
 from so3krates.md.guards import GUARDS, BlowUpError, GuardStatus, find_bonds
-from so3krates.md.integrators import MDState, langevin, nose_hoover, nve
+from so3krates.md.integrators import MDState, langevin, nose_hoover, npt, nve, pressure_tensor
 from so3krates.potential import charge_and_multiplicity
 from so3krates.system import System
 
 # Changing these needs a new Simulation (they fix the state's layout or the starting point).
 FIXED = ("ensemble", "dtype", "chain_length", "seed", "skin", "capacity_factor", "bond_detection_factor", "remove_rotation",
-         "charge", "multiplicity")
+         "charge", "multiplicity", "cell_coupling")
 
 
 @jax.tree_util.register_dataclass
@@ -52,6 +52,9 @@ class Controls:
     temperature: jax.Array  # K
     friction: jax.Array  # 1/fs
     chain_tau: jax.Array  # fs
+    pressure: jax.Array  # eV/Å³ (NPT)
+    barostat_tau: jax.Array  # fs (NPT)
+    compressibility: jax.Array  # Å³/eV (NPT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,7 @@ class ChunkSpec:
     periodic: bool
     remove_rotation: bool
     thresholds: tuple
+    cell_coupling: str = "isotropic"
 
 
 def build_integrator(spec: ChunkSpec, force_field, controls: Controls):
@@ -75,6 +79,10 @@ def build_integrator(spec: ChunkSpec, force_field, controls: Controls):
         return nve(force_field, controls.timestep, **common)
     if spec.ensemble == "langevin":
         return langevin(force_field, controls.timestep, controls.temperature, controls.friction, **common)
+    if spec.ensemble == "npt":
+        return npt(force_field, controls.timestep, controls.temperature, controls.friction, controls.pressure,
+                   controls.barostat_tau, controls.compressibility, anisotropic=spec.cell_coupling == "anisotropic",
+                   remove_rotation=spec.remove_rotation)
     return nose_hoover(
         force_field, controls.timestep, controls.temperature, spec.chain_length, controls.chain_tau,
         chain_steps=spec.chain_steps, yoshida_order=spec.yoshida_order, **common,
@@ -84,7 +92,13 @@ def build_integrator(spec: ChunkSpec, force_field, controls: Controls):
 def _frame(integrator, state: MDState) -> dict[str, jax.Array]:
     from so3krates.md.integrators import kinetic_energy
 
+    if integrator.ensemble == "npt":  # the virial is computed at every step only there
+        pressure = jnp.trace(pressure_tensor(state.momenta, state.masses, state.virial, state.cell)) / 3.0
+    else:
+        pressure = jnp.full((), jnp.nan, state.positions.dtype)
     return {
+        "cell": state.cell,
+        "pressure": pressure,
         "step": state.step,
         "positions": state.positions,
         "momenta": state.momenta,
@@ -153,6 +167,17 @@ def _init_replicas(keys, positions, masses, neighbors, momenta, force_field, con
     return jax.vmap(lambda k: _init(k, positions, masses, neighbors, momenta, force_field, controls, spec))(keys)
 
 
+def check_constant_pressure(system: System, force_field) -> None:
+    """NPT needs a cell periodic in all three directions and a model with a virial."""
+    if not np.all(system.pbc):
+        raise ValueError(
+            f"constant pressure (ensemble 'npt') needs a structure periodic in all three directions; this one "
+            f"has pbc={tuple(bool(p) for p in system.pbc)}: give it a cell and pbc=True, or use an NVT ensemble")
+    if not has_virial(force_field):
+        raise ValueError("constant pressure (ensemble 'npt') needs a model with a stress (a so3krates Potential: "
+                         "SO3krates, SO3LR, Lennard-Jones), not the xTB reference or a plain energy function")
+
+
 @dataclasses.dataclass(frozen=True)
 class ChunkResult:
     """Recorded frames (numpy; a leading replica axis when running replicas) and chunk statistics.
@@ -174,6 +199,8 @@ class ChunkResult:
     kinetic_energy: np.ndarray
     temperature: np.ndarray
     conserved: np.ndarray
+    cell: np.ndarray  # (k, 3, 3), lattice vectors as rows (zero for a free molecule)
+    pressure: np.ndarray  # (k,) instantaneous pressure, eV/Å³ (NPT; NaN in the other ensembles)
     masses: np.ndarray
     numbers: np.ndarray
     steps_done: int = 0  # steps integrated in this chunk
@@ -191,6 +218,11 @@ class ChunkResult:
         return self.momenta / self.masses[:, None]
 
     @property
+    def volume(self) -> np.ndarray:
+        """Å³ per frame (zero for a free molecule)."""
+        return np.abs(np.linalg.det(self.cell))
+
+    @property
     def total_energy(self) -> np.ndarray:
         return self.potential_energy + self.kinetic_energy
 
@@ -203,7 +235,7 @@ class ChunkResult:
         return self.steps_done * self.timestep * 1e-6 / self.wall_s * 86400.0 if self.wall_s > 0 else float("nan")
 
     FRAME_FIELDS = ("step", "time_fs", "positions", "momenta", "forces", "potential_energy", "kinetic_energy",
-                    "temperature", "conserved")
+                    "temperature", "conserved", "cell", "pressure")
 
     def select(self, index) -> ChunkResult:
         """Frames picked by ``index`` along the frame axis (the last axis of ``step``)."""
@@ -262,6 +294,8 @@ class Simulation:
         self.charge, self.multiplicity = charge_and_multiplicity(structure, cfg.charge, cfg.multiplicity)
         self.force_field = make_force_field(model, self.system, cfg.dtype, cfg.skin, cfg.capacity_factor,
                                             self.charge, self.multiplicity)
+        if cfg.ensemble == "npt":
+            check_constant_pressure(self.system, self.force_field)
         self.bonds = find_bonds(self.system, cfg.bond_detection_factor, cfg.dtype, padded=True)
         self._initial_momenta = None if momenta is None else np.asarray(momenta, cfg.dtype)
         self._observers: list[tuple[Callable, int, tuple, dict]] = []
@@ -285,6 +319,7 @@ class Simulation:
             chain_length=cfg.chain_length if cfg.ensemble == "nose-hoover" else 0, chain_steps=cfg.chain_steps,
             yoshida_order=cfg.yoshida_order, periodic=self.periodic, remove_rotation=cfg.remove_rotation,
             thresholds=(cfg.max_temperature_factor, cfg.min_distance, cfg.max_bond_stretch, cfg.max_force),
+            cell_coupling=cfg.cell_coupling if cfg.ensemble == "npt" else "isotropic",
         )
 
     def reset(self) -> None:
