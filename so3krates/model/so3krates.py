@@ -177,6 +177,10 @@ class EuclideanAttention(nn.Module):
             dh = dh + scatter_sum((alpha @ heads.T) * gather(v, senders), receivers, n)
             # the EV "values" are the bond's spherical harmonics, not the neighbour's EVs
             beta = (gather(q_ev, receivers) * w_ev * gather(k_ev, senders)) @ ev_heads
+            # attention coefficients (p, H) and (p, n_L), forwards then backwards; a no-op unless
+            # "intermediates" is mutable (apply(..., mutable=["intermediates"]))
+            self.sow("intermediates", "invariant_attention", alpha)
+            self.sow("intermediates", "ev_attention", beta)
             dx = dx + scatter_sum((beta @ geometry.expand) * (sign * geometry.harmonics), receivers, n)
         return dh, dx
 
