@@ -8,7 +8,7 @@ PORT ?= 5006
 # a closed tab's session (and its MD) ends within about a second, not Bokeh's default ~30 s
 APP_SESSION_OPTIONS := --check-unused-sessions 1000 --unused-session-lifetime 1000
 
-.PHONY: install test test-fast app bench lock clean models viz-bundle
+.PHONY: install test test-fast app notebooks bench lock clean models viz-bundle
 
 install: $(INSTALLED)
 
@@ -32,6 +32,14 @@ app: $(INSTALLED)
 	$(BIN)/panel serve app/ --address $(HOST) --port $(PORT) \
 		--allow-websocket-origin=$(HOST):$(PORT) --allow-websocket-origin=localhost:$(PORT) \
 		$(APP_SESSION_OPTIONS)
+
+# JupyterLab in notebooks/ on HOST:PORT (PORT 8888 unless given: `make notebooks PORT=8890`), with
+# nothing that reaches the network: no news feed, no update check, no PyPI extension manager.
+notebooks: PORT = 8888
+notebooks: $(INSTALLED)
+	cd notebooks && ../$(BIN)/python -m jupyterlab --no-browser --ServerApp.ip=$(HOST) --port=$(PORT) \
+		--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		--LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/potential.py
