@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+from ase import units
+
 _TIME_UNITS_FS = {"fs": 1.0, "ps": 1e3, "ns": 1e6}
 _WALL_UNITS_S = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -24,6 +26,21 @@ def _number_and_unit(text: str, units: dict[str, float], what: str) -> float:
     if match is None or match.group(2) not in units:
         raise argparse.ArgumentTypeError(f"{text!r} is not a {what} (e.g. 10{next(iter(units))}; units: {', '.join(units)})")
     return float(match.group(1)) * units[match.group(2)]
+
+
+# pressure units (eV/Å³ per unit): --pressure always names its unit, since a bare number would
+# be ambiguous between bar, atm and the eV/Å³ used inside
+_PRESSURE_UNITS = {"bar": units.bar, "kbar": 1e3 * units.bar, "atm": 1.01325 * units.bar, "Pa": units.Pascal,
+                   "kPa": 1e3 * units.Pascal, "MPa": 1e6 * units.Pascal, "GPa": units.GPa, "eV/A3": 1.0}
+
+
+def pressure_eV_per_A3(text: str) -> float:
+    """'1bar' -> 6.24e-7 (eV/Å³); a unit is required (bar, kbar, atm, Pa, kPa, MPa, GPa, eV/A3)."""
+    match = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z/0-9]*)\s*", text)
+    if match is None or match.group(2) not in _PRESSURE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a pressure with a unit (e.g. 1bar, 0.1GPa; units: {', '.join(_PRESSURE_UNITS)})")
+    return float(match.group(1)) * _PRESSURE_UNITS[match.group(2)]
 
 
 def simulation_time_fs(text: str) -> float:

@@ -14,6 +14,12 @@ charged structure:
 
     so3krates md acetate.xyz --model so3lr --charge -1 --time 1ps --out run/
 
+``--ensemble npt`` holds the pressure (``--pressure 1bar``; the unit is required: bar, atm, GPa,
+...) and the temperature (Langevin thermostat, stochastic cell rescaling; periodic structures
+only). thermo.csv then has the volume and the instantaneous pressure of every frame:
+
+    so3krates md water_box.extxyz --model so3lr --ensemble npt --pressure 1bar --time 10ps --out run/
+
 ``--record heat-flux`` also writes the heat flux J (eV Å/fs) of every recorded frame to
 ``heat_flux.csv`` in the run directory (so3krates.md.HeatFluxRecorder; a periodic cell and a
 model without long-range terms, e.g. ``lj`` or an SO3krates checkpoint), for Green-Kubo
@@ -29,9 +35,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from so3krates.cli.common import add_charge_arguments, apply_config_file, simulation_time_fs
+from so3krates.cli.common import add_charge_arguments, apply_config_file, pressure_eV_per_A3, simulation_time_fs
 
-ENSEMBLES = ("nve", "langevin", "nose-hoover")
+ENSEMBLES = ("nve", "langevin", "nose-hoover", "npt")
 RECORDS = ("heat-flux",)  # extra per-frame quantities --record can write
 # Lennard-Jones parameters of argon (sigma Å, epsilon eV, cutoff Å)
 LJ_ARGON = dict(sigma=3.405, epsilon=0.0104, cutoff=8.5)
@@ -53,6 +59,13 @@ def register(subparsers) -> None:
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     parser.add_argument("--chain-length", type=int, default=3, help="Nose-Hoover chain length")
     parser.add_argument("--tau", type=float, default=100.0, help="Nose-Hoover thermostat period, fs")
+    parser.add_argument("--pressure", type=pressure_eV_per_A3, default=None,
+                        help="NPT target pressure with its unit, e.g. 1bar, 0.5GPa (default 1bar)")
+    parser.add_argument("--barostat-tau", type=float, default=1000.0, help="NPT volume relaxation time, fs")
+    parser.add_argument("--compressibility", type=float, default=4.5e-5,
+                        help="NPT isothermal compressibility, 1/bar (sets the relaxation speed only)")
+    parser.add_argument("--cell-coupling", choices=("isotropic", "anisotropic"), default="isotropic",
+                        help="NPT: scale the cell uniformly, or each Cartesian axis on its own")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record-every", type=int, default=10, help="steps between saved frames")
     parser.add_argument("--chunk", type=int, default=None, help="steps per compiled chunk (a multiple of --record-every)")
@@ -116,10 +129,25 @@ def run(args) -> int:
         raise ValueError(f"{path}: cannot read structure ({error})") from None
     steps = args.steps if args.steps is not None else int(round(args.time / args.timestep))
     chunk = args.chunk if args.chunk is not None else max(args.record_every, (200 // args.record_every) * args.record_every)
+    if args.ensemble != "npt" and args.pressure is not None:
+        raise ValueError(f"--pressure sets the target of constant-pressure MD: use it with --ensemble npt "
+                         f"(not {args.ensemble})")
+    if isinstance(args.pressure, str):  # from a --config file
+        try:
+            args.pressure = pressure_eV_per_A3(args.pressure)
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"--pressure: {error}") from None
+    barostat = {}
+    if args.ensemble == "npt":
+        from ase import units
+
+        barostat = dict(pressure=units.bar if args.pressure is None else args.pressure, barostat_tau=args.barostat_tau,
+                        compressibility=args.compressibility / units.bar, cell_coupling=args.cell_coupling)
     config = MDConfig(
         ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep, friction=args.friction,
         chain_length=args.chain_length, chain_tau=args.tau, seed=args.seed, dtype=args.dtype,
         record_every=args.record_every, chunk_steps=chunk, charge=args.charge, multiplicity=args.multiplicity,
+        **barostat,
     )
     model = load_md_model(args.model)
     record = sorted(set(args.record))
