@@ -72,7 +72,7 @@ def argon_solid(size=(2, 2, 2), lattice=5.4, stretch=(1.0, 1.0, 1.0)) -> ase.Ato
 
 def npt_config(**changes) -> MDConfig:
     values = dict(ensemble="npt", temperature=60.0, pressure=500 * units.bar, timestep=5.0, friction=0.01,
-                  barostat_tau=500.0, compressibility=1e-3 / units.bar, chunk_steps=1000, record_every=10,
+                  barostat_tau=500.0, compressibility=5e-5 / units.bar, chunk_steps=1000, record_every=10,
                   dtype="float64", max_bond_stretch=None)
     values.update(changes)
     return MDConfig(**values)
@@ -107,10 +107,12 @@ def test_anisotropic_coupling_brings_every_axis_to_the_target_pressure():
     simulation = Simulation(atoms, lennard_jones_potential(**LJ_ARGON), config)
     result = simulation.run(12_000)
     lengths = np.diagonal(result.cell, axis1=1, axis2=2)
-    # the fcc crystal is cubic: the barostat restores equal edges
-    assert np.ptp(lengths[-200:].mean(axis=0)) < 0.01 * lengths[-1].mean(), lengths[-200:].mean(axis=0)
-    assert np.ptp(lengths[0]) > 0.08 * lengths[0].mean()
     frames = slice(result.num_frames // 3, None)
+    # the fcc crystal is cubic: the barostat restores equal edges on average (a 32-atom crystal's
+    # shape fluctuates by ~3% per axis: kT / (V C') with C' the shear modulus of solid argon)
+    start = np.diag(np.asarray(atoms.cell))
+    assert np.ptp(start) > 0.08 * start.mean()
+    assert np.ptp(lengths[frames].mean(axis=0)) < 0.025 * lengths[-1].mean(), lengths[frames].mean(axis=0)
     # the diagonal of the pressure tensor, from the frames' own momenta, positions and a fresh
     # stress of each frame's cell: each axis at the target
     from so3krates.calculator import SO3kratesCalculator
