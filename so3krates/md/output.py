@@ -38,7 +38,7 @@ from ase.io.trajectory import Trajectory
 
 from so3krates.files import atomic_path, atomic_write
 from so3krates.md.config import MDConfig
-from so3krates.md.forces import neighbor_room
+from so3krates.md.forces import neighbor_lists, neighbor_room
 from so3krates.neighbors import NeighborList, resize_neighbor_list
 from so3krates.md.simulate import ChunkResult, Simulation
 
@@ -115,6 +115,10 @@ def save_checkpoint(path: Path, simulation: Simulation, extra: dict[str, Any] | 
         "neighbor_capacity": None if room is None else room[0],
         "active_neighbor_capacity": None if room is None else room[1],
         "long_range_neighbor_capacity": None if room is None else room[2],
+        # the cell-list grids (a strained cell refits a stencil, which orders the pairs a rebuild
+        # finds): a resumed run rebuilds exactly as the original did
+        "neighbor_grids": [[list(nl.grid.bins), list(nl.grid.stencil), nl.grid.capacity]
+                           for nl in neighbor_lists(simulation.state.neighbors)],
         "replicas": simulation.replicas,
         "md_config": simulation.config.to_dict(),
         "numbers": np.asarray(simulation.system.numbers).tolist(),
@@ -159,6 +163,19 @@ def restore_state(simulation: Simulation, metadata: dict[str, Any], arrays: dict
             lambda x: resize_neighbor_list(x, capacity, active, truncate=True, long_range_capacity=long_range)
             if isinstance(x, NeighborList) else x,
             template.neighbors, is_leaf=lambda x: isinstance(x, NeighborList)))
+    grids = iter(metadata.get("neighbor_grids") or [])
+
+    def saved_grid(nl: NeighborList) -> NeighborList:
+        saved = next(grids, None)
+        if saved is None:  # a checkpoint from before the grids were saved
+            return nl
+        bins, stencil, room = saved
+        grid = dataclasses.replace(nl.grid, bins=tuple(bins), stencil=tuple(stencil), capacity=int(room))
+        return dataclasses.replace(nl, grid=grid)
+
+    template = dataclasses.replace(template, neighbors=jax.tree.map(
+        lambda x: saved_grid(x) if isinstance(x, NeighborList) else x,
+        template.neighbors, is_leaf=lambda x: isinstance(x, NeighborList)))
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves = []
     for key_path, leaf in flat:
