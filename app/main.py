@@ -20,6 +20,7 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
+from ase import units as units_ase
 
 from explore_tab import ExploreTab, Target  # app/ is on sys.path while Bokeh runs this file
 from session import Event, MDSession
@@ -37,7 +38,9 @@ configure()  # an entry point: float64 for Relax, the compilation cache, compile
 pn.extension("filedropper", "tabulator", notifications=False)
 hv.extension("bokeh", logo=False)
 
-ENSEMBLES = {"NVE": "nve", "Langevin": "langevin", "Nosé–Hoover": "nose-hoover"}
+ENSEMBLES = {"NVE": "nve", "Langevin": "langevin", "Nosé–Hoover": "nose-hoover", "NPT": "npt"}
+BAR = units_ase.bar  # eV/Å³ per bar
+AMU_PER_A3_IN_G_PER_CM3 = 1.66053906660  # a density of 1 amu/Å³ in g/cm³
 DISPLAY_UNITS = ("eV", "kcal/mol", "kJ/mol")
 CHUNK_SIZES = (10, 20, 50, 100, 200, 500)
 FRAMES_PER_CHUNK = 10  # recorded frames per chunk (record_every = chunk size / 10)
@@ -49,7 +52,7 @@ PLAYBACK_LAG = 8  # frames waiting for the viewer beyond this are skipped (stay 
 MODEL_ROOTS = [catalog.SHIPPED_MODELS] + [
     Path(p) for p in os.environ.get("SO3KRATES_APP_MODEL_DIRS", "").split(os.pathsep) if p
 ]
-PLOT_COLUMNS = ("time_ps", "potential", "kinetic", "total", "temperature")
+PLOT_COLUMNS = ("time_ps", "potential", "kinetic", "total", "temperature", "density", "a", "b", "c")
 
 
 # --- models and molecules ---------------------------------------------------------------------
@@ -108,6 +111,9 @@ ensemble = pn.widgets.RadioButtonGroup(name="Ensemble", options=list(ENSEMBLES),
 temperature = pn.widgets.FloatInput(name="Temperature (K)", value=300.0, start=1.0, end=5000.0, step=10.0)
 timestep = pn.widgets.FloatInput(name="Timestep (fs)", value=0.5, start=0.05, end=20.0, step=0.1)
 friction = pn.widgets.FloatInput(name="Friction (1/fs)", value=0.01, start=0.0, end=1.0, step=0.005)
+pressure = pn.widgets.FloatInput(name="Pressure (bar)", value=1.0, start=-1e5, end=1e6, step=100.0, visible=False,
+                                 description="NPT target pressure (periodic structures: Langevin thermostat and "
+                                             "stochastic cell rescaling)")
 chunk = pn.widgets.Select(name="Chunk size (steps per call)", options=list(CHUNK_SIZES),
                           value=default_chunk(len(MOLECULES[START].atoms())))
 paced = pn.widgets.Checkbox(name="Show every frame (MD waits for the display)", value=True)
@@ -130,7 +136,12 @@ def md_config() -> MDConfig:
     size = int(chunk.value)
     return MDConfig(ensemble=ENSEMBLES[ensemble.value], temperature=float(temperature.value),
                     timestep=float(timestep.value), friction=float(friction.value), chunk_steps=size,
-                    record_every=max(1, size // FRAMES_PER_CHUNK))
+                    record_every=max(1, size // FRAMES_PER_CHUNK), pressure=float(pressure.value) * BAR)
+
+
+def periodic(atoms) -> bool:
+    """Periodic in all three directions: what constant pressure needs (the cell plots show then)."""
+    return bool(np.all(atoms.pbc))
 
 
 class Page:
@@ -184,6 +195,17 @@ def energy_plot(data):
                                    ylabel=f"energy ({unit})", framewise=True)
 
 
+def cell_plot(data):
+    curves = [hv.Curve(data, "time_ps", (edge, "edge length (Å)"), label=f"|{edge}|") for edge in ("a", "b", "c")]
+    return hv.Overlay(curves).opts(legend_position="top", legend_cols=3, xlabel="time (ps)", title="Cell edges",
+                                   ylabel="edge length (Å)", framewise=True)
+
+
+def density_plot(data):
+    return hv.Curve(data, "time_ps", ("density", "density (g/cm³)")).opts(
+        color="seagreen", title="Density", xlabel="time (ps)", framewise=True)
+
+
 def temperature_plot(data):
     return hv.Curve(data, "time_ps", ("temperature", "temperature (K)")).opts(
         color="firebrick", title="Temperature", xlabel="time (ps)", framewise=True)
@@ -192,6 +214,12 @@ def temperature_plot(data):
 PLOT_OPTS = dict(responsive=True, height=230, tools=["hover"], show_grid=True)
 energy_view = hv.DynamicMap(energy_plot, streams=[energy_buffer]).opts(hv.opts.Curve(**PLOT_OPTS))
 temperature_view = hv.DynamicMap(temperature_plot, streams=[energy_buffer]).opts(hv.opts.Curve(**PLOT_OPTS))
+cell_view = hv.DynamicMap(cell_plot, streams=[energy_buffer]).opts(hv.opts.Curve(**PLOT_OPTS))
+density_view = hv.DynamicMap(density_plot, streams=[energy_buffer]).opts(hv.opts.Curve(**PLOT_OPTS))
+# periodic structures only (the water box): the cell and density, which NPT moves
+cell_plots = pn.Column(pn.pane.HoloViews(cell_view, sizing_mode="stretch_width"),
+                       pn.pane.HoloViews(density_view, sizing_mode="stretch_width"),
+                       sizing_mode="stretch_width", visible=False)
 
 
 def plot_rows(start: int) -> pd.DataFrame:
@@ -203,12 +231,19 @@ def plot_rows(start: int) -> pd.DataFrame:
     potential = history.column("potential_energy")
     reference = history.columns["potential_energy"][0]
     kinetic = history.column("kinetic_energy")
+    cells = np.asarray(history.cells, float).reshape(-1, 3, 3)
+    edges = np.linalg.norm(cells, axis=-1)  # |a|, |b|, |c| per frame
+    volume = history.column("volume")
+    mass = float(np.sum(page.session.atoms.get_masses()))
+    density = np.where(volume > 0, mass / np.where(volume > 0, volume, 1.0), np.nan) * AMU_PER_A3_IN_G_PER_CM3
     rows = pd.DataFrame({
         "time_ps": history.column("time_fs") / 1000.0,
         "potential": (potential - reference) * factor,
         "kinetic": kinetic * factor,
         "total": (potential + kinetic - reference) * factor,
         "temperature": history.column("temperature"),
+        "density": density,
+        "a": edges[:, 0], "b": edges[:, 1], "c": edges[:, 2],
     })
     return rows.iloc[start:]
 
@@ -246,6 +281,9 @@ def running_text() -> str:
         parts.append(f"step {history.columns['step'][-1]:,} · {history.columns['time_fs'][-1] / 1000:.3f} ps · "
                      f"T = {history.columns['temperature'][-1]:.0f} K · "
                      f"E_pot = {energy_text(history.columns['potential_energy'][-1])}")
+        if np.isfinite(history.columns["pressure"][-1]):
+            parts.append(f"P = {history.columns['pressure'][-1] / BAR:,.0f} bar · V = "
+                         f"{history.columns['volume'][-1]:,.0f} Å³")
     if page.last_compile_step is not None:
         parts.append(compile_text(f"last at step {page.last_compile_step:,}"))
     return " · ".join(parts)
@@ -377,6 +415,9 @@ def flush_plot() -> None:
 def load(atoms, title: str, model_key: str, note: str = "") -> bool:
     """A new structure and/or model (the charge in ``atoms.info["charge"]``); on failure the page
     keeps what it had and says why. ``note`` goes into the status (why this model was taken)."""
+    if ENSEMBLES[ensemble.value] == "npt" and not periodic(atoms):
+        ensemble.value = "Langevin"  # a free molecule has no pressure to hold
+        note = " ".join(part for part in (note, "NPT needs a periodic structure: Langevin instead.") if part)
     try:
         potential = get_model(model_key)
         # SO3LR's convention, atoms.info["charge"] (and "multiplicity"): a model without these inputs refuses them
@@ -388,6 +429,7 @@ def load(atoms, title: str, model_key: str, note: str = "") -> bool:
         return False
     clear_error()
     page.title, page.playback, page.speed, page.shown = title, [], None, None
+    cell_plots.visible = periodic(atoms)
     show_charge(total)
     viewer.set_structure(atoms, title=title)
     replot()
@@ -519,6 +561,13 @@ def name_in_picker(title: str, atoms, model_key: str) -> None:
 
 
 def on_settings(event) -> None:
+    npt = ENSEMBLES[ensemble.value] == "npt"
+    if npt and not periodic(page.session.atoms):
+        show_error("Constant pressure (NPT) needs a structure periodic in all three directions, such as the "
+                   "water box; this one is a free molecule. Back to Langevin.")
+        ensemble.value = "Langevin"  # calls this again
+        return
+    pressure.visible = npt
     try:
         page.session.configure(**md_config().to_dict())
     except ValueError as error:
@@ -607,7 +656,7 @@ molecule.param.watch(on_molecule, "value")
 model.param.watch(on_model, "value")
 charge.param.watch(on_charge, "value")
 upload.param.watch(on_upload, "value")
-for widget in (ensemble, temperature, timestep, friction, chunk):
+for widget in (ensemble, temperature, timestep, friction, pressure, chunk):
     widget.param.watch(on_settings, "value")
 run_button.on_click(on_run)
 pause_button.on_click(on_pause)
@@ -629,14 +678,15 @@ controls = pn.Column(
     molecule, pn.pane.Markdown(f"…or upload .xyz / .extxyz / .pdb (up to {MAX_BYTES // 1_000_000} MB, "
                                f"{MAX_ATOMS} atoms):", margin=(0, 10)),
     upload, model, charge, pn.pane.Markdown("**Ensemble**", margin=(0, 10)), ensemble, temperature, timestep, friction,
-    chunk, paced, pn.Row(run_button, pause_button, stop_button), pn.Row(reset_button, relax_button), quench_button,
+    pressure, chunk, paced, pn.Row(run_button, pause_button, stop_button), pn.Row(reset_button, relax_button), quench_button,
     pn.pane.Markdown("**Energy unit**", margin=(0, 10)), units, pn.pane.Markdown("**Downloads**", margin=(0, 10)),
     downloads, width=330,
 )
 main = pn.Column(
     status, alert,
     pn.Row(pn.Column(viewer, scrubber, sizing_mode="stretch_width"),
-           pn.Column(energy_view, temperature_view, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+           pn.Column(energy_view, temperature_view, cell_plots, sizing_mode="stretch_width"),
+           sizing_mode="stretch_width"),
     sizing_mode="stretch_width",
 )
 callback = pn.state.add_periodic_callback(tick, period=TICK_MS)

@@ -45,7 +45,8 @@ class Event:
 class History:
     """Recorded frames (UI thread only): bounded, oldest dropped first, in eV, Å, amu Å/fs, K."""
 
-    FIELDS = ("step", "time_fs", "potential_energy", "kinetic_energy", "temperature", "conserved")
+    FIELDS = ("step", "time_fs", "potential_energy", "kinetic_energy", "temperature", "conserved", "volume",
+              "pressure")  # volume Å³ (0: a free molecule), pressure eV/Å³ (NPT; NaN otherwise)
 
     def __init__(self, num_atoms: int):
         self.max_frames = max(200, HISTORY_BYTES // (24 * max(num_atoms, 1)))
@@ -55,6 +56,7 @@ class History:
         self.columns = {name: collections.deque(maxlen=self.max_frames) for name in self.FIELDS}
         self.positions = collections.deque(maxlen=self.max_frames)
         self.momenta = collections.deque(maxlen=self.max_frames)
+        self.cells = collections.deque(maxlen=self.max_frames)  # (3, 3) Å: NPT moves the cell
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -70,6 +72,7 @@ class History:
                 self.columns[name].append(float(getattr(result, name)[i]))
             self.positions.append(np.asarray(result.positions[i], np.float32))
             self.momenta.append(np.asarray(result.momenta[i], np.float32))
+            self.cells.append(np.asarray(result.cell[i], np.float64))
 
     def column(self, name: str) -> np.ndarray:
         return np.asarray(self.columns[name], dtype=float)
@@ -151,6 +154,8 @@ class MDSession:
         last = simulation.initial_frame()
         atoms = self.atoms.copy()
         atoms.positions = last.positions[0]
+        if np.any(atoms.pbc):  # NPT moved it
+            atoms.set_cell(last.cell[0], scale_atoms=False)
         successor = Simulation(atoms, self.model, config, momenta=last.momenta[0])
         with self._lock:
             if generation == self._generation:
@@ -328,7 +333,8 @@ class MDSession:
         table = {name: self.history.column(name) for name in History.FIELDS}
         table["step"] = table["step"].astype(int)
         table["total_energy"] = table["potential_energy"] + table["kinetic_energy"]
-        lines = ["# so3krates MD: energies in eV, time in fs, temperature in K",
+        lines = ["# so3krates MD: energies in eV, time in fs, temperature in K, volume in Å^3, pressure in eV/Å^3 "
+                 "(NPT only)",
                  ",".join(table)]
         rows = zip(*table.values())
         # float(v): under numpy 2 the repr of an np.float64 is "np.float64(...)", not a number
@@ -340,9 +346,10 @@ class MDSession:
         text = io.StringIO()
         masses = self.atoms.get_masses()
         steps, times = self.history.columns["step"], self.history.columns["time_fs"]
-        for i, (positions, momenta) in enumerate(zip(self.history.positions, self.history.momenta)):
-            frame = ase.Atoms(numbers=self.atoms.numbers, positions=positions, cell=self.atoms.cell,
-                              pbc=self.atoms.pbc)
+        for i, (positions, momenta, cell) in enumerate(zip(self.history.positions, self.history.momenta,
+                                                           self.history.cells)):
+            frame = ase.Atoms(numbers=self.atoms.numbers, positions=positions,
+                              cell=cell if np.any(self.atoms.pbc) else self.atoms.cell, pbc=self.atoms.pbc)
             frame.arrays["velocities"] = np.asarray(momenta, float) / masses[:, None]
             frame.info.update({
                 "step": int(steps[i]), "time_fs": float(times[i]),

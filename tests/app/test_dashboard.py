@@ -352,3 +352,43 @@ def test_closing_the_tab_stops_its_simulation(app_server, chromium_page):
     time.sleep(2.0)
     idle = cpu_seconds(pid) - began
     assert idle < 0.25 * busy, f"{idle:.2f} s of CPU in 2 s after the tab closed (vs {busy:.2f} s while running)"
+
+
+# the cell plots' data: (density column, edge |a| column) of the shared plot source
+CELL_STATE = """() => {
+  let density = null, a = null;
+  for (const doc of Bokeh.documents) for (const m of doc.all_models)
+    if (m.type === 'ColumnDataSource' && m.data) {
+      if (m.data.density !== undefined) density = Array.from(m.data.density);
+      if (m.data.a !== undefined) a = Array.from(m.data.a);
+    }
+  return [density, a] }"""
+
+
+def test_npt_on_the_water_box_plots_cell_and_density_and_refuses_a_free_molecule(dashboard):
+    board = dashboard
+    # a free molecule has no pressure: NPT is refused with a reason, and Langevin stays
+    board.click("NPT")
+    wait_until(lambda: "periodic in all three directions" in board.alert(), 30, f"the NPT error ({board.alert()!r})")
+    assert board.page.get_by_label("Pressure (bar)", exact=True).count() == 0 or \
+        not board.page.get_by_label("Pressure (bar)", exact=True).is_visible()
+
+    board.choose_molecule("Water box (64 H2O, periodic) · SO3LR")
+    board.page.locator('.so3k-viewer[data-atoms="192"]').wait_for(timeout=60_000)
+    board.wait_status("Water box")
+    board.click("NPT")
+    field = board.page.get_by_label("Pressure (bar)", exact=True)
+    field.wait_for(state="visible", timeout=30_000)
+    board.fill("Pressure (bar)", 5000)  # squeezes the box: the density must rise visibly
+    board.run_until_points(40)
+    status = board.wait_status("bar", timeout=60)
+    assert "P = " in status and "V = " in status, status
+    board.click("Stop")
+    board.wait_status("Stopped")
+    density, edges = board.page.evaluate(CELL_STATE)
+    density, edges = np.asarray(density, float), np.asarray(edges, float)
+    assert np.all(np.isfinite(density)) and 0.5 < density[0] < 1.5, density[:3]
+    assert np.ptp(edges) > 0, "the cell did not move"
+    assert density[-1] > density[0], (density[0], density[-1])
+    board.record.save_screenshot("npt-water-box.png", board.page.screenshot(full_page=True))
+    board.check_clean()
