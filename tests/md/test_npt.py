@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import ase
+import ase.io
 import numpy as np
 import pytest
 from ase import units
@@ -221,3 +222,34 @@ def test_invalid_barostat_settings_are_refused():
         npt_config(compressibility=-1.0)
     with pytest.raises(ValueError, match="pressure"):
         npt_config(pressure=float("nan"))
+
+
+def test_cli_runs_npt_and_refuses_bad_pressure_options(tmp_path, capsys):
+    from so3krates.cli import main
+
+    crystal, molecule = tmp_path / "argon.extxyz", tmp_path / "dimer.xyz"
+    ase.io.write(crystal, argon_solid())
+    ase.io.write(molecule, ase.Atoms("Ar2", positions=[[0, 0, 0], [3.8, 0, 0]]))
+    common = ["--model", "lj", "--steps", "20", "--record-every", "10", "--no-progress"]
+    out = tmp_path / "run"
+    assert main(["md", str(crystal), *common, "--ensemble", "npt", "--pressure", "500bar", "--temperature", "60",
+                 "--dtype", "float64", "--out", str(out)]) == 0
+    rows = (out / "trajectory.thermo.csv").read_text().splitlines()
+    header, last = rows[0].split(","), dict(zip(rows[0].split(","), rows[-1].split(",")))
+    assert header[-2:] == ["volume_A3", "pressure_bar"] and int(last["step"]) == 20
+    assert float(last["volume_A3"]) != pytest.approx(argon_solid().get_volume(), rel=1e-12)  # the cell moved
+    assert np.isfinite(float(last["pressure_bar"]))
+    saved = json.loads((out / "run.json").read_text())["md_config"]
+    assert saved["pressure"] == pytest.approx(500 * units.bar) and saved["ensemble"] == "npt"
+
+    # a bare number: argparse's usage error (exit 2) naming the units
+    with pytest.raises(SystemExit) as exit_info:
+        main(["md", str(crystal), *common, "--ensemble", "npt", "--pressure", "1", "--out", str(tmp_path / "a")])
+    assert exit_info.value.code == 2
+    assert "not a pressure with a unit" in capsys.readouterr().err
+    # --pressure outside NPT, and NPT for a free molecule: one clear line each, nothing written
+    assert main(["md", str(crystal), *common, "--pressure", "1bar", "--out", str(tmp_path / "b")]) == 2
+    assert "use it with --ensemble npt" in capsys.readouterr().err
+    assert main(["md", str(molecule), *common, "--ensemble", "npt", "--out", str(tmp_path / "c")]) == 2
+    assert "periodic in all three directions" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
