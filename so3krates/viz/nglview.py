@@ -8,6 +8,7 @@ so3krates: ``pip install nglview`` first. Inside a Panel page use ``MoleculeView
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Sequence
 
 import ase
@@ -18,7 +19,11 @@ __all__ = ["nglview_trajectory"]
 
 def _import_nglview():
     try:
-        return importlib.import_module("nglview")
+        with warnings.catch_warnings():
+            # nglview 3.1 (the release whose front end matches its Python side) reads its own
+            # version through pkg_resources, which warns on every import; nothing for the user to do
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            return importlib.import_module("nglview")
     except ImportError as error:
         raise ImportError(
             "so3krates.viz.nglview_trajectory needs the optional package nglview, which is not "
