@@ -11,7 +11,12 @@ What it computes, for atoms with positions R and (optionally) a periodic cell:
   charge, and ``dipole`` = sum_i q_i R_i (e·Å) from the positions as given. For a charged
   structure the dipole depends on the origin (as ASE's ``get_dipole_moment`` does); in a
   periodic cell it is the dipole of the atoms where they are (not wrapped, no Berry phase), the
-  molecule's dipole when each molecule is kept whole.
+  molecule's dipole when each molecule is kept whole;
+* for a committee (a Potential with members, e.g. from ``so3krates train --ensemble K``):
+  ``energy``, ``energies`` and ``forces`` are the members' means, and ``uncertainty`` is the
+  per-atom force uncertainty u_i = sqrt((1/K) sum_k |F_k,i - F_i|^2) (eV/Å, the members' root-mean-
+  square deviation from the mean force), ``energy_uncertainty`` the standard deviation of the
+  members' energies (eV). A single model has neither.
 
 Total charge and spin multiplicity (2S + 1), for models that take them (SO3LR), come from
 ``atoms.info["charge"]`` and ``atoms.info["multiplicity"]`` (or ``["spin"]``), SO3LR's keys, or
@@ -66,7 +71,8 @@ MAX_REALLOCATIONS = 8  # a list that overflows this often in one call is a bug, 
 
 
 class SO3kratesCalculator(Calculator):
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "charges", "dipole"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "charges", "dipole",
+                              "uncertainty", "energy_uncertainty"]
 
     def __init__(
         self,
@@ -118,6 +124,9 @@ class SO3kratesCalculator(Calculator):
         charges = self.potential.predicts_charges
         if not charges and ("charges" in properties or "dipole" in properties):
             raise PropertyNotImplementedError("this model has no partial charges (nor a dipole from them)")
+        if self.potential.members is None and ("uncertainty" in properties or "energy_uncertainty" in properties):
+            raise PropertyNotImplementedError("a single model has no uncertainty: use a committee "
+                                              "(so3krates train --ensemble K)")
         positions = given.positions
         if not np.all(np.isfinite(positions)):
             bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
@@ -145,7 +154,8 @@ class SO3kratesCalculator(Calculator):
         else:
             raise RuntimeError(f"the neighbour list overflowed {MAX_REALLOCATIONS} times in one call")
         check_closest_pair(first, second, closest_distance, self.min_distance)
-        self.results = _unpack_results(packed[4:], len(padded), len(given), want_stress, charges)
+        self.results = _unpack_results(packed[4:], len(padded), len(given), want_stress, charges,
+                                       committee=self.potential.members is not None)
 
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last call: ASE's answer (``compare_atoms``), found faster in the
@@ -249,14 +259,16 @@ def _evaluate_on_list(potential: Potential, neighbors: NeighborList, positions: 
     if charges:  # zero on padding atoms, so the dipole sums over the real ones
         partial = out["charges"]
         parts += [partial, partial @ positions.astype(result_dtype)]
+    if potential.members is not None:  # static: a single model's program is unchanged
+        parts += [out["uncertainty"], out["energy_uncertainty"][:1]]
     return jnp.concatenate([part.astype(result_dtype) for part in parts])
 
 
 def _unpack_results(values: Float[np.ndarray, " k"], num_padded: int, num_atoms: int, stress: bool,
-                    charges: bool = False) -> dict:
+                    charges: bool = False, committee: bool = False) -> dict:
     """ASE's results (float64) from the packed energy, energies, forces (and stress, charges and
-    dipole) of ``num_padded`` atoms, the first ``num_atoms`` of them real; non-finite values are
-    an error."""
+    dipole, a committee's uncertainties) of ``num_padded`` atoms, the first ``num_atoms`` of them
+    real; non-finite values are an error."""
     energy = float(values[0])
     results = {
         "energy": energy,
@@ -271,6 +283,10 @@ def _unpack_results(values: Float[np.ndarray, " k"], num_padded: int, num_atoms:
     if charges:
         results["charges"] = values[end:end + num_atoms]
         results["dipole"] = values[end + num_padded:end + num_padded + 3]
+        end += num_padded + 3
+    if committee:
+        results["uncertainty"] = values[end:end + num_atoms]
+        results["energy_uncertainty"] = float(values[end + num_padded])
     if not np.isfinite(values).all():  # one test for all (this runs at every call); then which one
         for key, value in results.items():
             if not np.all(np.isfinite(value)):

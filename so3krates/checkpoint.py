@@ -2,7 +2,12 @@
 
 config.json records the format version, the model config, the element list, per-element
 energy shifts, units and free-form provenance; params.msgpack holds the parameters in Flax's
-msgpack serialisation (plain arrays, no code). Files are written to a temporary name and
+msgpack serialisation (plain arrays, no code).
+
+Format versions: 1 is a single model. 2 is a committee of ``"members": K`` models (one model
+config, one set of shifts) whose parameters are stacked along a leading axis of every array in
+params.msgpack. A single model is still written as version 1 (the same files as before), so
+older so3krates read it; they refuse a committee by its version instead of misreading it. Files are written to a temporary name and
 renamed, so a killed process leaves either the old checkpoint or the new one, never half.
 """
 
@@ -22,7 +27,9 @@ from so3krates.model import ConfigError, ModelConfig
 from so3krates.system import NUM_ELEMENT_ROWS
 from so3krates.potential import Potential, SO3kratesEnergy, exact_potential
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a single model
+COMMITTEE_FORMAT_VERSION = 2  # a committee: version 1 plus "members" and stacked parameters
+SUPPORTED_VERSIONS = (FORMAT_VERSION, COMMITTEE_FORMAT_VERSION)
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"}
@@ -41,7 +48,7 @@ def save_model(potential: Potential, directory: str | os.PathLike, provenance: d
     directory.mkdir(parents=True, exist_ok=True)
     shifts = np.asarray(potential.energy_shifts, dtype=np.float64)
     config = {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if potential.members is None else COMMITTEE_FORMAT_VERSION,
         "model": "SO3krates",
         "model_config": potential.model.config.to_dict(),
         "elements": list(potential.elements),
@@ -49,6 +56,8 @@ def save_model(potential: Potential, directory: str | os.PathLike, provenance: d
         "units": UNITS,
         "provenance": provenance or {},
     }
+    if potential.members is not None:
+        config["members"] = potential.members
     params = jax.tree.map(np.asarray, potential.params)
     atomic_write(directory / PARAMS_FILE, serialization.to_bytes(params))
     atomic_write(directory / CONFIG_FILE, json.dumps(config, indent=2).encode())
@@ -68,11 +77,18 @@ def load_model(directory: str | os.PathLike) -> Potential:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{config_path}: not valid JSON ({error})") from None
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise CheckpointError(
             f"{config_path}: checkpoint format version {version!r} is not supported "
-            f"(this so3krates reads version {FORMAT_VERSION})"
+            f"(this so3krates reads versions {', '.join(map(str, SUPPORTED_VERSIONS))})"
         )
+    members = config.get("members")
+    if version == COMMITTEE_FORMAT_VERSION:
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise CheckpointError(f"{config_path}: a committee (version 2) needs \"members\", a positive integer, "
+                                  f"got {members!r}")
+    elif members is not None:
+        raise CheckpointError(f"{config_path}: \"members\" belongs to format version 2, not {version}")
     if config.get("units", UNITS)["energy"] != "eV" or config.get("units", UNITS)["length"] != "Angstrom":
         raise CheckpointError(f"{config_path}: units {config.get('units')} are not eV and Angstrom")
     try:
@@ -85,15 +101,15 @@ def load_model(directory: str | os.PathLike) -> Potential:
         raise CheckpointError(f"{config_path}: invalid checkpoint configuration ({error})") from None
 
     # shapes only: eval_shape traces init without compiling or running it
-    template = jax.tree.map(
-        lambda leaf: np.zeros(leaf.shape, leaf.dtype), jax.eval_shape(model.init, jax.random.PRNGKey(0))
-    )
+    init = model.init if members is None else jax.vmap(model.init)
+    keys = jax.random.PRNGKey(0) if members is None else jax.random.split(jax.random.PRNGKey(0), members)
+    template = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), jax.eval_shape(init, keys))
     try:
         state = serialization.msgpack_restore(params_path.read_bytes())
     except Exception as error:  # msgpack raises several unrelated types for damaged files
         raise CheckpointError(f"{params_path}: cannot be read, truncated or corrupted ({error})") from None
     params = _restore_checked(template, state, params_path)
-    return Potential(model=model, params=params, energy_shifts=shifts, elements=elements)
+    return Potential(model=model, params=params, energy_shifts=shifts, elements=elements, members=members)
 
 
 def _restore_checked(template, state, path: Path):

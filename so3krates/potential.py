@@ -11,6 +11,19 @@ Every quantity is a derivative of one scalar function of the positions and a str
   section 9): J_pot = sum_{i in cell} sum_j (r_i - r_j) (dU_i/dr_j . v_j), computed without any
   per-atom Jacobian as a JVP of B(R) = sum_i U_i(R) r_i minus sum_j r_j (dU/dr_j . v_j).
 
+Committees. A Potential with ``members = K`` holds K parameter sets stacked along a leading axis
+of every parameter leaf (one model, one config, one set of energy shifts). Its energy is the
+members' mean, E = (1/K) sum_k E_k, so every consumer (MD, relaxation, heat flux) runs on the
+mean and its forces are exact derivatives of it, F = (1/K) sum_k F_k. The members' spread is the
+uncertainty (:func:`evaluate`, :func:`force_uncertainty`): per atom
+
+    u_i = sqrt( (1/K) sum_k |F_k,i - F_i|^2 )      (eV/Å; the root-mean-square deviation of the
+                                                    members' force vectors from their mean)
+
+and per structure the standard deviation of the members' energies, sqrt((1/K) sum_k (E_k - E)^2)
+(eV). The members are evaluated by ``jax.vmap`` over the member axis of the parameters; a single
+model (``members = None``) runs exactly the program it always did.
+
 Units: eV, Å, amu, fs; velocities in Å/fs, so J is in eV Å/fs.
 """
 
@@ -127,6 +140,21 @@ class Potential:
     params: Any
     energy_shifts: Float[Array, " 119"]  # eV per atom, indexed by atomic number
     elements: tuple[int, ...] = dataclasses.field(default=(), metadata=dict(static=True))  # () = any
+    # None: one model; K: a committee, every leaf of ``params`` with a leading axis of K members
+    members: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+
+    def __post_init__(self):
+        if self.members is not None and (isinstance(self.members, bool) or not isinstance(self.members, int)
+                                         or self.members < 1):
+            raise ValueError(f"members must be None (one model) or a positive integer, got {self.members!r}")
+
+    def member(self, k: int) -> Potential:
+        """Member ``k`` of a committee as a single-model Potential."""
+        if self.members is None:
+            raise ValueError("not a committee: this Potential has no members")
+        if not 0 <= k < self.members:
+            raise IndexError(f"member {k} of a committee of {self.members}")
+        return dataclasses.replace(self, params=jax.tree.map(lambda leaf: leaf[k], self.params), members=None)
 
     @property
     def cutoff(self) -> float:
@@ -215,7 +243,8 @@ class Potential:
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """Host-side convenience: numpy results for one structure or a list (one batch).
 
-        ``total_charge`` and ``unpaired_electrons`` (one value or one per structure, default 0)
+        A committee adds ``uncertainty`` (per atom, eV/Å) and ``energy_uncertainty`` (eV); see
+        the module docstring. ``total_charge`` and ``unpaired_electrons`` (one value or one per structure, default 0)
         reach models with charge and spin embeddings and partial charges.
         """
         single = isinstance(structures, (ase.Atoms, System))
@@ -233,12 +262,33 @@ class Potential:
             result.update({key: values[index] for key, values in per_atom.items()})
             if "stress" in properties:
                 result["stress"] = np.asarray(out["stress"][index])
+            if self.members is not None:
+                result["uncertainty"] = unbatch(out["uncertainty"], graph)[index]
+                result["energy_uncertainty"] = float(out["energy_uncertainty"][index])
             results.append(result)
         return results[0] if single else results
 
 
 def _as_system(structure) -> System:
     return structure if isinstance(structure, System) else System.from_atoms(structure)
+
+
+def committee(potentials: Sequence[Potential]) -> Potential:
+    """One committee Potential from single models of the same model, shifts and elements (their
+    parameters stacked along a new leading member axis)."""
+    potentials = list(potentials)
+    if not potentials:
+        raise ValueError("a committee needs at least one member")
+    first = potentials[0]
+    for other in potentials:
+        if other.members is not None:
+            raise ValueError("committee members must be single models")
+        if other.model != first.model or other.elements != first.elements:
+            raise ValueError("committee members must share the model (config) and the elements")
+        if not np.array_equal(np.asarray(other.energy_shifts), np.asarray(first.energy_shifts)):
+            raise ValueError("committee members must share the per-element energy shifts")
+    params = jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *[p.params for p in potentials])
+    return dataclasses.replace(first, params=params, members=len(potentials))
 
 
 def integer_input(value, name: str) -> int:
@@ -300,7 +350,11 @@ def atomic_energies(
     vectors = graph.pair_vectors(positions, cells)
     # the model reads the long-range pairs' vectors from the graph: give it these positions
     graph = dataclasses.replace(graph, positions=positions, cells=cells)
-    energies = potential.model(potential.params, graph, vectors) + gather(potential.energy_shifts, graph.numbers)
+    if potential.members is None:
+        network = potential.model(potential.params, graph, vectors)
+    else:  # a committee: the members' mean
+        network = jnp.mean(jax.vmap(potential.model, in_axes=(0, None, None))(potential.params, graph, vectors), axis=0)
+    energies = network + gather(potential.energy_shifts, graph.numbers)
     return jnp.where(graph.atom_mask, energies, 0.0)
 
 
@@ -311,7 +365,11 @@ def atomic_energies_and_charges(
     evaluation, for a model that has them (``potential.predicts_charges``)."""
     vectors = graph.pair_vectors(positions, cells)
     graph = dataclasses.replace(graph, positions=positions, cells=cells)
-    energies, charges = potential.model.energies_and_charges(potential.params, graph, vectors)
+    if potential.members is None:
+        energies, charges = potential.model.energies_and_charges(potential.params, graph, vectors)
+    else:  # a committee: the members' means
+        energies, charges = jax.tree.map(lambda x: jnp.mean(x, axis=0), jax.vmap(
+            potential.model.energies_and_charges, in_axes=(0, None, None))(potential.params, graph, vectors))
     energies = energies + gather(potential.energy_shifts, graph.numbers)
     return jnp.where(graph.atom_mask, energies, 0.0), jnp.where(graph.atom_mask, charges, 0.0)
 
@@ -320,11 +378,37 @@ def atomic_energies_and_charges(
 def evaluate(potential: Potential, graph: Graph, dtype: str = "float32", stress: bool = False,
              charges: bool = False) -> dict[str, Array]:
     """Energy per structure, per-atom energies, forces and (optionally) stress of a graph; with
-    ``charges`` (for a model that predicts them) also the per-atom partial ``charges`` (e)."""
+    ``charges`` (for a model that predicts them) also the per-atom partial ``charges`` (e).
+
+    For a committee every result is the members' mean, and two more come with it: per atom
+    ``uncertainty`` (n,), the root-mean-square deviation of the members' force vectors from their
+    mean (eV/Å, zero on padding), and per structure ``energy_uncertainty`` (g,), the standard
+    deviation of the members' energies (eV); both over K, not K - 1 (the module docstring)."""
     if charges and not potential.predicts_charges:
         raise ValueError("this model has no partial charges")
     dtype = jnp.dtype(require_dtype(dtype))
     potential, graph = with_dtype(potential, dtype), _graph_with_dtype(graph, dtype)
+    if potential.members is None:
+        return _derivatives(potential, graph, dtype, stress, charges)
+    single = dataclasses.replace(potential, members=None)
+    per_member = jax.vmap(
+        lambda params: _derivatives(dataclasses.replace(single, params=params), graph, dtype, stress, charges)
+    )(potential.params)
+    out = {key: jnp.mean(value, axis=0) for key, value in per_member.items()}
+    out["uncertainty"] = jnp.where(graph.atom_mask, force_uncertainty(per_member["forces"]), 0.0)
+    out["energy_uncertainty"] = jnp.std(per_member["energy"], axis=0)
+    return out
+
+
+def force_uncertainty(member_forces: Float[Array, "k n 3"]) -> Float[Array, " n"]:
+    """Per atom, sqrt((1/K) sum_k |F_k,i - mean_k F_k,i|^2): the root-mean-square deviation of
+    K members' force vectors from their mean (eV/Å for forces in eV/Å)."""
+    deviation = member_forces - jnp.mean(member_forces, axis=0)
+    return jnp.sqrt(jnp.mean(jnp.sum(deviation**2, axis=-1), axis=0))
+
+
+def _derivatives(potential: Potential, graph: Graph, dtype, stress: bool, charges: bool) -> dict[str, Array]:
+    """:func:`evaluate`'s results for one model (``potential`` and ``graph`` already in ``dtype``)."""
     g = graph.num_structures
 
     def total_energy(positions, strain):
@@ -443,11 +527,15 @@ def tabulate_radial_filters(potential: Potential, spacing: float = 0.01) -> Pote
     if not isinstance(model, SO3kratesEnergy):
         raise TypeError("only SO3krates potentials have radial filters to tabulate")
     exact = exact_potential(potential)
-    table = tabulation.build_table(model.config, exact.params, spacing)
+    if exact.members is None:
+        table = np.asarray(tabulation.build_table(model.config, exact.params, spacing))
+    else:  # one table per member, stacked like the parameters
+        table = np.stack([np.asarray(tabulation.build_table(model.config, exact.member(k).params, spacing))
+                          for k in range(exact.members)])
     return dataclasses.replace(
         exact,
         model=SO3kratesEnergy(model.config, radial_table_spacing=float(spacing)),
-        params={"params": exact.params["params"], "radial_table": np.asarray(table)},
+        params={"params": exact.params["params"], "radial_table": table},
     )
 
 

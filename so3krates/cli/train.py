@@ -8,7 +8,9 @@ evaluate it with `so3krates evaluate OUT/best FILE`). Rerunning the same command
 --out resumes an interrupted run; a different or finished run there is refused without
 --overwrite. Options come from the command line, then --config (a JSON file of these options),
 then --train-config (a TrainConfig JSON, or a previous run's OUT/train_config.json), then the
-TrainConfig defaults.
+TrainConfig defaults. --ensemble K trains a committee of K models in one run (one checkpoint):
+its predictions are the members' mean, and their spread is a per-atom force uncertainty that the
+calculator, MD frames and minima hopping report.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ _TRAIN_OPTIONS = {
     "max_time": ("max_time", wall_time_s, "stop after this much training time, e.g. 20m or 1.5h (summed over resumes)"),
     "dtype": ("dtype", str, "training precision: float32 (default) or float64"),
     "seed": ("seed", int, "seed of the parameter initialisation and the frame order"),
+    "ensemble": ("members", int, "train a committee of K members at once (member k from seed + k, its own frame "
+                 "order), saved as one checkpoint whose mean predicts and whose spread is the force uncertainty"),
 }
 
 
@@ -180,7 +184,8 @@ def run(args) -> int:
         data_info["filter"] = {"min_distance": args.min_distance, "max_force": args.max_force}
         dataset, report = filter_frames(dataset, **data_info["filter"])
         print(report)
-    print(f"training {len(dataset.elements)} elements, {len(dataset)} frames -> {args.out} "
+    committee = f"a committee of {config.members}, " if config.members > 1 else ""
+    print(f"training {committee}{len(dataset.elements)} elements, {len(dataset)} frames -> {args.out} "
           f"(first steps compile the model; this takes a while)")
     result = train(config, dataset, args.out, resume=args.resume, overwrite=args.overwrite, data_info=data_info,
                    progress=not args.quiet)

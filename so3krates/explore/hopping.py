@@ -13,6 +13,11 @@ potential energy recorded on the way. Then the two feedbacks of the method:
 * acceptance: move to the new minimum when E_new - E_current < E_diff, then E_diff *
   ``alpha_accept`` (< 1); otherwise stay and E_diff * ``alpha_reject`` (> 1).
 
+With a committee model (a Potential with members) every hop also records the force uncertainty:
+``escape_uncertainty``, the largest per-atom uncertainty of any escape frame up to the one that
+was relaxed, and ``minimum_uncertainty``, the largest at the relaxed minimum (both eV/Å, see
+:func:`so3krates.potential.force_uncertainty`; None for a single model or the reference).
+
 The walker's whole state (current minimum, T, E_diff, PRNG key, hop count) is a small JSON file
 written atomically after every hop; every store write carries the key ``"<walker>/<hop>"``, so a
 walker killed at any point resumes without losing or double-counting a minimum.
@@ -38,6 +43,7 @@ from so3krates.explore.relax import RelaxConfig, relax
 from so3krates.files import atomic_write
 from so3krates.md import BlowUpError, MDConfig, Simulation
 from so3krates.md.integrators import KB, MVV2E, maxwell_boltzmann
+from so3krates.potential import Potential
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +103,10 @@ class HopResult:
     e_diff: float  # eV, after the feedback
     message: str = ""
     compilations: int = 0  # programs the excursion compiled (0 once warm: more means a compile leak)
+    # a committee's largest per-atom force uncertainty (eV/Å) along the escape and at the relaxed
+    # minimum; None for a single model (or when there was no such frame or minimum)
+    escape_uncertainty: float | None = None
+    minimum_uncertainty: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +133,8 @@ class Excursion:
     barrier: float | None = None  # highest energy on the way
     message: str = ""
     compilations: int = 0  # XLA programs compiled while it ran (counted by JAX, on its thread)
+    escape_uncertainty: float | None = None  # committee: largest per-atom force uncertainty on the way, eV/Å
+    minimum_uncertainty: float | None = None  # committee: largest at the relaxed minimum, eV/Å
 
 
 def run_excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTask) -> Excursion:
@@ -136,7 +148,7 @@ def run_excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: Excursio
 
 def _excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTask) -> Excursion:
     try:
-        end, barrier = _escape(atoms, model, config, task)
+        end, barrier, escape_uncertainty = _escape(atoms, model, config, task)
     except BlowUpError as error:  # too hot for this model
         return Excursion("escape-failed", message=str(error))
     start = atoms.copy()
@@ -144,8 +156,21 @@ def _excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTa
     relaxed = relax(start, model, _relax_config(config))
     if not relaxed.converged[0]:
         return Excursion("relax-failed", barrier=barrier,
-                         message=f"max |F| {relaxed.max_force[0]:.3g} eV/Å after {relaxed.steps[0]} steps")
-    return Excursion("relaxed", relaxed.positions[0], float(relaxed.energy[0]), barrier)
+                         message=f"max |F| {relaxed.max_force[0]:.3g} eV/Å after {relaxed.steps[0]} steps",
+                         escape_uncertainty=escape_uncertainty)
+    return Excursion("relaxed", relaxed.positions[0], float(relaxed.energy[0]), barrier,
+                     escape_uncertainty=escape_uncertainty,
+                     minimum_uncertainty=_largest_uncertainty(atoms, model, relaxed.positions[0], config.md_dtype))
+
+
+def _largest_uncertainty(atoms: ase.Atoms, model, positions, dtype: str) -> float | None:
+    """A committee's largest per-atom force uncertainty (eV/Å) at ``positions``; None for any
+    other model."""
+    if not (isinstance(model, Potential) and model.members is not None):
+        return None
+    image = atoms.copy()
+    image.positions = positions
+    return float(np.max(model.calculate(image, properties=("energy", "forces"), dtype=dtype)["uncertainty"]))
 
 
 def relax_start(atoms: ase.Atoms, model, config: HoppingConfig) -> tuple[np.ndarray, float]:
@@ -170,10 +195,12 @@ def _momenta(atoms: ase.Atoms, positions: np.ndarray, temperature: float, key) -
     return np.asarray(maxwell_boltzmann(key, masses, temperature, positions, True, np.float64))
 
 
-def _escape(atoms: ase.Atoms, model, cfg: HoppingConfig, task: ExcursionTask) -> tuple[np.ndarray, float]:
+def _escape(atoms: ase.Atoms, model, cfg: HoppingConfig,
+            task: ExcursionTask) -> tuple[np.ndarray, float, float | None]:
     """NVE from the minimum until the potential energy has passed ``md_minima`` minima; returns
     the frame at the last of them (the bottom of the basin the trajectory reached, so the
-    relaxation starts low) and the highest energy on the way there. Guards off: an escape is
+    relaxation starts low), the highest energy on the way there and the largest per-atom force
+    uncertainty of the frames on the way (a committee's; None for a single model). Guards off: an escape is
     meant to be violent; a non-finite energy still raises BlowUpError."""
     start = atoms.copy()
     start.positions = task.positions
@@ -182,15 +209,22 @@ def _escape(atoms: ase.Atoms, model, cfg: HoppingConfig, task: ExcursionTask) ->
                   max_temperature_factor=None, max_bond_stretch=None, max_force=None)
     key = jax.random.wrap_key_data(np.asarray(task.escape_key, np.uint32))
     simulation = Simulation(start, model, md, momenta=_momenta(atoms, task.positions, task.temperature, key))
-    energies, frames = [task.energy], [task.positions]
+    energies, frames, uncertainties = [task.energy], [task.positions], [np.nan]
     for result in simulation.irun(steps=cfg.md_max_steps):
         energies.extend(result.potential_energy.tolist())
         frames.extend(np.asarray(result.positions, np.float64))
+        uncertainties.extend(result.max_uncertainty.tolist())
         minima = _passed_minima(np.asarray(energies))
         if len(minima) >= cfg.md_minima:
             stop = minima[cfg.md_minima - 1]
-            return frames[stop], float(np.max(energies[:stop + 1]))
-    return frames[-1], float(np.max(energies))  # out of steps: relax from where it got to
+            return frames[stop], float(np.max(energies[:stop + 1])), _largest(uncertainties[:stop + 1])
+    return frames[-1], float(np.max(energies)), _largest(uncertainties)  # out of steps: relax from where it got to
+
+
+def _largest(values) -> float | None:
+    """The largest finite value, None when there is none (a single model records NaN)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(max(finite)) if finite else None
 
 
 class MinimaHoppingWalker:
@@ -275,7 +309,7 @@ class MinimaHoppingWalker:
             self.temperature *= cfg.beta_new
             return self._finish(task, HopResult(hop, excursion.outcome, None, False, None, excursion.barrier,
                                                 self.temperature, self.e_diff, excursion.message,
-                                                excursion.compilations))
+                                                excursion.compilations, excursion.escape_uncertainty))
         energy = excursion.energy
         found, is_new = self.store.add(excursion.positions, energy, self.name, key=tag)
         barrier = max(excursion.barrier, energy, self.energy)
@@ -292,7 +326,9 @@ class MinimaHoppingWalker:
         if accepted:
             self.current, self.energy, self.positions = found, energy, np.asarray(excursion.positions, np.float64)
         return self._finish(task, HopResult(hop, outcome, found, accepted, energy, barrier, self.temperature, self.e_diff,
-                                            compilations=excursion.compilations))
+                                            compilations=excursion.compilations,
+                                            escape_uncertainty=excursion.escape_uncertainty,
+                                            minimum_uncertainty=excursion.minimum_uncertainty))
 
     def _finish(self, task: ExcursionTask, result: HopResult) -> HopResult:
         if self.log is not None:

@@ -37,7 +37,7 @@ from so3krates.neighbors import (
     CAPACITY_FACTOR, PAIR_CAPACITIES, SKIN, NeighborList, active_graph, allocate_neighbor_list, pair_bucket,
     regrow_grid, reserve_bin_room, resize_neighbor_list, update_neighbor_list,
 )
-from so3krates.potential import Potential, atomic_energies, integer_input, with_dtype
+from so3krates.potential import Potential, atomic_energies, force_uncertainty, integer_input, with_dtype
 from so3krates.reference import ReferenceError, XTBReference, import_tblite
 from so3krates.runtime import require_dtype
 from so3krates.system import System
@@ -117,6 +117,22 @@ class PotentialForces:
 
         value, gradient = jax.value_and_grad(energy)(positions)
         return value, -gradient
+
+    def uncertainty(self, positions, neighbors: NeighborList):
+        """Per-atom force uncertainty (eV/Å) of a committee: the members' forces, one vmapped
+        evaluation, reduced by :func:`so3krates.potential.force_uncertainty`; NaN for one model."""
+        potential = self.potential
+        if potential.members is None:  # static
+            return jnp.full(positions.shape[:1], jnp.nan, positions.dtype)
+        num_padded = neighbors.graph.positions.shape[0]
+        graph = active_graph(neighbors, jax.lax.stop_gradient(pad(positions, num_padded)))
+        single = dataclasses.replace(potential, members=None)
+
+        def member_forces(params):
+            member = dataclasses.replace(single, params=params)
+            return -jax.grad(lambda x: jnp.sum(atomic_energies(member, graph, pad(x, num_padded), graph.cells)))(positions)
+
+        return force_uncertainty(jax.vmap(member_forces)(potential.params))
 
     def with_virial(self, positions, neighbors: NeighborList):
         """(energy, forces, virial): the virial W = -dE/d(strain) (eV, 3 x 3, symmetric) of a
@@ -250,6 +266,25 @@ def make_force_field(model, system: System, dtype: str = "float32", skin: float 
     if callable(model):
         return EnergyFunction(model)
     raise TypeError(f"cannot run MD with a {type(model).__name__}: expected a Potential, XTBReference or energy function")
+
+
+def atom_uncertainty(force_field, positions, neighbors):
+    """Per-atom force uncertainty (eV/Å) at ``positions``, inside jit: a committee's spread
+    (:meth:`PotentialForces.uncertainty`); for a sum, the parts' uncertainties added in quadrature
+    over the committees among them; NaN where no part is a committee (one model, the reference
+    method, an energy function). Which case applies is decided by the force field's types and
+    static fields, never by values."""
+    def parts(field, lists):
+        if isinstance(field, SumForces):
+            return [p for part, n in zip(field.parts, lists) for p in parts(part, n)]
+        if isinstance(field, PotentialForces) and field.potential.members is not None:
+            return [field.uncertainty(positions, lists)]
+        return []
+
+    found = parts(force_field, neighbors)
+    if not found:
+        return jnp.full(positions.shape[:1], jnp.nan, positions.dtype)
+    return jnp.sqrt(sum(u**2 for u in found))
 
 
 def has_virial(force_field) -> bool:

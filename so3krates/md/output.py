@@ -5,6 +5,8 @@ A run directory holds
 * ``run.json``            MD settings, model, structure, units, format version (written once);
 * ``trajectory.extxyz``   frames with energy, forces, momenta (ASE units, so ASE's
                           ``get_kinetic_energy`` works on the file alone) and ``velocities`` in Å/fs;
+                          with a committee also the per-atom force ``uncertainty`` (eV/Å) and
+                          ``max_uncertainty_eV_A`` per frame;
 * ``trajectory.traj``     the same frames in ASE's format (settings in its description);
 * ``thermo.csv``          step, time, energies, temperature and conserved quantity per frame;
 * ``checkpoint.npz``      the complete state (positions, momenta, forces, thermostat variables,
@@ -66,7 +68,10 @@ def describe_model(model) -> dict[str, Any]:
     if isinstance(model, Potential):
         inner = model.model
         if isinstance(inner, SO3kratesEnergy):
-            return {"kind": "SO3krates", "model_config": inner.config.to_dict(), "elements": list(model.elements)}
+            described = {"kind": "SO3krates", "model_config": inner.config.to_dict(), "elements": list(model.elements)}
+            if model.members is not None:
+                described["members"] = model.members
+            return described
         import dataclasses
 
         fields = dataclasses.asdict(inner) if dataclasses.is_dataclass(inner) else {}
@@ -87,6 +92,10 @@ def frame_atoms(result: ChunkResult, index: int, system, info: dict | None = Non
         "temperature_K": float(result.temperature[index]), "kinetic_energy_eV": float(result.kinetic_energy[index]),
         "conserved_eV": float(result.conserved[index]),
     })
+    uncertainty = np.asarray(result.uncertainty[index], np.float64)
+    if np.all(np.isfinite(uncertainty)):  # a committee's (a single model records NaN)
+        atoms.arrays["uncertainty"] = uncertainty
+        atoms.info["max_uncertainty_eV_A"] = float(np.max(uncertainty, initial=0.0))
     atoms.info.update(info or {})
     atoms.calc = SinglePointCalculator(
         atoms, energy=float(result.potential_energy[index]), forces=np.asarray(result.forces[index], np.float64)

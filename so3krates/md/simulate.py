@@ -31,7 +31,7 @@ from so3krates.compilation import bounded_jit, thread_compilations
 from so3krates.md import guards as guard_module
 from so3krates.md.config import CONTROLS, MDConfig
 from so3krates.md.forces import (
-    any_overflow, grow_after_overflow, has_virial, make_force_field, neighbor_lists, reference_errors,
+    any_overflow, atom_uncertainty, grow_after_overflow, has_virial, make_force_field, neighbor_lists, reference_errors,
 )
 from so3krates.md.guards import GUARDS, BlowUpError, GuardStatus, find_bonds
 from so3krates.md.integrators import MDState, langevin, nose_hoover, npt, nve, pressure_tensor
@@ -89,7 +89,7 @@ def build_integrator(spec: ChunkSpec, force_field, controls: Controls):
     )
 
 
-def _frame(integrator, state: MDState) -> dict[str, jax.Array]:
+def _frame(integrator, state: MDState, force_field) -> dict[str, jax.Array]:
     from so3krates.md.integrators import kinetic_energy
 
     if integrator.ensemble == "npt":  # the virial is computed at every step only there
@@ -107,6 +107,9 @@ def _frame(integrator, state: MDState) -> dict[str, jax.Array]:
         "kinetic_energy": kinetic_energy(state.momenta, state.masses),
         "temperature": integrator.temperature_fn(state),
         "conserved": integrator.conserved_fn(state),
+        # a committee's per-atom force uncertainty (one more evaluation of the members per
+        # recorded frame, not per step); NaN for a single model
+        "uncertainty": atom_uncertainty(force_field, state.positions, state.neighbors),
     }
 
 
@@ -128,7 +131,7 @@ def _chunk(state: MDState, force_field, controls: Controls, bonds, spec: ChunkSp
 
     def one_record(carry, _):
         carry, _ = jax.lax.scan(one_step, carry, None, length=spec.record_every)
-        return carry, _frame(integrator, carry[0])
+        return carry, _frame(integrator, carry[0], force_field)
 
     carry = (state, GuardStatus.initial(dtype))
     (state, status), frames = jax.lax.scan(one_record, carry, None, length=spec.steps // spec.record_every)
@@ -138,11 +141,11 @@ def _chunk(state: MDState, force_field, controls: Controls, bonds, spec: ChunkSp
 def _init(key, positions, masses, neighbors, momenta, force_field, controls, spec: ChunkSpec):
     integrator = build_integrator(spec, force_field, controls)
     state = integrator.init_fn(key, positions, masses, neighbors, momenta=momenta, temperature=controls.temperature)
-    return state, _frame(integrator, state)
+    return state, _frame(integrator, state, force_field)
 
 
 def _state_frame(state, force_field, controls, spec: ChunkSpec):
-    return _frame(build_integrator(spec, force_field, controls), state)
+    return _frame(build_integrator(spec, force_field, controls), state, force_field)
 
 
 # the programs live in the process's bounded set (so3krates.compilation): one per ensemble, size
@@ -183,7 +186,9 @@ class ChunkResult:
     """Recorded frames (numpy; a leading replica axis when running replicas) and chunk statistics.
 
     Frame arrays: ``step`` (k,), ``time_fs`` (k,), ``positions``/``momenta``/``forces`` (k, n, 3),
-    ``potential_energy``, ``kinetic_energy``, ``temperature``, ``conserved`` (k,). Units: Å,
+    ``potential_energy``, ``kinetic_energy``, ``temperature``, ``conserved`` (k,), ``uncertainty``
+    (k, n): a committee's per-atom force uncertainty, sqrt((1/K) sum_k |F_k,i - F_i|^2) in eV/Å
+    (NaN for a single model; ``max_uncertainty`` (k,) is its largest atom). Units: Å,
     amu Å/fs, eV/Å, eV, K; ``velocities`` (Å/fs) is derived. ``compiled`` says whether this chunk
     compiled its program first (its ``wall_s`` then includes the compile); ``ns_per_day``
     excludes nothing. ``blowup`` is the BlowUpError when a guard stopped the run in this chunk
@@ -201,6 +206,7 @@ class ChunkResult:
     conserved: np.ndarray
     cell: np.ndarray  # (k, 3, 3), lattice vectors as rows (zero for a free molecule)
     pressure: np.ndarray  # (k,) instantaneous pressure, eV/Å³ (NPT; NaN in the other ensembles)
+    uncertainty: np.ndarray  # (k, n) committee force uncertainty per atom, eV/Å (NaN: a single model)
     masses: np.ndarray
     numbers: np.ndarray
     steps_done: int = 0  # steps integrated in this chunk
@@ -223,6 +229,14 @@ class ChunkResult:
         return np.abs(np.linalg.det(self.cell))
 
     @property
+    def max_uncertainty(self) -> np.ndarray:
+        """(k,) the largest per-atom force uncertainty of each frame, eV/Å (NaN: a single model)."""
+        u = self.uncertainty
+        if u.shape[-1] == 0:
+            return np.full(u.shape[:-1], np.nan)
+        return np.max(u, axis=-1)  # NaN stays NaN
+
+    @property
     def total_energy(self) -> np.ndarray:
         return self.potential_energy + self.kinetic_energy
 
@@ -235,7 +249,7 @@ class ChunkResult:
         return self.steps_done * self.timestep * 1e-6 / self.wall_s * 86400.0 if self.wall_s > 0 else float("nan")
 
     FRAME_FIELDS = ("step", "time_fs", "positions", "momenta", "forces", "potential_energy", "kinetic_energy",
-                    "temperature", "conserved", "cell", "pressure")
+                    "temperature", "conserved", "cell", "pressure", "uncertainty")
 
     def select(self, index) -> ChunkResult:
         """Frames picked by ``index`` along the frame axis (the last axis of ``step``)."""

@@ -50,12 +50,15 @@ class TrainConfig:
     max_time: float | None = None  # seconds of training, summed over resumed sessions
     dtype: Literal["float32", "float64"] = "float32"
     seed: int = 0  # parameter initialisation and the order of the training frames
+    # committee members trained at once (`so3krates train --ensemble K`): member k starts from
+    # seed + k and draws its own frame order; 1 is a single model
+    members: int = 1
 
     def __post_init__(self):
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         problems = []
-        ints = ("n_train", "n_valid", "split_seed", "lr_decay_steps", "batch_size", "valid_every", "seed")
+        ints = ("n_train", "n_valid", "split_seed", "lr_decay_steps", "batch_size", "valid_every", "seed", "members")
         optional_ints = ("n_test", "patience", "max_steps", "max_epochs")
         for name in ints + optional_ints:
             value = getattr(self, name)
@@ -84,6 +87,7 @@ class TrainConfig:
             (self.lr_decay_steps > 0, f"lr_decay_steps must be positive, got {self.lr_decay_steps}"),
             (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be positive, got {self.grad_clip}"),
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
+            (self.members >= 1, f"members (--ensemble) must be at least 1, got {self.members}"),
             (self.batch_size <= self.n_train, f"batch_size={self.batch_size} exceeds n_train={self.n_train}"),
             (self.valid_every > 0, f"valid_every must be positive, got {self.valid_every}"),
             (self.patience is None or self.patience > 0, f"patience must be positive, got {self.patience}"),
@@ -141,8 +145,11 @@ class TrainConfig:
         return cls.from_json(path.read_text(), str(path))
 
     def identity(self) -> dict[str, Any]:
-        """Everything that makes two runs the same run (the stopping limits excluded)."""
-        return {key: value for key, value in self.to_dict().items() if key not in STOPPING_FIELDS}
+        """Everything that makes two runs the same run (the stopping limits excluded). A single
+        model's identity has no ``members`` (it is what runs before committees recorded), so
+        their saved training states still resume."""
+        return {key: value for key, value in self.to_dict().items()
+                if key not in STOPPING_FIELDS and not (key == "members" and value == 1)}
 
 
 @functools.cache

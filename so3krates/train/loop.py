@@ -8,6 +8,11 @@ A run lives in one directory ``OUT``::
     OUT/log.jsonl           one JSON line per validation
     OUT/best/               the best model so far: so3krates.load_model(OUT/best), with split.npz
 
+A committee (``TrainConfig.members = K > 1``, ``so3krates train --ensemble K``) is one run: K
+parameter sets (member k initialised with ``seed + k``) stacked along a leading axis, each
+member with its own frame order over the same training frames, all updated by one jitted step;
+validation scores the members' mean, and OUT/best is one committee checkpoint.
+
 Everything is written to a temporary file and renamed. Calling :func:`train` again on the same
 directory resumes from the last saved state and, training being deterministic, ends with the
 same parameters as an uninterrupted run. A directory holding a different run (config or data),
@@ -232,16 +237,34 @@ def _resume_or_start(run: _Run, fresh: TrainState, has_state: bool) -> TrainStat
 
 
 def _next_batch(run: _Run, state: TrainState) -> tuple[TrainState, Batch]:
-    """The next training batch; after the last one of an epoch the next epoch starts in a new order."""
+    """The next training batch; after the last one of an epoch the next epoch starts in a new order.
+    A committee gets one batch per member (its own order), padded to one shape and stacked."""
     config = run.config
     if state.batch_in_epoch == run.batches_per_epoch:
-        key, sub = jax.random.split(state.key)
-        order = np.asarray(jax.random.permutation(sub, len(run.indices["train"])), np.int64)
+        key, order = _draw_order(state.key, config)
         state = dataclasses.replace(state, epoch=state.epoch + 1, batch_in_epoch=0, order=order, key=np.asarray(key))
     start = state.batch_in_epoch * config.batch_size
-    chosen = state.order[start:start + config.batch_size]
-    shape = run.plan.shape(int(run.train_atoms[chosen].sum()))
-    return state, pack(run.train_cache, chosen, shape, config.batch_size, _numpy_dtype(config))
+    chosen = state.order[..., start:start + config.batch_size]
+    if config.members == 1:
+        shape = run.plan.shape(int(run.train_atoms[chosen].sum()))
+        return state, pack(run.train_cache, chosen, shape, config.batch_size, _numpy_dtype(config))
+    shape = run.plan.shape(int(run.train_atoms[chosen].sum(axis=-1).max()))
+    packed = [pack(run.train_cache, member, shape, config.batch_size, _numpy_dtype(config)) for member in chosen]
+    return state, jax.tree.map(lambda *leaves: np.stack(leaves), *packed)
+
+
+def _draw_order(key, config: TrainConfig) -> tuple[jax.Array, np.ndarray]:
+    """The next key and an epoch's frame order: (n_train,), or (members, n_train) for a committee."""
+    key, sub = jax.random.split(key)
+    if config.members == 1:
+        return key, np.asarray(jax.random.permutation(sub, config.n_train), np.int64)
+    keys = jax.random.split(sub, config.members)
+    return key, np.stack([np.asarray(jax.random.permutation(k, config.n_train), np.int64) for k in keys])
+
+
+def _members(config: TrainConfig) -> int | None:
+    """The Potential's ``members`` for this run: None for a single model."""
+    return None if config.members == 1 else config.members
 
 
 def _validate(run: _Run, state: TrainState, params, elapsed: Callable[[], float], lr: float,
@@ -249,7 +272,8 @@ def _validate(run: _Run, state: TrainState, params, elapsed: Callable[[], float]
     """Evaluate ``params`` on the validation set, save them as OUT/best when they improved, and log
     the record. ``state`` is a host snapshot; the returned one has the best and patience updated."""
     config = run.config
-    potential = Potential(model=run.model, params=params, energy_shifts=run.shifts, elements=run.elements)
+    potential = Potential(model=run.model, params=params, energy_shifts=run.shifts, elements=run.elements,
+                          members=_members(config))
     predictions = predict_batches(potential, run.valid_cache, run.valid_batches, config.dtype)
     metrics = compute_metrics(predictions)
     valid_loss = _loss(predictions, config)
@@ -289,12 +313,18 @@ def _validate(run: _Run, state: TrainState, params, elapsed: Callable[[], float]
 def _fresh_state(config: TrainConfig, dataset: Dataset):
     potential = init_model(config.model, dataset.elements, seed=config.seed)
     dtype = _numpy_dtype(config)
-    params = jax.tree.map(lambda x: np.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x),
-                          potential.params)
-    opt_state = jax.tree.map(np.asarray, make_optimizer(config).init(params))
+    cast = lambda x: np.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)  # noqa: E731
+    params = jax.tree.map(cast, potential.params)
+    optimizer = make_optimizer(config)
+    if config.members == 1:
+        opt_state = jax.tree.map(np.asarray, optimizer.init(params))
+    else:  # member k from seed + k, stacked along a leading axis (member 0 is the single model's start)
+        members = [params] + [jax.tree.map(cast, init_model(config.model, dataset.elements, seed=config.seed + k).params)
+                              for k in range(1, config.members)]
+        params = jax.tree.map(lambda *leaves: np.stack(leaves), *members)
+        opt_state = jax.tree.map(np.asarray, jax.vmap(optimizer.init)(params))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)  # not the initialisation's key
-    key, sub = jax.random.split(key)
-    order = np.asarray(jax.random.permutation(sub, config.n_train), np.int64)
+    key, order = _draw_order(key, config)
     state = TrainState(params=params, opt_state=opt_state, loss_sum=np.zeros((), dtype), step=0, epoch=1,
                        batch_in_epoch=0, order=order, key=np.asarray(key))
     return state, potential.model

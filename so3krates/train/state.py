@@ -34,7 +34,7 @@ class TrainState:
     step: int  # gradient steps done
     epoch: int  # epochs started (the current one included)
     batch_in_epoch: int  # batches of the current epoch done
-    order: np.ndarray  # (n_train,) the current epoch's frame order
+    order: np.ndarray  # (n_train,) the current epoch's frame order; (members, n_train) for a committee
     key: np.ndarray  # PRNG key the next epoch's order is drawn from
     best_loss: float = float("inf")  # best validation loss so far
     best_step: int = -1
@@ -86,8 +86,9 @@ def load_state(path: Path, template: TrainState, config: TrainConfig) -> TrainSt
     params = _restore(template.params, raw["params"], path, "params")
     opt_state = _restore(template.opt_state, raw["opt_state"], path, "opt_state")
     order = np.asarray(raw["order"])
-    if order.shape != np.shape(template.order) or np.any(np.sort(order) != np.arange(len(order))):
-        raise TrainingStateError(f"{path}: the stored frame order is not a permutation of the {len(template.order)} training frames")
+    count = np.shape(template.order)[-1]
+    if order.shape != np.shape(template.order) or np.any(np.sort(order, axis=-1) != np.arange(count)):
+        raise TrainingStateError(f"{path}: the stored frame order is not a permutation of the {count} training frames")
     try:
         scalars = {name: kind(raw[name]) for name, kind in _SCALARS.items()}
     except (TypeError, ValueError) as error:

@@ -55,6 +55,10 @@ def make_train_step(model, config: TrainConfig, optimizer: optax.GradientTransfo
 
     ``loss_sum`` accumulates the training loss on the device, so the host never waits for a
     step to finish (the next batch is packed while this one runs).
+
+    A committee (``config.members > 1``) trains all members in this one step: ``params``,
+    ``opt_state`` and ``batch`` carry a leading member axis (each member its own batch), the
+    update is ``jax.vmap`` of one member's, and ``loss_sum`` adds the members' mean loss.
     """
     dtype = config.dtype
     shifts = np.zeros(NUM_ELEMENT_ROWS, np.float32)
@@ -63,11 +67,19 @@ def make_train_step(model, config: TrainConfig, optimizer: optax.GradientTransfo
         potential = Potential(model=model, params=params, energy_shifts=shifts)
         return weighted_loss(loss_terms(potential, batch, dtype), config)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, loss_sum, batch: Batch):
+    def member_step(params, opt_state, batch: Batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    committee = config.members > 1
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, loss_sum, batch: Batch):
+        if committee:  # static
+            params, opt_state, loss = jax.vmap(member_step)(params, opt_state, batch)
+            return params, opt_state, loss_sum + jnp.mean(loss)
+        params, opt_state, loss = member_step(params, opt_state, batch)
         return params, opt_state, loss_sum + loss
 
     return step
