@@ -142,6 +142,7 @@ def test_replicas_are_independent_copies(argon_cluster):
     replicas = Simulation(atoms, potential, config, replicas=3).run(200)
     assert replicas.positions.shape == (3, 4, len(atoms), 3)
     assert not np.allclose(replicas.positions[0], replicas.positions[1])
+    assert replicas.uncertainty.shape == (3, 4, len(atoms)) and np.all(np.isnan(replicas.uncertainty))  # no committee
     for r in range(3):
         assert np.all(np.isfinite(replicas.replica(r).conserved))
 
