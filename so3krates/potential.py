@@ -37,6 +37,7 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase import units
 from ase.data import atomic_numbers, chemical_symbols
 from jaxtyping import Array, Float
 
@@ -443,6 +444,8 @@ def _derivatives(potential: Potential, graph: Graph, dtype, stress: bool, charge
 
 # --- heat flux --------------------------------------------------------------------------------
 
+MVV2E = 1.0 / units.fs**2  # eV per amu Å²/fs² (a kinetic energy m v² / 2 with v in Å/fs)
+
 
 @dataclasses.dataclass(frozen=True)
 class UnfoldedSystem:
@@ -491,7 +494,7 @@ def _heat_flux(potential, graph, velocities, masses, num_cell_atoms: int, dtype:
     _, moment_rate = jax.jvp(moment, (positions,), (velocities,))
     energies = cell_energies(positions)
     potential_term = moment_rate - positions.T @ jnp.sum(energy_gradient * velocities, axis=1)
-    kinetic = 0.5 * masses.astype(dtype) * jnp.sum(velocities**2, axis=1)
+    kinetic = 0.5 * MVV2E * masses.astype(dtype) * jnp.sum(velocities**2, axis=1)  # amu Å²/fs² -> eV
     convective = jnp.where(in_cell, energies + kinetic, 0.0) @ velocities
     return {"heat_flux": potential_term + convective, "heat_flux_potential": potential_term}
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ase import units
 
 from so3krates import ModelConfig, System, evaluate, heat_flux, init_model
 from so3krates.neighbors import build_graph, unbatch
@@ -160,7 +161,7 @@ def brute_force_heat_flux(potential, system: System, velocities):
     for i in range(n):
         rate = np.einsum("ja,ja->j", jacobian[i], v)  # dU_i/dr_j . v_j
         flux += np.einsum("ja,j->a", r[i] - r, rate)
-    kinetic = 0.5 * system.masses * np.sum(velocities**2, axis=1)
+    kinetic = 0.5 * system.masses * np.sum(velocities**2, axis=1) / units.fs**2  # eV, velocities in Å/fs
     return flux + (energies + kinetic) @ velocities, energies
 
 
@@ -175,6 +176,27 @@ def test_heat_flux_of_a_message_passing_model_matches_brute_force(small_cutoff_p
     result = heat_flux(potential, system, velocities)
     assert np.abs(result["heat_flux_potential"]).max() > 1e-4
     np.testing.assert_allclose(result["heat_flux"], expected, rtol=1e-8, atol=1e-12)
+
+
+def test_heat_flux_of_free_atoms_is_their_kinetic_energy_times_velocity():
+    """Atoms farther apart than the cutoff carry only their kinetic energy: J = sum_i K_i v_i, with
+    K_i from ASE in eV (an independent check of the units of the convective term)."""
+    import ase
+
+    from so3krates.lennard_jones import lennard_jones_potential
+
+    rng = np.random.default_rng(3)
+    atoms = ase.Atoms("Ar8", positions=np.indices((2, 2, 2)).reshape(3, -1).T * 10.0 + 1.0,
+                      cell=np.eye(3) * 20.0, pbc=True)
+    velocities = rng.normal(0.0, 0.005, (8, 3))  # Å/fs, about 300 K for argon
+    atoms.set_velocities(velocities / units.fs)  # ASE's velocity unit is Å per ASE time unit
+    # per atom in ASE's units (amu (Å / ASE time)² is eV); their sum is ASE's own kinetic energy
+    kinetic = 0.5 * atoms.get_masses() * np.sum(atoms.get_velocities() ** 2, axis=1)
+    assert np.sum(kinetic) == pytest.approx(atoms.get_kinetic_energy(), rel=1e-12)
+    result = heat_flux(lennard_jones_potential(sigma=3.405, epsilon=0.0104, cutoff=8.5), System.from_atoms(atoms),
+                       velocities)
+    np.testing.assert_allclose(result["heat_flux_potential"], 0.0, atol=1e-15)
+    np.testing.assert_allclose(result["heat_flux"], kinetic @ velocities, rtol=1e-10)
 
 
 def test_atomic_energies_are_zero_on_padding(potentials):
