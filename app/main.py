@@ -23,6 +23,7 @@ import panel as pn
 from ase import units as units_ase
 
 from explore_tab import ExploreTab, Target  # app/ is on sys.path while Bokeh runs this file
+from model_tab import Frame, ModelTab
 from session import Event, MDSession
 from so3krates import catalog, configure, load_model
 from so3krates.compilation import compilations
@@ -181,6 +182,22 @@ def report(text: str) -> None:
 
 
 explore = ExploreTab(explore_target, units, report=report)  # its own temporary directory, removed with the session
+
+
+def model_frame() -> Frame:
+    """The Model tab checks the MD tab's current frame: the last recorded one (with its momenta and
+    cell), or the starting structure; with the MD tab's model, timestep and temperature."""
+    session, history = page.session, page.session.history
+    atoms, momenta, step = session.current_atoms(), None, None
+    if len(history):
+        momenta, step = np.asarray(history.momenta[-1], float), int(history.columns["step"][-1])
+        if np.any(atoms.pbc):  # NPT moves the cell
+            atoms.set_cell(history.cells[-1], scale_atoms=False)
+    return Frame(atoms, session.model, MODEL_LABELS.get(model.value, model.value), page.title,
+                 float(timestep.value), float(temperature.value), momenta, step)
+
+
+model_checks = ModelTab(model_frame)
 energy_buffer = hv.streams.Buffer(pd.DataFrame({c: np.zeros(0) for c in PLOT_COLUMNS}), length=PLOT_POINTS,
                                   index=False)
 
@@ -692,18 +709,20 @@ main = pn.Column(
 callback = pn.state.add_periodic_callback(tick, period=TICK_MS)
 
 
-def cleanup(session_context, callback=callback, session=page.session, explore=explore) -> None:
+def cleanup(session_context, callback=callback, session=page.session, explore=explore,
+            model_checks=model_checks) -> None:
     # default arguments: Bokeh empties this module's namespace before a session is destroyed
     callback.stop()
     session.halt(timeout=0)
     explore.close()  # stops the exploration; its temporary directory goes once the walkers let go
+    model_checks.close()
 
 
 pn.state.on_session_destroyed(cleanup)
 replot()
 # dynamic: a tab's widgets are in the page only while it is shown (MD is not paced on a hidden viewer)
 tabs = pn.Tabs(("MD", pn.Row(controls, main, sizing_mode="stretch_width")), ("Explore", explore.layout),
-               dynamic=True, sizing_mode="stretch_width")
+               ("Model", model_checks.layout), dynamic=True, sizing_mode="stretch_width")
 pn.Column(
     pn.pane.Markdown("# so3krates · live molecular dynamics and minima exploration", margin=(0, 10)),
     tabs,
