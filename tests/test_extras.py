@@ -23,7 +23,9 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-EXTRAS = {"app": {"panel", "holoviews", "bokeh", "pandas"}, "explore": {"dask", "distributed"}, "xtb": {"tblite"}}
+EXTRAS = {"app": {"panel", "holoviews", "bokeh", "pandas"}, "explore": {"dask", "distributed"}, "xtb": {"tblite"},
+          "notebooks": {"jupyterlab", "ipykernel", "nbclient", "nbformat", "ipywidgets", "nglview", "setuptools",
+                        "e3x"}}
 OPTIONAL = set().union(*EXTRAS.values())
 
 
@@ -59,7 +61,7 @@ def test_pyproject_keeps_the_extras_out_of_the_core():
     extras = PROJECT["optional-dependencies"]
     for extra, packages in EXTRAS.items():
         assert requirement_names(extras[extra]) == packages, extra
-    assert Requirement(extras["all"][0]) == Requirement("so3krates[app,explore,xtb]") and len(extras["all"]) == 1
+    assert Requirement(extras["all"][0]) == Requirement("so3krates[app,explore,xtb,notebooks]") and len(extras["all"]) == 1
     assert not OPTIONAL & requirement_names(PROJECT["dependencies"])
     # nor anything the core needs brings one of them in
     assert not OPTIONAL & CORE, OPTIONAL & CORE
@@ -70,7 +72,7 @@ def test_the_lock_pins_the_core_every_extra_and_the_dev_tools():
     pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)$", (ROOT / "requirements.lock").read_text(), re.MULTILINE))
     pinned = {canonicalize_name(name) for name in pins}
     everything = installed_closure(PROJECT["dependencies"] + [
-        text for extra in ("app", "explore", "xtb", "dev") for text in PROJECT["optional-dependencies"][extra]])
+        text for extra in ("app", "explore", "xtb", "notebooks", "dev") for text in PROJECT["optional-dependencies"][extra]])
     assert everything - pinned == set()
     assert OPTIONAL <= pinned
     # and the environment the tests run in is the locked one

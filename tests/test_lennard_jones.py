@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ase import units
 from ase.build import bulk
 from ase.calculators.lj import LennardJones as AseLennardJones
 from ase.stress import voigt_6_to_full_3x3_stress
@@ -57,7 +58,8 @@ def test_heat_flux_equals_the_per_atom_virial_form(argon, potential):
     result = heat_flux(potential, System.from_atoms(atoms), velocities)
     assert np.abs(expected).max() > 1e-6
     np.testing.assert_allclose(result["heat_flux_potential"], expected, rtol=1e-8, atol=1e-14)
-    convective = (reference["energies"] + 0.5 * atoms.get_masses() * np.sum(velocities**2, axis=1)) @ velocities
+    kinetic = 0.5 * atoms.get_masses() * np.sum(velocities**2, axis=1) / units.fs**2  # eV (velocities in Å/fs)
+    convective = (reference["energies"] + kinetic) @ velocities
     np.testing.assert_allclose(result["heat_flux"] - result["heat_flux_potential"], convective, rtol=1e-10, atol=1e-14)
 
 

@@ -274,9 +274,10 @@ def npt(force_fn, timestep, temperature_K, friction, pressure, tau, compressibil
 
     * C, stochastic cell rescaling (Bernetti & Bussi 2020) in the logarithm of the volume
       (isotropic), an Euler-Maruyama step of
-      d eps = -(beta / tau) (P0 - P) dt + sqrt(2 kT beta / (V tau)) dW,
+      d eps = -(beta / tau) (P0 - P) dt + sqrt(2 kT beta / (V tau)) dW  (Itô),
       with P the instantaneous pressure (kinetic part from the momenta, which the cell scaling
-      rescales). Its stationary volume distribution is V^N exp(-beta P0 V) times the
+      rescales). This is the paper's additive-noise equation for sqrt(V) rewritten for log V:
+      its kT / V drift term is then exactly the Itô correction, and drops out. Its stationary volume distribution is V^N exp(-beta P0 V) times the
       configurational weight: for an ideal gas of N atoms, a Gamma distribution of shape N + 1.
       ``anisotropic``: each Cartesian axis a of the cell on its own, with P_aa and beta / 3.
     * A, the drift, exact together with the uniform strain rate of C:

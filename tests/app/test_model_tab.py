@@ -1,40 +1,20 @@
-"""The Model tab: checks of the model at the MD tab's frame, in a real browser and without one.
+"""The Model tab: checks of the model at the MD tab's frame, in a real browser.
 
 The browser test uses the same `panel serve app/` as test_dashboard.py (its own page, hence its
-own session); the committee test runs the checks (app/model_tab.py, no Panel needed for them) on
-a committee of the shipped ethanol model and a perturbed copy of it.
+own session). The checks themselves on a committee, without a browser: tests/test_checks.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 from browser import non_background, png_pixels, wait_until
 from test_dashboard import RUN_TIMEOUT_S, Dashboard
 
-from so3krates import catalog
-from so3krates.potential import committee
-
-APP = Path(__file__).resolve().parents[2] / "app"
 CHECKS_TIMEOUT_S = RUN_TIMEOUT_S  # a fresh server compiles the float64 calls and the NVE program first
 ROW_NAMES = ("AD forces vs finite differences", "Rotation and translation", "NVE energy drift",
              "Committee uncertainty")
-
-
-def model_tab_module():
-    pytest.importorskip("panel", reason="the dashboard needs the app extra")
-    spec = importlib.util.spec_from_file_location("dashboard_model_tab", APP / "model_tab.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 class ModelBoard(Dashboard):
@@ -100,26 +80,3 @@ def test_run_checks_reports_four_verdicts_and_a_second_run_compiles_nothing(mode
     time.sleep(0.5)
     assert non_background(png_pixels(board.page.locator(".so3k-stage canvas").first.screenshot())) > 1000
     board.check_clean()
-
-
-def test_a_committee_reports_its_uncertainty_and_names_the_atoms():
-    module = model_tab_module()
-    single = catalog.load_builtin_model("ethanol")
-    leaves, tree = jax.tree.flatten(single.params)
-    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
-    noisy = [leaf * (1 + 0.02 * jax.random.normal(k, leaf.shape, leaf.dtype)) if leaf.dtype.kind == "f" else leaf
-             for leaf, k in zip(leaves, keys)]
-    members = committee([single, dataclasses.replace(single, params=jax.tree.unflatten(tree, noisy))])
-    atoms = catalog.builtin_molecules()["ethanol"].atoms()
-    frame = module.Frame(atoms, members, "committee", "Ethanol", timestep=0.5, temperature=300.0)
-    checks = module.ModelChecks()
-    report = checks.run(frame)
-    verdict = {v.check: v for v in report.verdicts}
-    line = verdict["Committee uncertainty"].text
-    assert verdict["Committee uncertainty"].level in ("pass", "warn"), line
-    assert "max" in line and "mean" in line and "over 2 members" in line and "most uncertain" in line, line
-    maximum = float(line.split("max ")[1].split()[0])
-    assert maximum > 0, line
-    for name in ROW_NAMES[:3]:  # the mean of two smooth models is a smooth model
-        assert verdict[name].level == "pass", (name, verdict[name].text)
-    assert checks.run(frame).compiled == 0  # the committee's programs too are compiled once
