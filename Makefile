@@ -20,10 +20,12 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(INSTALLED)
 
-# One pytest process. (It was two while every minima hop compiled new XLA programs: a process
-# running the whole suite ran out of memory maps and died inside XLA ~300 tests in.)
+# Two pytest workers (pytest-xdist), one test file at a time each, so a file's module fixtures
+# (trained models, servers) are built once; most of a test's time is single-threaded XLA
+# compilation, so two workers nearly halve the wall clock on two cores. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(INSTALLED)
 	$(BIN)/python -m pytest -q -m "not slow"
