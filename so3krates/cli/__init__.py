@@ -16,7 +16,7 @@ import sys
 from so3krates.extras import MissingExtraError
 
 # The order `so3krates --help` lists sub-commands in; any other module with `register` follows.
-ORDER = ("label", "train", "evaluate", "md", "explore", "validate_minima", "import_so3lr")
+ORDER = ("label", "train", "evaluate", "md", "explore", "validate_minima", "refine", "import_so3lr")
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, MissingExtraError)
 

@@ -107,6 +107,9 @@ class HopResult:
     # minimum; None for a single model (or when there was no such frame or minimum)
     escape_uncertainty: float | None = None
     minimum_uncertainty: float | None = None
+    # the committee's most uncertain escape frame (n x 3 Å, as lists for the JSON hop log): where
+    # refinement labels (so3krates.explore.refine); None for a single model
+    uncertain_frame: list | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +138,7 @@ class Excursion:
     compilations: int = 0  # XLA programs compiled while it ran (counted by JAX, on its thread)
     escape_uncertainty: float | None = None  # committee: largest per-atom force uncertainty on the way, eV/Å
     minimum_uncertainty: float | None = None  # committee: largest at the relaxed minimum, eV/Å
+    uncertain_frame: np.ndarray | None = None  # committee: the escape frame of escape_uncertainty, (n, 3) Å
 
 
 def run_excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTask) -> Excursion:
@@ -148,7 +152,7 @@ def run_excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: Excursio
 
 def _excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTask) -> Excursion:
     try:
-        end, barrier, escape_uncertainty = _escape(atoms, model, config, task)
+        end, barrier, escape_uncertainty, uncertain_frame = _escape(atoms, model, config, task)
     except BlowUpError as error:  # too hot for this model
         return Excursion("escape-failed", message=str(error))
     start = atoms.copy()
@@ -157,9 +161,9 @@ def _excursion(atoms: ase.Atoms, model, config: HoppingConfig, task: ExcursionTa
     if not relaxed.converged[0]:
         return Excursion("relax-failed", barrier=barrier,
                          message=f"max |F| {relaxed.max_force[0]:.3g} eV/Å after {relaxed.steps[0]} steps",
-                         escape_uncertainty=escape_uncertainty)
+                         escape_uncertainty=escape_uncertainty, uncertain_frame=uncertain_frame)
     return Excursion("relaxed", relaxed.positions[0], float(relaxed.energy[0]), barrier,
-                     escape_uncertainty=escape_uncertainty,
+                     escape_uncertainty=escape_uncertainty, uncertain_frame=uncertain_frame,
                      minimum_uncertainty=_largest_uncertainty(atoms, model, relaxed.positions[0], config.md_dtype))
 
 
@@ -196,11 +200,12 @@ def _momenta(atoms: ase.Atoms, positions: np.ndarray, temperature: float, key) -
 
 
 def _escape(atoms: ase.Atoms, model, cfg: HoppingConfig,
-            task: ExcursionTask) -> tuple[np.ndarray, float, float | None]:
+            task: ExcursionTask) -> tuple[np.ndarray, float, float | None, np.ndarray | None]:
     """NVE from the minimum until the potential energy has passed ``md_minima`` minima; returns
     the frame at the last of them (the bottom of the basin the trajectory reached, so the
-    relaxation starts low), the highest energy on the way there and the largest per-atom force
-    uncertainty of the frames on the way (a committee's; None for a single model). Guards off: an escape is
+    relaxation starts low), the highest energy on the way there, the largest per-atom force
+    uncertainty of the frames on the way and that frame (a committee's; None for a single model).
+    Guards off: an escape is
     meant to be violent; a non-finite energy still raises BlowUpError."""
     start = atoms.copy()
     start.positions = task.positions
@@ -217,14 +222,23 @@ def _escape(atoms: ase.Atoms, model, cfg: HoppingConfig,
         minima = _passed_minima(np.asarray(energies))
         if len(minima) >= cfg.md_minima:
             stop = minima[cfg.md_minima - 1]
-            return frames[stop], float(np.max(energies[:stop + 1])), _largest(uncertainties[:stop + 1])
-    return frames[-1], float(np.max(energies)), _largest(uncertainties)  # out of steps: relax from where it got to
+            return (frames[stop], float(np.max(energies[:stop + 1])),
+                    *_most_uncertain(uncertainties[:stop + 1], frames))
+    return frames[-1], float(np.max(energies)), *_most_uncertain(uncertainties, frames)  # out of steps: relax from there
 
 
-def _largest(values) -> float | None:
-    """The largest finite value, None when there is none (a single model records NaN)."""
-    finite = [v for v in values if np.isfinite(v)]
-    return float(max(finite)) if finite else None
+def _most_uncertain(values, frames) -> tuple[float | None, np.ndarray | None]:
+    """The largest finite value and its frame; (None, None) when there is none (a single model
+    records NaN)."""
+    values = np.asarray(values, np.float64)
+    if not np.any(np.isfinite(values)):
+        return None, None
+    k = int(np.nanargmax(np.where(np.isfinite(values), values, -np.inf)))
+    return float(values[k]), np.asarray(frames[k], np.float64)
+
+
+def _as_lists(positions: np.ndarray | None) -> list | None:
+    return None if positions is None else np.asarray(positions, np.float64).tolist()
 
 
 class MinimaHoppingWalker:
@@ -309,7 +323,8 @@ class MinimaHoppingWalker:
             self.temperature *= cfg.beta_new
             return self._finish(task, HopResult(hop, excursion.outcome, None, False, None, excursion.barrier,
                                                 self.temperature, self.e_diff, excursion.message,
-                                                excursion.compilations, excursion.escape_uncertainty))
+                                                excursion.compilations, excursion.escape_uncertainty,
+                                                uncertain_frame=_as_lists(excursion.uncertain_frame)))
         energy = excursion.energy
         found, is_new = self.store.add(excursion.positions, energy, self.name, key=tag)
         barrier = max(excursion.barrier, energy, self.energy)
@@ -328,7 +343,8 @@ class MinimaHoppingWalker:
         return self._finish(task, HopResult(hop, outcome, found, accepted, energy, barrier, self.temperature, self.e_diff,
                                             compilations=excursion.compilations,
                                             escape_uncertainty=excursion.escape_uncertainty,
-                                            minimum_uncertainty=excursion.minimum_uncertainty))
+                                            minimum_uncertainty=excursion.minimum_uncertainty,
+                                            uncertain_frame=_as_lists(excursion.uncertain_frame)))
 
     def _finish(self, task: ExcursionTask, result: HopResult) -> HopResult:
         if self.log is not None:

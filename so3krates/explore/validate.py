@@ -81,8 +81,8 @@ from so3krates.explore.store import aligned_rmsd, equivalent_atom_classes
 from so3krates.files import atomic_write
 from so3krates.reference import ReferenceError, XTBReference, xtb_calculator
 
-__all__ = ["ValidationConfig", "MinimumValidation", "ValidationReport", "TrainingIndex", "validate_minima",
-           "ivalidate_minima", "distance_fingerprints", "centroid_fingerprints"]
+__all__ = ["ValidationConfig", "MinimumValidation", "ValidationReport", "TrainingIndex", "XTBPath", "validate_minima",
+           "ivalidate_minima", "report_of", "distance_fingerprints", "centroid_fingerprints"]
 
 OPTIMIZERS = ("BFGS", "LBFGS", "FIRE")
 STATUSES = ("confirmed", "moved", "not converged", "xtb failed")
@@ -187,17 +187,30 @@ class MinimumValidation:
     is_new: bool | None = None
     error: str | None = None
     xtb_positions: Float[np.ndarray, "n 3"] | None = None
+    # the xTB relaxation, step by step (``ivalidate_minima(..., keep_path=True)``): labelled frames
+    # for free where the model's minimum is not xTB's; not written to reports
+    xtb_path: XTBPath | None = None
 
     def to_dict(self, positions: bool = True) -> dict[str, Any]:
-        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "xtb_path"}
         values["xtb_positions"] = None if self.xtb_positions is None else np.asarray(self.xtb_positions).tolist()
         if not positions:
             del values["xtb_positions"]
         return values
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class XTBPath:
+    """The frames of an xTB relaxation with their xTB energies (eV) and forces (eV/Å)."""
+
+    positions: Float[np.ndarray, "steps n 3"]
+    energies: Float[np.ndarray, " steps"]
+    forces: Float[np.ndarray, "steps n 3"]
+
+
 # Columns of the CSV file and the printed table, in order (the table abbreviates).
-CSV_COLUMNS = tuple(field.name for field in dataclasses.fields(MinimumValidation) if field.name != "xtb_positions")
+CSV_COLUMNS = tuple(field.name for field in dataclasses.fields(MinimumValidation)
+                    if field.name not in ("xtb_positions", "xtb_path"))
 
 
 # --- nearest training frame -------------------------------------------------------------------
@@ -305,11 +318,16 @@ def _optimizer(name: str):
     return {"BFGS": BFGS, "LBFGS": LBFGS, "FIRE": FIRE}[name]
 
 
-def _xtb_relax(atoms: ase.Atoms, config: ValidationConfig) -> tuple[ase.Atoms, bool, int, float, float]:
-    """Relax a copy of ``atoms`` with xTB: (atoms, converged, steps, energy, largest |F|). Raises on xTB errors."""
+def _xtb_relax(atoms: ase.Atoms, config: ValidationConfig,
+               path: list | None = None) -> tuple[ase.Atoms, bool, int, float, float]:
+    """Relax a copy of ``atoms`` with xTB: (atoms, converged, steps, energy, largest |F|). Raises on
+    xTB errors. ``path``: a list that receives (positions, energy, forces) of every step."""
     atoms = atoms.copy()
     atoms.calc = xtb_calculator(config.reference)
     optimizer = _optimizer(config.optimizer)(atoms, logfile=None)
+    if path is not None:  # observers run after each step's forces: the calculator's results, no new call
+        optimizer.attach(lambda: path.append((atoms.positions.copy(), float(atoms.get_potential_energy()),
+                                              np.array(atoms.get_forces()))))
     converged = bool(optimizer.run(fmax=config.fmax, steps=config.max_steps))
     energy = float(atoms.get_potential_energy())
     forces = atoms.get_forces()
@@ -320,7 +338,7 @@ def _xtb_relax(atoms: ase.Atoms, config: ValidationConfig) -> tuple[ase.Atoms, b
 
 
 def _validate_one(minimum, numbers: np.ndarray, training: TrainingIndex | None,
-                  config: ValidationConfig) -> MinimumValidation:
+                  config: ValidationConfig, keep_path: bool = False) -> MinimumValidation:
     positions = np.asarray(minimum.positions, dtype=np.float64)
     if positions.shape != (len(numbers), 3):
         raise ValueError(f"minimum {minimum.id} has positions of shape {positions.shape}, expected ({len(numbers)}, 3)")
@@ -337,8 +355,9 @@ def _validate_one(minimum, numbers: np.ndarray, training: TrainingIndex | None,
     except ReferenceError as error:
         return MinimumValidation(minimum.id, model_energy, "xtb failed", False, error=str(error), **found)
     found.update(xtb_energy=xtb_energy, energy_error=model_energy - xtb_energy)
+    path = [] if keep_path else None
     try:
-        relaxed, converged, steps, relaxed_energy, largest = _xtb_relax(atoms, config)
+        relaxed, converged, steps, relaxed_energy, largest = _xtb_relax(atoms, config, path)
     except _XTB_ERRORS as error:
         message = f"{config.reference.method} relaxation failed: {error}"
         return MinimumValidation(minimum.id, model_energy, "xtb failed", False, error=message, **found)
@@ -350,17 +369,20 @@ def _validate_one(minimum, numbers: np.ndarray, training: TrainingIndex | None,
     return MinimumValidation(
         minimum.id, model_energy, status, stays, xtb_relaxed_energy=relaxed_energy,
         relaxation_energy=xtb_energy - relaxed_energy, rmsd=rmsd, xtb_converged=converged, xtb_steps=steps,
-        xtb_max_force=largest, xtb_positions=xtb_positions, **found)
+        xtb_max_force=largest, xtb_positions=xtb_positions, **found,
+        xtb_path=None if not path else XTBPath(np.array([p for p, _, _ in path]), np.array([e for _, e, _ in path]),
+                                               np.array([f for _, _, f in path])))
 
 
 def ivalidate_minima(minima: Sequence, numbers: Sequence[int], training_positions=None,
-                     config: ValidationConfig | None = None) -> Iterator[MinimumValidation]:
+                     config: ValidationConfig | None = None, keep_path: bool = False) -> Iterator[MinimumValidation]:
     """Check each minimum against xTB, yielding its row as soon as it is done (xTB takes seconds).
 
     ``minima``: objects with ``id``, ``energy`` (eV) and ``positions`` ((n, 3) Å), e.g. the
     :class:`~so3krates.explore.store.Minimum` rows of a store. ``training_positions``: (frames,
     n, 3) Å in the same atom order, or a :class:`TrainingIndex`, or None. The relative energies
-    are filled in by :func:`validate_minima` (they need every row).
+    are filled in by :func:`validate_minima` (they need every row). ``keep_path`` keeps each xTB
+    relaxation's labelled frames (``MinimumValidation.xtb_path``).
     """
     config = ValidationConfig() if config is None else config
     numbers = np.asarray(numbers, dtype=np.int64)
@@ -372,7 +394,7 @@ def ivalidate_minima(minima: Sequence, numbers: Sequence[int], training_position
     if training is not None and not np.array_equal(training.numbers, numbers):
         raise ValueError(f"the training frames have atoms {training.numbers.tolist()}, the minima {numbers.tolist()}")
     for minimum in minima:
-        yield _validate_one(minimum, numbers, training, config)
+        yield _validate_one(minimum, numbers, training, config, keep_path)
 
 
 def _relative(rows: list[MinimumValidation]) -> tuple[list[MinimumValidation], int | None]:
@@ -498,6 +520,10 @@ def validate_minima(minima: Sequence, numbers: Sequence[int], training_positions
         rows.append(row)
         if progress is not None:
             progress(row)
-    rows, reference_id = _relative(rows)
-    with_training = training_positions is not None
+    return report_of(rows, config, training_positions is not None)
+
+
+def report_of(rows: Sequence[MinimumValidation], config: ValidationConfig, with_training: bool) -> ValidationReport:
+    """The report of rows checked one by one (relative energies and totals filled in)."""
+    rows, reference_id = _relative(list(rows))
     return ValidationReport(tuple(rows), _summary(rows, reference_id, with_training), config, with_training)

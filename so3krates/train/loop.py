@@ -13,6 +13,11 @@ parameter sets (member k initialised with ``seed + k``) stacked along a leading 
 member with its own frame order over the same training frames, all updated by one jitted step;
 validation scores the members' mean, and OUT/best is one committee checkpoint.
 
+Fine-tuning (``initial=`` a Potential, as ``so3krates refine`` does): training starts from that
+model's parameters (a committee's members from its members) with its per-element energy shifts
+(refitting them would move every energy the parameters learned), and ``config.model`` must be its
+configuration.
+
 Everything is written to a temporary file and renamed. Calling :func:`train` again on the same
 directory resumes from the last saved state and, training being deterministic, ends with the
 same parameters as an uninterrupted run. A directory holding a different run (config or data),
@@ -76,6 +81,7 @@ def train(
     overwrite: bool = False,
     data_info: dict[str, Any] | None = None,
     progress: bool = True,
+    initial: Potential | None = None,
 ) -> TrainResult:
     """Train an SO3krates model on ``dataset`` into ``out_dir`` (see the module docstring).
 
@@ -85,7 +91,8 @@ def train(
     :func:`so3krates.data.filter_frames` that made ``dataset``) lets ``so3krates evaluate``
     find the held-out frames again.
     """
-    run = iterate(config, dataset, out_dir, resume=resume, overwrite=overwrite, data_info=data_info, progress=progress)
+    run = iterate(config, dataset, out_dir, resume=resume, overwrite=overwrite, data_info=data_info, progress=progress,
+                  initial=initial)
     while True:
         try:
             next(run)
@@ -102,13 +109,14 @@ def iterate(
     overwrite: bool = False,
     data_info: dict[str, Any] | None = None,
     progress: bool = True,
+    initial: Potential | None = None,
 ) -> Generator[dict[str, Any], None, TrainResult]:
     """:func:`train` as a generator: yields each validation record (as written to the log) and
     returns the :class:`TrainResult`. Stopping the iteration between records is exactly what a
     killed process leaves behind."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    run, state = _open_run(config, dataset, Path(out_dir), resume, overwrite, data_info)
+    run, state = _open_run(config, dataset, Path(out_dir), resume, overwrite, data_info, initial)
     out = run.out
     step_fn = make_train_step(run.model, config, make_optimizer(config))
     schedule = learning_rate_schedule(config)
@@ -189,14 +197,18 @@ class _Run:
 
 
 def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, overwrite: bool,
-              data_info: dict[str, Any] | None) -> tuple[_Run, TrainState]:
+              data_info: dict[str, Any] | None, initial: Potential | None) -> tuple[_Run, TrainState]:
     """Check (or create) the run directory, split and cache the data, and load or start the state."""
+    if initial is not None:
+        _check_initial(initial, config, dataset)
     data_info = {**(data_info or {}), "source": (data_info or {}).get("source", dataset.source),
                  "num_frames": len(dataset), "fingerprint": fingerprint(dataset)}
+    if initial is not None:  # another starting model makes another run (the identity check sees it)
+        data_info["fingerprint"] += "+" + parameters_fingerprint(initial)
     indices = split(len(dataset), config.n_train, config.n_valid, config.n_test, seed=config.split_seed)
     has_state = _prepare_directory(out, config, data_info, resume, overwrite)
     train_set, valid_set = dataset.subset(indices["train"]), dataset.subset(indices["valid"])
-    shifts = fit_energy_shifts(train_set)
+    shifts = fit_energy_shifts(train_set) if initial is None else np.asarray(initial.energy_shifts, np.float64)
     train_cache = PairCache.build(train_set, config.model.cutoff, shifts)
     valid_cache = PairCache.build(valid_set, config.model.cutoff, shifts)
     valid_batches = [jax.device_put(b) for b in batches(
@@ -204,8 +216,9 @@ def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, ov
         dtype=_numpy_dtype(config))]
     split_metadata = dict(seed=config.split_seed, source=data_info["source"], fingerprint=data_info["fingerprint"],
                           filter=data_info.get("filter"), num_frames=len(dataset))
-    fresh, model = _fresh_state(config, dataset)
-    run = _Run(out=out, config=config, model=model, elements=dataset.elements, shifts=shifts, data_info=data_info,
+    fresh, model = _fresh_state(config, dataset, initial)
+    elements = dataset.elements if initial is None or not initial.elements else initial.elements
+    run = _Run(out=out, config=config, model=model, elements=elements, shifts=shifts, data_info=data_info,
                indices=indices, split_metadata=split_metadata, train_cache=train_cache, valid_cache=valid_cache,
                valid_batches=valid_batches, plan=ShapePlan.for_cache(train_cache, config.batch_size),
                train_atoms=train_cache.num_atoms)
@@ -310,14 +323,38 @@ def _validate(run: _Run, state: TrainState, params, elapsed: Callable[[], float]
     return state, record
 
 
-def _fresh_state(config: TrainConfig, dataset: Dataset):
-    potential = init_model(config.model, dataset.elements, seed=config.seed)
+def _check_initial(initial: Potential, config: TrainConfig, dataset: Dataset) -> None:
+    """A model to fine-tune must be the architecture, committee size and elements of the run."""
+    problems = []
+    if initial.model.config != config.model:
+        problems.append("its model configuration differs from the training configuration's")
+    if (initial.members or 1) != config.members:
+        problems.append(f"it has {initial.members or 1} member(s), the run {config.members}")
+    missing = sorted(set(dataset.elements) - set(initial.elements)) if initial.elements else []
+    if missing:
+        problems.append(f"it does not know the elements {missing} of the data")
+    if problems:
+        raise ValueError("cannot fine-tune the given model: " + "; ".join(problems))
+
+
+def parameters_fingerprint(potential: Potential) -> str:
+    """A short hash of a model's parameters and energy shifts."""
+    import hashlib
+
+    digest = hashlib.sha256(np.asarray(potential.energy_shifts, np.float64).tobytes())
+    for leaf in jax.tree.leaves(potential.params):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fresh_state(config: TrainConfig, dataset: Dataset, initial: Potential | None = None):
+    potential = init_model(config.model, dataset.elements, seed=config.seed) if initial is None else initial
     dtype = _numpy_dtype(config)
     cast = lambda x: np.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)  # noqa: E731
     params = jax.tree.map(cast, potential.params)
     optimizer = make_optimizer(config)
-    if config.members == 1:
-        opt_state = jax.tree.map(np.asarray, optimizer.init(params))
+    if config.members == 1 or initial is not None:  # a committee to fine-tune comes stacked
+        opt_state = jax.tree.map(np.asarray, (jax.vmap(optimizer.init) if config.members > 1 else optimizer.init)(params))
     else:  # member k from seed + k, stacked along a leading axis (member 0 is the single model's start)
         members = [params] + [jax.tree.map(cast, init_model(config.model, dataset.elements, seed=config.seed + k).params)
                               for k in range(1, config.members)]

@@ -1,0 +1,177 @@
+"""`so3krates refine`: explore, label with real xTB where the committee is unsure or the minima are
+wrong, fine-tune, and resume a killed refinement exactly.
+
+A tiny committee (3 members, the training tests' tiny model) is trained for the module on 100
+frames of the shipped ethanol dataset (GFN2-xTB labels); it is unsure far from them, which is what
+a 1000 K escape reaches. One round runs in this process; the same round runs as a command that
+is killed (SIGKILL) during its fine-tuning and run again, and must end with the same selection,
+the same labels (not written twice) and the same parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ase.io
+import jax
+import numpy as np
+import pytest
+
+from so3krates import load_model
+from so3krates.data import read
+from so3krates.explore.refine import RefineConfig, read_reports, refine
+from so3krates.reference import XTBReference
+from so3krates.train import TrainConfig, train
+from tests.train.conftest import TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[2]
+DATASET = REPO / "data" / "datasets" / "ethanol.extxyz"
+THRESHOLD = 0.05  # eV/Å: the tiny committee's escapes reach tenths of an eV/Å
+ROUND = dict(rounds=1, walkers=1, hops=3, scheduler="threads", lowest=3, steps=240, valid_every=40, learning_rate=1e-3,
+             uncertainty_threshold=THRESHOLD, final_check=False)
+CLI = ["--rounds", "1", "--walkers", "1", "--hops", "3", "--scheduler", "threads", "--lowest", "3", "--steps", "240",
+       "--valid-every", "40", "--lr", "0.001", "--uncertainty-threshold", str(THRESHOLD), "--no-final-check"]
+
+
+@pytest.fixture(scope="module")
+def committee(tmp_path_factory) -> Path:
+    """A committee of 3 trained on 100 xTB frames of ethanol (80 train, 20 valid); its directory."""
+    where = tmp_path_factory.mktemp("refine-committee")
+    ase.io.write(where / "ethanol100.extxyz", ase.io.read(DATASET, ":100"))
+    data = read(where / "ethanol100.extxyz")
+    config = TrainConfig(n_train=80, n_valid=20, n_test=0, model=TINY_MODEL, batch_size=4, learning_rate=5e-3,
+                         valid_every=300, max_steps=300, members=3)
+    return train(config, data, where / "run", progress=False, data_info={"source": str(where / "ethanol100.extxyz")}
+                 ).model_dir
+
+
+@pytest.fixture(scope="module")
+def refined(committee, tmp_path_factory):
+    out = tmp_path_factory.mktemp("refined") / "out"
+    events = []
+    config = RefineConfig(**ROUND)
+    reports = refine(committee, _ethanol(), out, config, on_event=lambda stage, details: events.append(stage))
+    return out, reports, events
+
+
+def _ethanol():
+    from so3krates.catalog import load_molecule
+
+    return load_molecule("ethanol")
+
+
+def test_a_round_labels_where_the_committee_is_unsure_and_its_errors_there_drop(refined, committee):
+    out, reports, events = refined
+    assert [r.round for r in reports] == [1] and events[:4] == ["explore", "validate", "label", "fine-tune"]
+    report = reports[0]
+    assert report.sampled_uncertainty is not None and not report.converged
+    selection = json.loads((out / "round1" / "selection.json").read_text())["structures"]
+    uncertain = [s for s in selection if s["kind"] == "uncertain"]
+    assert uncertain and report.labels_added["uncertain"] == len(uncertain)
+    assert all(s["why"] > THRESHOLD for s in uncertain)
+    # the frames labelled for their uncertainty are where the committee is unsure: well above its
+    # uncertainty on the frames it trained on
+    model = load_model(committee)
+    atoms = _ethanol()
+
+    def largest_uncertainty(positions) -> float:
+        image = atoms.copy()
+        image.positions = positions
+        return float(np.max(model.calculate(image, dtype="float64")["uncertainty"]))
+
+    trained = max(largest_uncertainty(frame.positions) for frame in ase.io.read(DATASET, ":100:10"))
+    assert min(largest_uncertainty(np.array(s["positions"])) for s in uncertain) > 2 * trained
+    # the labels are xTB's (a fresh single point agrees), one file per structure
+    labels = sorted((out / "round1" / "labels").glob("*.extxyz"), key=lambda p: int(p.stem))
+    assert len(labels) == sum(report.labels_added.values()) == len(selection)
+    first = ase.io.read(labels[0])
+    assert XTBReference().calculate(first)["energy"] == pytest.approx(first.get_potential_energy(), abs=1e-6)
+    # fine-tuning on them lowers the errors there
+    before, after = report.new_error_before["forces_mae"], report.new_error_after["forces_mae"]
+    assert after < 0.9 * before, (before, after)
+    # the refined model is a committee like the one it came from, beside the reports
+    refined_model = load_model(out / "model")
+    assert refined_model.members == 3
+    assert (out / "rounds.png").stat().st_size > 10_000
+    assert (out / "rounds.csv").read_text().splitlines()[1].startswith("1,3,")
+    assert read_reports(out) == [r.to_dict() for r in reports]
+
+
+def test_a_rerun_of_a_finished_refinement_does_nothing_and_other_settings_are_refused(refined, committee):
+    out, reports, _ = refined
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "report.json"
+              and p.parent == out / "round1" / "labels"}
+    events = []
+    again = refine(committee, _ethanol(), out, RefineConfig(**ROUND), on_event=lambda s, d: events.append(s))
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in reports]
+    assert events == ["round"]  # the round's report is read back: nothing explored, labelled or trained
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    with pytest.raises(ValueError, match="different config"):
+        refine(committee, _ethanol(), out, RefineConfig(**{**ROUND, "steps": 100}))
+
+
+def _command(committee: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "so3krates", "refine", str(committee), "ethanol", "--out", str(out), *CLI]
+
+
+@pytest.mark.slow
+def test_a_refinement_killed_during_its_fine_tuning_resumes_exactly(refined, committee, tmp_path):
+    done, reports, _ = refined
+    out = tmp_path / "killed"
+    process = subprocess.Popen(_command(committee, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = out / "round1" / "train" / "log.jsonl"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and log.read_text().strip():  # one validation (and the state) saved, steps left
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, "the refinement ended before it could be killed:\n" + process.stdout.read().decode()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "round1" / "report.json").exists()
+    labels = sorted((out / "round1" / "labels").glob("*.extxyz"))
+    written = {p: p.stat().st_mtime_ns for p in [*labels, *(out / "round1" / "validation").glob("*.json")]}
+    assert labels
+    rerun = subprocess.run(_command(committee, out), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "round 1:" in rerun.stderr and "labels" in rerun.stderr
+    # nothing labelled or validated twice, and the same work as the uninterrupted run: the same
+    # structures chosen for the same reasons, the same labels and parameters. (Equal to round-off:
+    # tblite's OpenMP sums differ in the last bits from run to run, so an xTB relaxation path
+    # drifts by ~1e-13 Å; the exploration itself is bit for bit the same.)
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    resumed_selection, selection = (json.loads((where / "round1" / "selection.json").read_text())["structures"]
+                                    for where in (out, done))
+    assert [(s["kind"], s["source"]) for s in resumed_selection] == [(s["kind"], s["source"]) for s in selection]
+    for a, b in zip(resumed_selection, selection):
+        np.testing.assert_allclose(a["positions"], b["positions"], rtol=0, atol=0 if a["kind"] != "path" else 1e-9)
+    for label in (done / "round1" / "labels").glob("*.extxyz"):
+        a, b = ase.io.read(out / "round1" / "labels" / label.name), ase.io.read(label)
+        np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), rtol=0, atol=1e-7)
+    resumed, uninterrupted = load_model(out / "model"), load_model(done / "model")
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_command_errors_are_one_line_and_write_nothing(tmp_path, committee):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "so3krates", "refine", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    missing = run(str(tmp_path / "nope"), "ethanol", "--out", str(tmp_path / "a"))
+    assert missing.returncode == 2 and "not a checkpoint directory" in missing.stderr
+    no_out = run(str(committee), "ethanol")
+    assert no_out.returncode == 2 and "--out DIR is required" in no_out.stderr
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "something.txt").write_text("mine")
+    refused = run(str(committee), "ethanol", "--out", str(busy), "--scheduler", "threads")
+    assert refused.returncode == 2 and "holds no refinement" in refused.stderr
+    assert sorted(p.name for p in busy.iterdir()) == ["something.txt"]
+    assert not (tmp_path / "a").exists()
