@@ -20,12 +20,13 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(INSTALLED)
 
-# Two pytest workers (pytest-xdist), one test file at a time each, so a file's module fixtures
-# (trained models, servers) are built once; most of a test's time is single-threaded XLA
-# compilation, so two workers nearly halve the wall clock on two cores. TEST_WORKERS=0: one process.
+# Two pytest workers (pytest-xdist), one test file at a time each (a file's module fixtures, the
+# trained models and servers, are built once), the longest files first (tests/conftest.py): much
+# of a test's time is single-threaded XLA compilation, which a second worker overlaps.
+# TEST_WORKERS=0 runs one process.
 TEST_WORKERS ?= 2
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: $(INSTALLED)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -23,6 +23,7 @@ import panel as pn
 from ase import units as units_ase
 
 from explore_tab import ExploreTab, Target  # app/ is on sys.path while Bokeh runs this file
+from improve import ModelImprover, Subject
 from model_tab import Frame, ModelTab
 from session import Event, MDSession
 from so3krates import catalog, configure, load_model
@@ -53,6 +54,8 @@ PLAYBACK_LAG = 8  # frames waiting for the viewer beyond this are skipped (stay 
 MODEL_ROOTS = [catalog.SHIPPED_MODELS] + [
     Path(p) for p in os.environ.get("SO3KRATES_APP_MODEL_DIRS", "").split(os.pathsep) if p
 ]
+# models this page made ("Improve model"): key -> label; their directories are allowed like MODEL_ROOTS
+SESSION_MODELS: dict[str, str] = {}
 PLOT_COLUMNS = ("time_ps", "potential", "kinetic", "total", "temperature", "density", "a", "b", "c")
 
 
@@ -70,7 +73,7 @@ def model_options() -> dict[str, str]:
 def get_model(key: str):
     if key.startswith("dir:"):
         path = Path(key[4:]).resolve()
-        if not any(path.is_relative_to(root.resolve()) for root in MODEL_ROOTS):
+        if key not in SESSION_MODELS and not any(path.is_relative_to(root.resolve()) for root in MODEL_ROOTS):
             raise ValueError(f"{path} is outside the model directories this server allows")
         return pn.state.as_cached(f"model:{path}", lambda: load_model(path))
     return pn.state.as_cached(f"model:{key}", lambda: catalog.load_builtin_model(key))
@@ -78,6 +81,8 @@ def get_model(key: str):
 
 def model_name(key: str) -> str:
     """A model's short name for the picker and the status: "SO3LR", "Ethanol specialist", a folder."""
+    if key in SESSION_MODELS:
+        return SESSION_MODELS[key]
     return Path(key[4:]).name if key.startswith("dir:") else catalog.model_name(key)
 
 
@@ -198,6 +203,36 @@ def model_frame() -> Frame:
 
 
 model_checks = ModelTab(model_frame)
+
+
+def improve_subject() -> Subject:
+    """Improve model refines the MD tab's model on its molecule (its loaded structure): a shipped
+    specialist or a checkpoint folder, whose training data the refinement adds to."""
+    key, label = model.value, model_name(model.value)
+    atoms = page.session.atoms.copy()
+    if key.startswith("dir:"):
+        return Subject(atoms, page.title, label, Path(key[4:]))
+    if key == catalog.SO3LR:
+        return Subject(atoms, page.title, label, None, "SO3LR's training data is not part of this project, and "
+                       "fine-tuning it on one molecule would forget the rest; improve a specialist model instead.")
+    if (catalog.SHIPPED_MODELS / key / "config.json").is_file():
+        return Subject(atoms, page.title, label, catalog.SHIPPED_MODELS / key)
+    return Subject(atoms, page.title, label, None, "it is not a trained SO3krates model.")
+
+
+def add_improved_model(label: str, directory: Path) -> None:
+    """An improved model joins this page's model picker (it is not selected: MD keeps running as it is)."""
+    key = f"dir:{directory}"
+    SESSION_MODELS[key] = label
+    MODEL_LABELS[key] = label
+    page.switching = True
+    try:
+        model.options = {**model.options, label: key}
+    finally:
+        page.switching = False
+
+
+improver = ModelImprover(improve_subject, add_improved_model)
 energy_buffer = hv.streams.Buffer(pd.DataFrame({c: np.zeros(0) for c in PLOT_COLUMNS}), length=PLOT_POINTS,
                                   index=False)
 
@@ -710,19 +745,20 @@ callback = pn.state.add_periodic_callback(tick, period=TICK_MS)
 
 
 def cleanup(session_context, callback=callback, session=page.session, explore=explore,
-            model_checks=model_checks) -> None:
+            model_checks=model_checks, improver=improver) -> None:
     # default arguments: Bokeh empties this module's namespace before a session is destroyed
     callback.stop()
     session.halt(timeout=0)
     explore.close()  # stops the exploration; its temporary directory goes once the walkers let go
     model_checks.close()
+    improver.close()
 
 
 pn.state.on_session_destroyed(cleanup)
 replot()
 # dynamic: a tab's widgets are in the page only while it is shown (MD is not paced on a hidden viewer)
 tabs = pn.Tabs(("MD", pn.Row(controls, main, sizing_mode="stretch_width")), ("Explore", explore.layout),
-               ("Model", model_checks.layout), dynamic=True, sizing_mode="stretch_width")
+               ("Model", pn.Column(model_checks.layout, improver.layout, sizing_mode="stretch_width")), dynamic=True, sizing_mode="stretch_width")
 pn.Column(
     pn.pane.Markdown("# so3krates · live molecular dynamics and minima exploration", margin=(0, 10)),
     tabs,

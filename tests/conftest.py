@@ -40,6 +40,26 @@ CONFIGS = {
 
 MOLECULES = ["CH3CH2OH", "C6H6", "CH3CONH2"]
 
+# `make test` runs two pytest-xdist workers, a file at a time, in collection order
+# (--no-loadscope-reorder): the longest files start first, so that neither worker is left with a
+# long file at the end while the other idles. Ordered by their time in a full run.
+LONGEST_FIRST = ("md/test_so3lr_long.py", "notebooks/test_notebooks.py", "app/test_explore_tab.py",
+                 "app/test_dashboard.py", "explore/test_refine.py", "md/test_so3lr_md.py", "md/test_npt.py",
+                 "explore/test_campaign.py", "app/test_session.py", "app/test_model_tab.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).resolve().parent
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+
+    def place(item) -> int:
+        try:
+            return rank.get(Path(item.fspath).resolve().relative_to(tests).as_posix(), len(rank))
+        except ValueError:  # a test outside tests/ (the suite's own guard runs copies elsewhere)
+            return len(rank)
+
+    items.sort(key=place)  # stable: the order within a file, and of the other files, is kept
+
 
 def scrambled(potential: Potential, seed: int = 1, scale: float = 0.1) -> Potential:
     """Perturb every parameter so that no symmetry or zero initialisation hides a bug.

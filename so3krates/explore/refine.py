@@ -44,6 +44,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -65,10 +66,14 @@ from so3krates.explore.validate import (
 from so3krates.files import atomic_write
 from so3krates.reference import ReferenceError, XTBReference
 
-__all__ = ["RefineConfig", "RoundReport", "refine", "read_reports"]
+__all__ = ["RefineConfig", "RoundReport", "RefineStopped", "refine", "read_reports"]
 
 FORMAT = "so3krates-refine/1"
 LABEL_DECIMALS = 8
+
+
+class RefineStopped(Exception):
+    """``refine(..., stop=event)`` ended early because the event was set; what was done is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,14 +177,24 @@ class RoundReport:
 
 def refine(model_dir: str | os.PathLike, atoms: ase.Atoms, out_dir: str | os.PathLike,
            config: RefineConfig | None = None, *, data: str | os.PathLike | None = None,
-           on_event: Callable[[str, dict[str, Any]], None] | None = None) -> list[RoundReport]:
+           on_event: Callable[[str, dict[str, Any]], None] | None = None,
+           stop: threading.Event | None = None) -> list[RoundReport]:
     """Refine the checkpoint ``model_dir`` on the molecule ``atoms`` into ``out_dir`` (see the module
     docstring); returns every round's report, the resumed ones included. ``data``: the model's
     training data (default: the file its provenance names). ``on_event(stage, details)`` hears of
-    every stage as it starts and of each round's report (stage "round")."""
+    every stage as it starts and of each round's report (stage "round"). Setting ``stop`` ends the
+    refinement at the next item (a hop, a minimum, a label, a validation of the fine-tuning) with
+    :class:`RefineStopped`; running it again resumes."""
     config = RefineConfig() if config is None else config
     out = Path(out_dir)
-    notify = on_event or (lambda stage, details: None)
+    stop = stop or threading.Event()
+
+    def notify(stage: str, details: dict[str, Any]) -> None:
+        if stop.is_set():
+            raise RefineStopped(f"refinement stopped before {stage} of round {details.get('round')}")
+        if on_event is not None:
+            on_event(stage, details)
+
     start_model = Path(model_dir)
     potential = load_model(start_model)
     old_data, data_note = _old_training_data(start_model, data)
@@ -191,7 +206,7 @@ def refine(model_dir: str | os.PathLike, atoms: ase.Atoms, out_dir: str | os.Pat
     for number in range(1, last + 1):
         check_only = number > config.rounds
         report = _round(number, current, atoms, out / f"round{number}", config, reference, old_data, out, check_only,
-                        notify)
+                        notify, stop)
         reports.append(report)
         _write_summary(out, reports, data_note)
         notify("round", report.to_dict())
@@ -215,7 +230,7 @@ def read_reports(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: RefineConfig,
            reference: XTBReference, old_data: Dataset, out: Path, check_only: bool,
-           notify: Callable[[str, dict[str, Any]], None]) -> RoundReport:
+           notify: Callable[[str, dict[str, Any]], None], stop: threading.Event) -> RoundReport:
     report_path = where / "report.json"
     if report_path.is_file():
         return RoundReport(**json.loads(report_path.read_text()))
@@ -226,7 +241,7 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
 
     with _cpu(cpu, "explore"):
         notify("explore", {"round": number})
-        exploration = _explore(model, atoms, where / "explore", config, number)
+        exploration = _explore(model, atoms, where / "explore", config, number, stop)
     hops = read_hops(where / "explore")
     minima = exploration.store.minima()
     lowest = sorted(minima, key=lambda m: (m.energy, m.id))[:config.lowest]
@@ -235,7 +250,7 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
 
     with _cpu(cpu, "validate"):
         notify("validate", {"round": number, "minima": len(lowest)})
-        rows = _validate(lowest, atoms, where / "validation", config, reference, training)
+        rows = _validate(lowest, atoms, where / "validation", config, reference, training, stop)
     validation = report_of([row for row, _ in rows], config.validation, True)
     validation.write(where / "validation.json")
     summary = validation.summary
@@ -254,13 +269,13 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
     with _cpu(cpu, "label"):
         selection = _select(where / "selection.json", minima, hops, rows, atoms, training, config)
         notify("label", {"round": number, "structures": len(selection)})
-        new = _label(selection, atoms, where / "labels", reference, config.scheduler)
+        new = _label(selection, atoms, where / "labels", reference, config.scheduler, stop)
     report["labels_added"] = {kind: sum(item["kind"] == kind for item in selection)
                               for kind in ("minimum", "uncertain", "path")}
     with _cpu(cpu, "fine-tune"):
         labels = new if labelled_so_far is None else concatenate([labelled_so_far, new])
         notify("fine-tune", {"round": number, "frames": len(old_data) + len(labels)})
-        result = _fine_tune(model, old_data, labels, where / "train", config, number)
+        result = _fine_tune(model, old_data, labels, where / "train", config, number, stop)
     next_model = load_model(where / "train" / "best")
     with _cpu(cpu, "evaluate"):
         report["new_error_before"] = _errors(model, new)
@@ -287,17 +302,25 @@ class _cpu:
 
 # --- the stages ---------------------------------------------------------------------------------
 
-def _explore(model, atoms: ase.Atoms, where: Path, config: RefineConfig, number: int) -> Exploration:
+def _explore(model, atoms: ase.Atoms, where: Path, config: RefineConfig, number: int,
+             stop: threading.Event) -> Exploration:
     hopping = dataclasses.replace(config.hopping, seed=config.hopping.seed + 1000 * number + config.seed)
     exploration = Exploration(atoms, model, where, ExplorationConfig(
         walkers=config.walkers, hops=config.hops, hopping=hopping, scheduler=config.scheduler,
         tolerances=config.tolerances), description={"refine_round": number})
-    exploration.run()
+    exploration.start()
+    while exploration.active:
+        if stop.wait(0.2):
+            exploration.stop()
+            raise RefineStopped(f"refinement stopped while exploring (round {number}); rerun to resume")
+    progress = exploration.progress()
+    if progress.state == "failed":
+        raise RuntimeError(f"the exploration of round {number} failed: {progress.message}; rerun to resume")
     return exploration
 
 
 def _validate(lowest, atoms: ase.Atoms, where: Path, config: RefineConfig, reference: XTBReference,
-              training: TrainingIndex) -> list[tuple[MinimumValidation, XTBPath | None]]:
+              training: TrainingIndex, stop: threading.Event) -> list[tuple[MinimumValidation, XTBPath | None]]:
     """Each minimum checked against xTB once: its row (and path) saved in its own files."""
     where.mkdir(parents=True, exist_ok=True)
     validation = dataclasses.replace(config.validation, reference=reference)
@@ -310,7 +333,7 @@ def _validate(lowest, atoms: ase.Atoms, where: Path, config: RefineConfig, refer
         atomic_write(where / f"{row.id}.json", json.dumps(row.to_dict()).encode())
 
     tasks = [(_validate_minimum, (m, atoms.numbers, training, validation)) for m in todo]
-    for row in _run_tasks(config.scheduler, tasks):
+    for row in _run_tasks(config.scheduler, tasks, stop):
         save(row)
     rows = []
     for minimum in lowest:
@@ -366,7 +389,7 @@ def _select(path: Path, minima, hops, rows, atoms: ase.Atoms, training: Training
 
 
 def _label(selection: list[dict[str, Any]], atoms: ase.Atoms, where: Path, reference: XTBReference,
-           scheduler: str) -> Dataset:
+           scheduler: str, stop: threading.Event) -> Dataset:
     """Each selected structure with its xTB energy and forces in ``where/<k>.extxyz`` (the path
     frames' labels come from the validation); a structure xTB cannot compute is left out, and
     says why in ``where/<k>.failed``."""
@@ -380,7 +403,7 @@ def _label(selection: list[dict[str, Any]], atoms: ase.Atoms, where: Path, refer
             _write_label(where / f"{k}.extxyz", numbers, item, item["energy"], item["forces"])
         else:
             todo.append((_label_one, (k, numbers, np.asarray(item["positions"]), reference)))
-    for k, result in _run_tasks(scheduler, todo):
+    for k, result in _run_tasks(scheduler, todo, stop):
         if isinstance(result, str):
             atomic_write(where / f"{k}.failed", result.encode())
         else:
@@ -406,11 +429,11 @@ def _write_label(path: Path, numbers, item: dict[str, Any], energy: float, force
 
 
 def _fine_tune(model, old_data: Dataset, labels: Dataset, where: Path, config: RefineConfig,
-               number: int) -> dict[str, Any]:
+               number: int, stop: threading.Event) -> dict[str, Any]:
     """Train from ``model`` into ``where`` (resuming a killed run); returns the best validation metrics."""
     from so3krates.potential import exact_potential
-    from so3krates.train import TrainConfig, train
-    from so3krates.train.loop import STATE_FILE
+    from so3krates.train import TrainConfig
+    from so3krates.train.loop import STATE_FILE, iterate
 
     done = where / "finished.json"
     initial = exact_potential(model)
@@ -423,9 +446,18 @@ def _fine_tune(model, old_data: Dataset, labels: Dataset, where: Path, config: R
         max_steps=config.steps, seed=config.seed + number, members=initial.members or 1)
     if done.is_file():
         return json.loads(done.read_text())
-    result = train(train_config, dataset, where, resume=(where / STATE_FILE).is_file(), progress=False,
-                   initial=initial, data_info={"source": f"refine round {number}: {len(old_data)} training frames + {len(labels)} "
-                                           "xTB labels of the rounds so far"})
+    run = iterate(train_config, dataset, where, resume=(where / STATE_FILE).is_file(), progress=False,
+                  initial=initial, data_info={"source": f"refine round {number}: {len(old_data)} training frames + "
+                                              f"{len(labels)} xTB labels of the rounds so far"})
+    while True:
+        try:
+            next(run)  # one validation, its state saved: the place to stop
+        except StopIteration as finished:
+            result = finished.value
+            break
+        if stop.is_set():
+            run.close()
+            raise RefineStopped(f"refinement stopped while fine-tuning (round {number}); rerun to resume")
     atomic_write(done, json.dumps(result.best_valid).encode())
     return result.best_valid
 
@@ -554,16 +586,23 @@ def _save_npz(path: Path, **arrays) -> None:
 
 # --- where xTB runs: the exploration's schedulers -----------------------------------------------
 
-def _run_tasks(scheduler: str, tasks: list[tuple[Callable, tuple]]) -> Iterable[Any]:
+def _run_tasks(scheduler: str, tasks: list[tuple[Callable, tuple]], stop: threading.Event) -> Iterable[Any]:
     """Results of ``function(*arguments)`` for each task, as they finish: in this process one at a
     time ("threads": xTB parallelises itself with OpenMP), or on Dask workers (single-threaded
-    each), where a LocalCluster ("local") is started for the call."""
+    each), where a LocalCluster ("local") is started for the call. Stops (RefineStopped) at the
+    first result after ``stop`` is set; the tasks not started are dropped."""
     if not tasks:
         return
     if scheduler == "threads":
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="so3krates-xtb") as pool:
-            for future in concurrent.futures.as_completed([pool.submit(f, *args) for f, args in tasks]):
-                yield future.result()
+            futures = [pool.submit(f, *args) for f, args in tasks]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    yield future.result()
+                    _check(stop)
+            finally:
+                for future in futures:
+                    future.cancel()
         return
     from so3krates.explore.campaign import _import_distributed
 
@@ -582,7 +621,13 @@ def _run_tasks(scheduler: str, tasks: list[tuple[Callable, tuple]]) -> Iterable[
         futures = [client.submit(f, *args, pure=False) for f, args in tasks]
         for future in distributed.as_completed(futures):
             yield future.result()
+            _check(stop)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _check(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise RefineStopped("refinement stopped; rerun to resume")

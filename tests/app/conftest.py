@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from browser import SESSION_OPTIONS, chromium_page, free_port  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
+TEST_MODELS = REPO / "tests" / "data" / "models"
 PANEL = Path(sys.executable).parent / "panel"
 STARTUP_TIMEOUT_S = 120
 
@@ -64,7 +66,9 @@ def app_server(tmp_path_factory):
     command = [str(PANEL), "serve", "app/", "--address", "127.0.0.1", "--port", str(port),
                f"--allow-websocket-origin=127.0.0.1:{port}", *SESSION_OPTIONS]
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        # the test models (a small, unsure ethanol committee) join the model picker
+        env = {**os.environ, "SO3KRATES_APP_MODEL_DIRS": str(TEST_MODELS)}
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = AppServer(f"http://127.0.0.1:{port}", log_path, process)
     try:
         server.wait_until_serving()

@@ -281,6 +281,9 @@ def test_two_sessions_run_independent_simulations(app_server, chromium_page):
     first.click("Pause")
     first.wait_status("Paused", timeout=30)
     held = first.plot()
+    # the click on the first page brought it to the front: the second, paced by what its viewer
+    # draws, needs to be on screen to keep running (a hidden page draws no frames)
+    second.page.bring_to_front()
     before = second.plot()
     wait_until(lambda: second.plot()[1] > before[1], 30, "the second session to keep running")
     assert first.plot() == held, "pausing one session paused the other's or vice versa"

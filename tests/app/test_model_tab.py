@@ -7,10 +7,13 @@ own session). The checks themselves on a committee, without a browser: tests/tes
 from __future__ import annotations
 
 import time
+import zipfile
 
 import pytest
 from browser import non_background, png_pixels, wait_until
 from test_dashboard import RUN_TIMEOUT_S, Dashboard
+
+from so3krates import load_model
 
 CHECKS_TIMEOUT_S = RUN_TIMEOUT_S  # a fresh server compiles the float64 calls and the NVE program first
 ROW_NAMES = ("AD forces vs finite differences", "Rotation and translation", "NVE energy drift",
@@ -79,4 +82,53 @@ def test_run_checks_reports_four_verdicts_and_a_second_run_compiles_nothing(mode
     board.page.locator(".so3k-stage canvas").first.wait_for()
     time.sleep(0.5)
     assert non_background(png_pixels(board.page.locator(".so3k-stage canvas").first.screenshot())) > 1000
+    board.check_clean()
+
+
+IMPROVE_TIMEOUT_S = 300  # one round: explore, xTB, fine-tune (compiling each first)
+COMMITTEE = "ethanol_committee"  # tests/data/models: a small committee, unsure away from its 100 frames
+
+
+def test_improve_model_runs_a_round_on_ethanol_and_the_new_model_is_selectable(model_board, tmp_path):
+    board = model_board
+    picker = board.page.get_by_label("Model", exact=True)
+    picker.select_option(label=next(o for o in picker.locator("option").all_inner_texts() if COMMITTEE in o))
+    board.wait_status(COMMITTEE)
+    board.open_model()
+    board.click("Improve model")
+    seen = []
+
+    def improved() -> bool:
+        seen.append(board.text_of("so3k-improve-status"))
+        assert "failed" not in seen[-1], seen[-1]
+        return seen[-1].startswith("Improved")
+
+    wait_until(improved, IMPROVE_TIMEOUT_S, "one round of Improve model", interval=0.25)
+    stages = " ".join(seen)
+    assert "round 1: exploring → checking minima against xTB → labelling with xTB → fine-tuning" in stages, seen
+    status = seen[-1]
+    assert "Ethanol" in status and "model picker" in status and "minima confirmed by xTB" in status, status
+    # the rounds' plot, drawn by the refinement (not blank)
+    plot = board.page.locator(".so3k-improve-plot img")
+    plot.wait_for()
+    assert non_background(png_pixels(plot.screenshot())) > 5000
+    board.record.save_screenshot("model-improved.png", board.page.screenshot(full_page=True))
+    # the download is the improved checkpoint: it loads, a committee like the one it came from
+    with board.page.expect_download() as download:
+        board.page.get_by_role("button", name="Download the improved model (checkpoint)").click()
+    with zipfile.ZipFile(download.value.path()) as archive:
+        archive.extractall(tmp_path)
+    improved_model = load_model(tmp_path / "refined-model")
+    assert improved_model.members == 3 and download.value.suggested_filename == f"{COMMITTEE}-refined.zip"
+
+    # the improved model is in the MD tab's model picker; choosing it loads it and MD runs with it
+    board.page.locator(".bk-tab", has_text="MD").click()
+    improved_label = wait_until(  # the tab's widgets are drawn again when it is shown
+        lambda: next((o for o in picker.locator("option").all_inner_texts() if "improved on Ethanol" in o), None),
+        30, "the improved model in the model picker")
+    picker.select_option(label=improved_label)
+    board.wait_status("improved on Ethanol")
+    board.run_until_points(5)
+    board.click("Stop")
+    board.wait_status("Stopped")
     board.check_clean()
