@@ -50,6 +50,9 @@ PLOT_POINTS = 4000  # points kept in each live plot
 TICK_MS = 40
 PLOT_EVERY_S = 0.25
 PLAYBACK_LAG = 8  # frames waiting for the viewer beyond this are skipped (stay live)
+# a committee's atoms are coloured by their force uncertainty, 0 (blue) to this (red), eV/Å: the
+# Model tab's warning level is 0.1, so red means well past it
+UNCERTAINTY_SCALE = 0.3
 # checkpoint directories the server operator allows besides the shipped models (os.pathsep list)
 MODEL_ROOTS = [catalog.SHIPPED_MODELS] + [
     Path(p) for p in os.environ.get("SO3KRATES_APP_MODEL_DIRS", "").split(os.pathsep) if p
@@ -368,7 +371,8 @@ def handle(event: Event) -> None:
         if page.playing:
             first = session.history.dropped + len(session.history) - result.num_frames
             for i in range(result.num_frames):
-                page.playback.append((result.positions[i], int(result.step[i]) + event.step_offset, first + i))
+                page.playback.append((result.positions[i], int(result.step[i]) + event.step_offset, first + i,
+                                      session.history.uncertainty[len(session.history) - result.num_frames + i]))
         if result.steps_done and not result.compiled and result.wall_s > 0:
             page.speed = (result.steps_done / result.wall_s, result.ns_per_day)
         if result.compiled:
@@ -440,15 +444,23 @@ def tick() -> None:
     if page.playback and (viewer.drawn or now - page.last_push > 0.5):
         if not paced.value:
             del page.playback[:-PLAYBACK_LAG]
-        positions, step, number = page.playback.pop(0)
+        positions, step, number, uncertainty = page.playback.pop(0)
         # the viewer's "frame N" is the scrubber's N (the recorded frame), its label names the step
         viewer.update_positions(positions, frame=number - page.session.history.dropped)
+        show_uncertainty(uncertainty)
         page.last_push, page.shown = now, (number, step)
     page.session.backlog = len(page.playback)
     if now - page.last_plot > PLOT_EVERY_S:
         flush_plot()
         follow_scrubber()
     update_buttons()
+
+
+def show_uncertainty(uncertainty) -> None:
+    """A committee's atoms coloured by their force uncertainty at the frame shown (a single model:
+    element colours)."""
+    if uncertainty is not None:
+        viewer.color_atoms(uncertainty, UNCERTAINTY_SCALE, "committee force uncertainty (eV/Å)")
 
 
 def flush_plot() -> None:
@@ -693,6 +705,7 @@ def on_scrub(event) -> None:
     if page.session.running or not 0 <= event.new < len(history):
         return
     viewer.update_positions(history.positions[event.new], frame=event.new)
+    show_uncertainty(history.uncertainty[event.new])
     scrubber.name = f"Recorded frame (step {int(history.columns['step'][event.new]):,})"
 
 

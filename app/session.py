@@ -27,7 +27,7 @@ from so3krates.md import BlowUpError, MDConfig, Simulation
 from so3krates.md.simulate import FIXED, ChunkResult
 from so3krates.system import System
 
-HISTORY_BYTES = 60_000_000  # positions and momenta kept for the scrubber and downloads
+HISTORY_BYTES = 60_000_000  # positions, momenta (and uncertainties) kept for the scrubber and downloads
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ class History:
               "pressure")  # volume Å³ (0: a free molecule), pressure eV/Å³ (NPT; NaN otherwise)
 
     def __init__(self, num_atoms: int):
-        self.max_frames = max(200, HISTORY_BYTES // (24 * max(num_atoms, 1)))
+        self.max_frames = max(200, HISTORY_BYTES // (28 * max(num_atoms, 1)))
         self.clear()
 
     def clear(self) -> None:
@@ -57,6 +57,8 @@ class History:
         self.positions = collections.deque(maxlen=self.max_frames)
         self.momenta = collections.deque(maxlen=self.max_frames)
         self.cells = collections.deque(maxlen=self.max_frames)  # (3, 3) Å: NPT moves the cell
+        # a committee's per-atom force uncertainty (n,), eV/Å; None for a single model
+        self.uncertainty = collections.deque(maxlen=self.max_frames)
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -73,6 +75,8 @@ class History:
             self.positions.append(np.asarray(result.positions[i], np.float32))
             self.momenta.append(np.asarray(result.momenta[i], np.float32))
             self.cells.append(np.asarray(result.cell[i], np.float64))
+            u = np.asarray(result.uncertainty[i], np.float32)
+            self.uncertainty.append(None if np.all(np.isnan(u)) else u)
 
     def column(self, name: str) -> np.ndarray:
         return np.asarray(self.columns[name], dtype=float)

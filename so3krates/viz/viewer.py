@@ -14,6 +14,9 @@ Two kinds of update, with different costs:
   (``structure.updatePosition`` and a position-only representation update), and the view
   keeps its camera. Each update bumps ``version``; once the canvas shows it, the browser sets
   ``drawn_version`` to it, so a sender can pace itself on what was actually shown (``drawn``).
+* ``color_atoms(values, vmax=..., label=...)``: each atom coloured by a value (a committee's force
+  uncertainty, say; ``values=None`` goes back to the element colours), with a legend line in the
+  corner. One int32 colour per atom travels.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class MoleculeViewer(JSComponent):
     drawn_version = param.Integer(default=None, allow_None=True, readonly=True,
                                   doc="Set by the browser: the version it last drew on the canvas.")
     background = param.Color(default="white", doc="Background colour of the view.")
+    atom_colors = param.Array(default=None, allow_None=True, constant=True,
+                              doc="One colour per atom (n,), int32 0xRRGGBB; None: by element. Set by color_atoms.")
+    legend = param.String(default="", doc="A line shown in the view's corner (what the colours mean).")
 
     # numbers and bonds stay in Python: the browser gets them inside the molfile
     _property_mapping = {"numbers": None, "bonds": None}
@@ -106,7 +112,7 @@ class MoleculeViewer(JSComponent):
         with param.edit_constant(self):
             # the molfile last, once numbers and positions agree with it
             self.param.update(numbers=numbers, bonds=bonds, positions=positions, molfile=text,
-                              frame=None, version=self.version + 1)
+                              frame=None, version=self.version + 1, atom_colors=None, legend="")
 
     def update_positions(self, positions: Float[np.ndarray, "n 3"], frame: int | None = None) -> None:
         """Move the atoms (same atoms, same order); ``frame`` (optional) is shown and echoed back.
@@ -128,6 +134,24 @@ class MoleculeViewer(JSComponent):
         rather than queue frames sends the next positions only then (with one open view)."""
         return self.drawn_version == self.version
 
+    def color_atoms(self, values: Float[np.ndarray, " n"] | None, vmax: float = 1.0, label: str = "") -> None:
+        """Colour each atom by ``values`` (n,) from 0 (blue) to ``vmax`` and above (red), through
+        white-grey (matplotlib's coolwarm); NaN is grey. ``values=None`` restores the element colours
+        and clears the legend. ``label`` names the quantity and unit in the legend (e.g. "force
+        uncertainty (eV/Å)")."""
+        if values is None:
+            with param.edit_constant(self):
+                self.param.update(atom_colors=None, legend="")
+            return
+        values = np.asarray(values, np.float64)
+        if values.shape != (len(self.numbers),):
+            raise ValueError(f"color_atoms needs one value per atom ({len(self.numbers)}), got shape {values.shape}")
+        if not vmax > 0:
+            raise ValueError(f"vmax must be positive, got {vmax}")
+        with param.edit_constant(self):
+            self.param.update(atom_colors=value_colors(values, vmax),
+                              legend=f"colour: {label or 'value'} 0 (blue) → {vmax:g} (red)")
+
     def reset_view(self) -> None:
         """Recentre the molecule and restore the starting orientation in every open view."""
         self._send_msg({"type": "reset_view"})
@@ -145,3 +169,13 @@ class MoleculeViewer(JSComponent):
             bad = np.flatnonzero(~np.all(np.isfinite(positions), axis=1))
             raise ValueError(f"positions must be finite (in float32); atoms {bad[:10].tolist()} are not")
         return positions
+
+
+def value_colors(values: Float[np.ndarray, " n"], vmax: float) -> np.ndarray:
+    """0xRRGGBB (int32) per value on matplotlib's coolwarm from 0 to ``vmax`` (clipped); NaN grey."""
+    from matplotlib import colormaps
+
+    scaled = np.clip(np.nan_to_num(np.asarray(values, np.float64), nan=0.0) / vmax, 0.0, 1.0)
+    rgb = np.rint(colormaps["coolwarm"](scaled)[:, :3] * 255).astype(np.int32)
+    colors = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    return np.where(np.isnan(values), 0x909090, colors).astype(np.int32)

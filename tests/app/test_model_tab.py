@@ -94,6 +94,13 @@ def test_improve_model_runs_a_round_on_ethanol_and_the_new_model_is_selectable(m
     picker = board.page.get_by_label("Model", exact=True)
     picker.select_option(label=next(o for o in picker.locator("option").all_inner_texts() if COMMITTEE in o))
     board.wait_status(COMMITTEE)
+    # MD with a committee colours its atoms by their force uncertainty, with a legend saying so
+    board.run_until_points(3)
+    board.page.locator('.so3k-viewer[data-coloured="atoms"]').wait_for(timeout=30_000)
+    assert "committee force uncertainty" in board.page.locator(".so3k-legend").inner_text()
+    board.record.save_screenshot("committee-uncertainty-colours.png", board.page.screenshot())
+    board.click("Stop")
+    board.wait_status("Stopped")
     board.open_model()
     board.click("Improve model")
     seen = []

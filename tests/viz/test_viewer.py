@@ -118,3 +118,24 @@ def test_bundle_shipped_with_licences():
     # the component loads the bundle from the package (served by Panel), not from a CDN
     model = MoleculeViewer(molecule("H2O")).get_root()
     assert model.bundle is not None and "MoleculeViewer" in model.esm[-200:]
+
+
+def test_color_atoms_sends_one_colour_per_atom_and_none_restores_the_elements(ethanol):
+    viewer = MoleculeViewer(ethanol)
+    values = np.array([0.0, 0.3, 0.6, np.nan, 0, 0, 0, 0, 5.0])
+    viewer.color_atoms(values, vmax=0.6, label="force uncertainty (eV/Å)")
+    colors = viewer.atom_colors
+    assert colors.dtype == np.int32 and colors.shape == (9,)
+    red, blue = colors >> 16 & 255, colors & 255
+    assert blue[0] > red[0] and red[2] > blue[2]  # 0 is blue, vmax red
+    assert colors[8] == colors[2] and colors[3] == 0x909090  # clipped above vmax; NaN grey
+    assert viewer.legend == "colour: force uncertainty (eV/Å) 0 (blue) → 0.6 (red)"
+    viewer.color_atoms(None)
+    assert viewer.atom_colors is None and viewer.legend == ""
+    viewer.color_atoms(values, vmax=1.0)
+    viewer.set_structure(molecule("H2O"))  # another molecule starts in element colours
+    assert viewer.atom_colors is None
+    with pytest.raises(ValueError, match="one value per atom"):
+        viewer.color_atoms(np.zeros(4))
+    with pytest.raises(ValueError, match="vmax must be positive"):
+        viewer.color_atoms(np.zeros(3), vmax=0)

@@ -5,7 +5,9 @@
 // only float32 positions (a Bokeh ndarray: binary over the websocket, a Float32Array here),
 // which move the atoms of the loaded structure in place: no reload, no new scene, camera kept.
 // After each drawn update its version number goes back to Python (`drawn_version`), so the
-// sender can pace itself on what the browser has actually shown.
+// sender can pace itself on what the browser has actually shown. Atoms are coloured by element,
+// or by one colour each (`atom_colors`, 0xRRGGBB per atom, e.g. a committee's uncertainty) with a
+// legend line (`legend`) in the corner.
 import * as NGL from "ngl"
 
 const STYLE = `
@@ -16,6 +18,9 @@ const STYLE = `
   border-radius: 4px; background: rgba(255,255,255,0.85); }
 .so3k-label { position: absolute; left: 8px; bottom: 6px; z-index: 2; font: 12px monospace;
   color: #333; background: rgba(255,255,255,0.7); padding: 1px 4px; border-radius: 3px;
+  pointer-events: none; }
+.so3k-legend { position: absolute; left: 8px; top: 6px; z-index: 2; font: 12px sans-serif;
+  color: #333; background: rgba(255,255,255,0.8); padding: 1px 4px; border-radius: 3px;
   pointer-events: none; }
 `
 
@@ -69,7 +74,9 @@ export function render({ model, el }) {
   bar.appendChild(reset)
   const label = document.createElement("div")
   label.className = "so3k-label"
-  root.append(host, bar, label)
+  const legend = document.createElement("div")
+  legend.className = "so3k-legend"
+  root.append(host, bar, label, legend)
   el.append(style, root)
 
   // clipDist 0: NGL otherwise adds 10 Å to the camera distance of autoView, which leaves a small
@@ -79,6 +86,12 @@ export function render({ model, el }) {
   let component = null // the loaded StructureComponent
   let generation = 0 // bumped by each new structure, so a stale load is dropped
   let homeOrientation = null
+  // one colour per atom, read by this viewer's own colour scheme (NGL keeps schemes by id)
+  let atomColors = []
+  const perAtomScheme = NGL.ColormakerRegistry.addScheme(function () {
+    this.atomColor = (atom) => atomColors[atom.index] ?? 0x808080
+  }, "so3k-per-atom")
+  let coloured = false // the representation uses perAtomScheme (else the element colours)
 
   function showFrame() {
     const frame = model.frame
@@ -105,6 +118,27 @@ export function render({ model, el }) {
     }
     structure.updatePosition(positions)
     component.updateRepresentations({ position: true })
+    whenDrawn(model.version)
+  }
+
+  function showLegend() {
+    legend.textContent = model.legend || ""
+    legend.style.display = legend.textContent ? "" : "none"
+  }
+
+  function applyColors() {
+    showLegend()
+    if (component === null) return
+    const colors = model.atom_colors
+    const wanted = colors !== null && colors !== undefined && colors.length === component.structure.atomCount
+    if (colors && colors.length && !wanted) {
+      console.warn(`so3krates viewer: ${colors.length} colours for ${component.structure.atomCount} atoms; ignored`)
+    }
+    if (!wanted && !coloured) return
+    atomColors = wanted ? Array.from(colors) : []
+    coloured = wanted
+    component.reprList.forEach((repr) => repr.setColor(wanted ? perAtomScheme : "element"))
+    root.dataset.coloured = wanted ? "atoms" : "element"
     whenDrawn(model.version)
   }
 
@@ -137,6 +171,9 @@ export function render({ model, el }) {
     stage.viewerControls.orient(new NGL.Matrix4()) // same starting orientation for every molecule
     component.autoView(0)
     homeOrientation = stage.viewerControls.getOrientation()
+    coloured = false
+    root.dataset.coloured = "element"
+    applyColors() // colours sent with the structure
     applyPositions() // positions may have changed while loading
     if (model.positions === null || model.positions === undefined) whenDrawn(model.version)
   }
@@ -158,6 +195,8 @@ export function render({ model, el }) {
   model.on("positions", schedule)
   model.on("version", schedule)
   model.on("frame", showFrame)
+  model.on("atom_colors", applyColors)
+  model.on("legend", showLegend)
   model.on("background", () => stage.setParameters({ backgroundColor: model.background }))
   model.on("msg:custom", (msg) => {
     if (msg && msg.type === "reset_view") resetView()
@@ -170,7 +209,9 @@ export function render({ model, el }) {
     observer.disconnect()
     stopListening()
     stage.dispose()
+    NGL.ColormakerRegistry.removeScheme(perAtomScheme)
   })
   showFrame()
+  showLegend()
   loadStructure()
 }
