@@ -103,7 +103,11 @@ def run(args) -> int:
             print(f"so3krates refine: round {details['round']}: {stage} "
                   f"{json.dumps({k: v for k, v in details.items() if k != 'round'})}", file=sys.stderr, flush=True)
 
-    reports = refine(model_dir, atoms, args.out, config, data=args.data, on_event=show)
+    try:
+        reports = refine(model_dir, atoms, args.out, config, data=args.data, on_event=show)
+    except RuntimeError as error:  # a failed exploration, or no structure xTB could label: the work is kept
+        print(f"so3krates refine: {error}; rerun the same command to resume", file=sys.stderr)
+        return 1
     final = reports[-1]
     verdict = ("converged" if final.converged else
                f"stopped after {sum(r.next_model is not None for r in reports)} round(s) (--rounds {args.rounds})")

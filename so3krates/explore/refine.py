@@ -233,7 +233,11 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
            notify: Callable[[str, dict[str, Any]], None], stop: threading.Event) -> RoundReport:
     report_path = where / "report.json"
     if report_path.is_file():
-        return RoundReport(**json.loads(report_path.read_text()))
+        stored = RoundReport(**json.loads(report_path.read_text()))
+        if stored.next_model is not None or stored.converged or check_only:
+            return stored
+        # the final check of a shorter run, now a full round (more --rounds): its exploration and
+        # validation are kept, the rest follows
     where.mkdir(parents=True, exist_ok=True)
     cpu: dict[str, float] = {}
     model = load_model(model_dir)

@@ -11,6 +11,7 @@ the same labels (not written twice) and the same parameters.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,3 +176,21 @@ def test_command_errors_are_one_line_and_write_nothing(tmp_path, committee):
     assert refused.returncode == 2 and "holds no refinement" in refused.stderr
     assert sorted(p.name for p in busy.iterdir()) == ["something.txt"]
     assert not (tmp_path / "a").exists()
+
+
+def test_the_final_check_and_more_rounds_continue_a_finished_refinement(refined, committee, tmp_path):
+    done, reports, _ = refined
+    out = tmp_path / "grown"
+    shutil.copytree(done, out)
+    checked = refine(committee, _ethanol(), out, RefineConfig(**{**ROUND, "final_check": True}))
+    assert [r.round for r in checked] == [1, 2] and checked[0].to_dict() == reports[0].to_dict()
+    check = checked[1]  # the refined model explored and validated; nothing labelled or trained
+    assert check.model == "round1/train/best" or check.model.endswith("round1/train/best")
+    assert check.next_model is None and check.labels_added == {} and not (out / "round2" / "labels").exists()
+    explored = {p: p.stat().st_mtime_ns for p in (out / "round2" / "validation").glob("*.json")}
+    # one more round: the check becomes a full round (its exploration and validation kept)
+    grown = refine(committee, _ethanol(), out, RefineConfig(**{**ROUND, "rounds": 2}))
+    assert [r.round for r in grown] == [1, 2] and grown[1].next_model == "round2/train/best"
+    assert {p: p.stat().st_mtime_ns for p in explored} == explored
+    assert sum(grown[1].labels_added.values()) == len(list((out / "round2" / "labels").glob("*.extxyz")))
+    assert load_model(out / "model").members == 3
