@@ -197,6 +197,8 @@ def refine(model_dir: str | os.PathLike, atoms: ase.Atoms, out_dir: str | os.Pat
 
     start_model = Path(model_dir)
     potential = load_model(start_model)
+    potential.check_elements(atoms.numbers)  # an element the model does not know: a clear error now
+    potential.charge_inputs(int(atoms.info.get("charge", 0)), int(atoms.info.get("multiplicity", 1)))
     old_data, data_note = _old_training_data(start_model, data)
     reference = XTBReference(charge=int(atoms.info.get("charge", 0)), multiplicity=int(atoms.info.get("multiplicity", 1)))
     _check_or_write_record(out, start_model, atoms, config, old_data, potential)
