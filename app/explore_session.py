@@ -66,6 +66,8 @@ class Snapshot:
     progress: Progress | None
     disconnectivity: bytes | None  # PNG, in ``unit``
     unit: str
+    # a committee's per-atom force uncertainty (n,) eV/Å at each minimum (by id); empty otherwise
+    uncertainty: dict = dataclasses.field(default_factory=dict)
 
 
 class ExploreSession:
@@ -87,6 +89,7 @@ class ExploreSession:
         self._poke = threading.Event()
         self._closed = threading.Event()
         self._refresher: threading.Thread | None = None
+        self._minimum_uncertainty: dict[int, dict[int, np.ndarray]] = {}  # landscape -> minimum id -> (n,)
         self._count = 0
 
     # --- landscapes -------------------------------------------------------------------------
@@ -258,12 +261,26 @@ class ExploreSession:
                     shown = (content, progress, png_key)
                     self._version += 1
                     self._snapshot = Snapshot(self._version, landscape.index, minima, graph, dict(layout),
-                                              exploration, progress, png, unit)
+                                              exploration, progress, png, unit, self._uncertainties(landscape, minima))
             except Exception as error:  # noqa: BLE001 (a view: say so and keep going)
                 self._say("error", f"reading the minima store failed: {type(error).__name__}: {error}")
                 png_key = None
             if not busy and png_key == shown[2] if shown else False:
                 self._poke.wait()  # nothing writes and everything is drawn: sleep until poked
+
+    def _uncertainties(self, landscape: Landscape, minima: list) -> dict:
+        """A committee's per-atom force uncertainty at each minimum, computed once per minimum on
+        this (the refresher's) thread: the page colours the minimum shown by it."""
+        model = landscape.model
+        if getattr(model, "members", None) is None:
+            return {}
+        known = self._minimum_uncertainty.setdefault(landscape.index, {})
+        for minimum in minima:
+            if minimum.id not in known:
+                image = landscape.atoms.copy()
+                image.positions = minimum.positions
+                known[minimum.id] = np.asarray(model.calculate(image, dtype="float32")["uncertainty"], np.float32)
+        return dict(known)
 
     @staticmethod
     def _disconnectivity(graph: nx.Graph, unit: str) -> bytes:

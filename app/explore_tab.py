@@ -27,6 +27,7 @@ import panel as pn
 from bokeh.models.widgets.tables import NumberFormatter
 
 from explore_session import ExploreSession  # app/ is on sys.path while Bokeh runs main.py
+from so3krates.checks import UNCERTAINTY_COLOR_SCALE
 from so3krates.data.units import ENERGY_UNITS
 from so3krates.explore import ExplorationConfig, HoppingConfig, aligned_rmsd
 from so3krates.explore.store import equivalent_atom_classes
@@ -335,6 +336,7 @@ class ExploreTab:
         first = chosen[0]
         scale = 1.0 / ENERGY_UNITS[self.unit]
         self.viewer.set_structure(numbers=numbers, positions=first.positions, title=f"minimum {first.id}")
+        self._color(self.viewer, first.id)
         if len(chosen) < 2:
             self._show_second(False)
             self.comparison.object = self.single_text(first)
@@ -344,11 +346,19 @@ class ExploreTab:
         classes = equivalent_atom_classes(numbers, first.positions)
         best = aligned_rmsd(second.positions, first.positions, classes)
         self.second_viewer.set_structure(numbers=numbers, positions=moved, title=f"minimum {second.id}")
+        self._color(self.second_viewer, second.id)
         self._show_second(True)
         self.comparison.object = (
             f"**Minimum {first.id}** (left) vs **minimum {second.id}** (right, superposed onto the left): "
             f"ΔE = {(second.energy - first.energy) * scale:+.4f} {self.unit} · RMSD {rmsd:.3f} Å after rotation "
             f"(same atom order) · {best:.3f} Å allowing inversion and equivalent-atom swaps (the store's measure)")
+
+    def _color(self, viewer, minimum_id: int) -> None:
+        """A committee's minima are coloured by the per-atom force uncertainty there."""
+        snapshot = self.session.snapshot()
+        uncertainty = None if snapshot is None else snapshot.uncertainty.get(minimum_id)
+        if uncertainty is not None:
+            viewer.color_atoms(uncertainty, UNCERTAINTY_COLOR_SCALE, "committee force uncertainty (eV/Å)")
 
     def single_text(self, minimum) -> str:
         """One minimum's line: its energy above the lowest found so far, visits, finder."""

@@ -27,6 +27,7 @@ from improve import ModelImprover, Subject
 from model_tab import Frame, ModelTab
 from session import Event, MDSession
 from so3krates import catalog, configure, load_model
+from so3krates.checks import UNCERTAINTY_COLOR_SCALE
 from so3krates.compilation import compilations
 from so3krates.data.units import ENERGY_UNITS
 from so3krates.data.upload import MAX_ATOMS, MAX_BYTES, read_structure
@@ -50,9 +51,6 @@ PLOT_POINTS = 4000  # points kept in each live plot
 TICK_MS = 40
 PLOT_EVERY_S = 0.25
 PLAYBACK_LAG = 8  # frames waiting for the viewer beyond this are skipped (stay live)
-# a committee's atoms are coloured by their force uncertainty, 0 (blue) to this (red), eV/Å: the
-# Model tab's warning level is 0.1, so red means well past it
-UNCERTAINTY_SCALE = 0.3
 # checkpoint directories the server operator allows besides the shipped models (os.pathsep list)
 MODEL_ROOTS = [catalog.SHIPPED_MODELS] + [
     Path(p) for p in os.environ.get("SO3KRATES_APP_MODEL_DIRS", "").split(os.pathsep) if p
@@ -460,7 +458,7 @@ def show_uncertainty(uncertainty) -> None:
     """A committee's atoms coloured by their force uncertainty at the frame shown (a single model:
     element colours)."""
     if uncertainty is not None:
-        viewer.color_atoms(uncertainty, UNCERTAINTY_SCALE, "committee force uncertainty (eV/Å)")
+        viewer.color_atoms(uncertainty, UNCERTAINTY_COLOR_SCALE, "committee force uncertainty (eV/Å)")
 
 
 def flush_plot() -> None:

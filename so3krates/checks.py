@@ -39,6 +39,9 @@ NVE_STEPS = 200
 NVE_RECORD_EVERY = 2
 DRIFT_TOLERANCE = 0.01  # eV/atom/ps, the slope of the total energy over the short run
 UNCERTAINTY_WARN = 0.1  # eV/Å: a committee's per-atom force uncertainty above this is worth a look
+# the dashboard colours a committee's atoms by their uncertainty from 0 (blue) to this (red), eV/Å:
+# red is well past the warning level
+UNCERTAINTY_COLOR_SCALE = 3 * UNCERTAINTY_WARN
 UNCERTAIN_ATOMS = 3  # named in the committee's verdict
 
 

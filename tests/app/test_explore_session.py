@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from so3krates import catalog
+import ase
+
+from so3krates import catalog, load_model
 from so3krates.explore import ExplorationConfig, HoppingConfig
 
 APP = Path(__file__).resolve().parents[2] / "app"
@@ -121,3 +123,25 @@ def test_a_damaged_walker_state_is_an_error_naming_it(argon, tmp_path):
         session.explore(landscape, ExplorationConfig(walkers=1, hops=1, hopping=HOPPING, scheduler="threads"))
     assert session.exploration is None and damaged.read_text() == '{"hop": '  # nothing started, nothing lost
     session.close()
+
+
+def test_a_committees_minima_carry_its_per_atom_uncertainty_and_a_single_models_none(argon, tmp_path):
+    committee = load_model(Path(__file__).resolve().parents[1] / "data" / "models" / "ethanol_committee")
+    ethanol = catalog.load_molecule("ethanol")
+    session = ExploreSession(tmp_path)
+    try:
+        landscape = session.landscape_for(ethanol, committee, "committee", "Ethanol", "committee",
+                                          HoppingConfig(temperature=800.0, md_minima=2).to_dict())
+        session.explore(landscape, ExplorationConfig(walkers=1, hops=2, hopping=HoppingConfig(
+            temperature=800.0, md_minima=2), scheduler="threads"))
+        snapshot = wait_for(session, lambda s: done(s) and s.minima and len(s.uncertainty) == len(s.minima))
+        for minimum in snapshot.minima:  # the refresher's own evaluation of the committee there
+            expected = committee.calculate(ase.Atoms(ethanol.numbers, minimum.positions),
+                                           dtype="float32")["uncertainty"]
+            np.testing.assert_allclose(snapshot.uncertainty[minimum.id], expected, rtol=1e-4, atol=1e-6)
+        atoms, model = argon  # a single model: nothing to colour by
+        argon_landscape = session.landscape_for(atoms, model, "lj", "Ar13", "LJ", HOPPING.to_dict())
+        session.explore(argon_landscape, ExplorationConfig(walkers=1, hops=1, hopping=HOPPING, scheduler="threads"))
+        assert wait_for(session, lambda s: done(s) and s.landscape == argon_landscape.index).uncertainty == {}
+    finally:
+        session.close()
