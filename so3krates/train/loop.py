@@ -204,7 +204,7 @@ def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, ov
     data_info = {**(data_info or {}), "source": (data_info or {}).get("source", dataset.source),
                  "num_frames": len(dataset), "fingerprint": fingerprint(dataset)}
     if initial is not None:  # another starting model makes another run (the identity check sees it)
-        data_info["fingerprint"] += "+" + parameters_fingerprint(initial)
+        data_info["initial_model"] = parameters_fingerprint(initial)
     indices = split(len(dataset), config.n_train, config.n_valid, config.n_test, seed=config.split_seed)
     has_state = _prepare_directory(out, config, data_info, resume, overwrite)
     train_set, valid_set = dataset.subset(indices["train"]), dataset.subset(indices["valid"])
@@ -406,12 +406,13 @@ def _prepare_directory(out: Path, config: TrainConfig, data_info: dict, resume: 
         try:
             saved = json.loads(run_config.read_text())
             saved_config = TrainConfig.from_dict(saved["train_config"])
-            saved_data = saved["data"]["fingerprint"]
+            saved_data = saved["data"]["fingerprint"], saved["data"].get("initial_model")
         except Exception as error:
             raise FileExistsError(f"{run_config}: unreadable run record ({error}); pass --overwrite to start over") from None
         differences = sorted(k for k, v in config.identity().items() if saved_config.identity().get(k) != v)
-        if differences or saved_data != data_info["fingerprint"]:
-            what = f"options {differences}" if differences else "data (different frames, units or filter)"
+        if differences or saved_data != (data_info["fingerprint"], data_info.get("initial_model")):
+            what = (f"options {differences}" if differences else "data (different frames, units or filter)"
+                    if saved_data[0] != data_info["fingerprint"] else "starting model (fine-tuning)")
             raise FileExistsError(
                 f"{out}: holds a run with different {what}; pass --overwrite to replace it, or choose another --out")
     elif any(out.iterdir()):

@@ -165,3 +165,19 @@ def test_damaged_training_state_and_checkpoint_give_clear_errors(ethanol_dataset
 def test_weighted_loss_matches_its_definition(tiny_config):
     terms = {"energy_mse": np.float64(2.0), "forces_mse": np.float64(3.0)}
     assert weighted_loss(terms, tiny_config(energy_weight=0.5, forces_weight=2.0)) == 7.0
+
+
+def test_fine_tuning_starts_from_the_given_model_with_its_energy_shifts(ethanol_dataset, tmp_path, tiny_config):
+    first = train(tiny_config(max_steps=20), ethanol_dataset, tmp_path / "first", progress=False).load()
+    config = tiny_config(max_steps=20, learning_rate=1e-12)  # a step too small to move anything measurably
+    tuned = train(config, ethanol_dataset, tmp_path / "tuned", progress=False, initial=first).load()
+    np.testing.assert_array_equal(tuned.energy_shifts, first.energy_shifts)  # not refitted
+    for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(first.params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # another starting model is another run; another architecture cannot be fine-tuned
+    other = init_model(tiny_config().model, ethanol_dataset.elements, seed=5)
+    with pytest.raises(FileExistsError, match="starting model"):
+        train(config, ethanol_dataset, tmp_path / "tuned", progress=False, initial=other)
+    wider = dataclasses.replace(tiny_config().model, num_features=8)
+    with pytest.raises(ValueError, match="model configuration differs"):
+        train(config, ethanol_dataset, tmp_path / "wider", progress=False, initial=init_model(wider, (1, 6, 8)))
