@@ -288,7 +288,8 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
         report["new_error_after"] = _errors(next_model, new)
     report["valid_forces_mae"] = result.get("forces", {}).get("mae_eV_A")
     report["next_model"] = str((where / "train" / "best").relative_to(out))
-    save_model(next_model, out / "model", provenance=_provenance(where / "train" / "best", number))
+    save_model(next_model, out / "model", provenance=_provenance(Path(report_start_model(out)), out, number,
+                                                                where / "train" / "best"))
     atomic_write(report_path, json.dumps(report, indent=1).encode())
     return RoundReport(**report)
 
@@ -476,11 +477,22 @@ def _errors(model, labels: Dataset) -> dict[str, float]:
 # --- data, records and reports -------------------------------------------------------------------
 
 def _old_training_data(model_dir: Path, data: str | os.PathLike | None) -> tuple[Dataset, str]:
-    """The frames the model trained and validated on (its test frames stay out), and a note saying which."""
+    """The frames the model trained and validated on (its test frames stay out), and a note saying which.
+    A refined model's: its starting model's and the labels of its refinement (which must be there)."""
     from so3krates.catalog import DATA
     from so3krates.data import filter_frames
 
-    record = json.loads((model_dir / "config.json").read_text()).get("provenance", {}).get("training", {}).get("data", {})
+    provenance = json.loads((model_dir / "config.json").read_text()).get("provenance", {})
+    refined = provenance.get("refine")
+    if refined and data is None:
+        base, note = _old_training_data(Path(refined["start_model"]), None)
+        where = Path(refined["out"])
+        labels = _labels_before(where, int(refined["round"]) + 1)
+        if labels is None:
+            raise FileNotFoundError(f"{model_dir} was refined in {where}, whose xTB labels are not here; pass the "
+                                    "data it was trained on with --data")
+        return concatenate([base, labels]), f"{note}, and the {len(labels)} xTB labels of {where}"
+    record = provenance.get("training", {}).get("data", {})
     if data is None:
         source = record.get("source")
         if not source:
@@ -536,9 +548,18 @@ def _jsonable(values):
     return json.loads(json.dumps(values, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def _provenance(model_dir: Path, number: int) -> dict[str, Any]:
-    provenance = json.loads((model_dir / "config.json").read_text()).get("provenance", {})
-    return {**provenance, "refine_round": number}
+def report_start_model(out: Path) -> str:
+    """The checkpoint a refinement started from (as refine.json records it)."""
+    return json.loads((out / "refine.json").read_text())["model"]
+
+
+def _provenance(start_model: Path, out: Path, number: int, tuned: Path) -> dict[str, Any]:
+    """The refined model's provenance: its starting model's (so the training data it names stays
+    the original file), and where the refinement ran, which a later refinement adds the labels of."""
+    start = json.loads((start_model / "config.json").read_text()).get("provenance", {})
+    training = json.loads((tuned / "config.json").read_text()).get("provenance", {}).get("training")
+    return {**start, "refine": {"start_model": str(start_model.resolve()), "out": str(out.resolve()),
+                                "round": number, "training": training}}
 
 
 def _write_summary(out: Path, reports: list[RoundReport], data_note: str) -> None:

@@ -194,3 +194,16 @@ def test_the_final_check_and_more_rounds_continue_a_finished_refinement(refined,
     assert {p: p.stat().st_mtime_ns for p in explored} == explored
     assert sum(grown[1].labels_added.values()) == len(list((out / "round2" / "labels").glob("*.extxyz")))
     assert load_model(out / "model").members == 3
+
+
+def test_a_refined_model_trains_on_with_the_labels_of_its_refinement(refined, committee):
+    from so3krates.explore.refine import _old_training_data
+
+    out, reports, _ = refined
+    base, _ = _old_training_data(committee, None)
+    assert len(base) == 100  # the committee's train and validation frames
+    data, note = _old_training_data(out / "model", None)  # what refining it again starts from
+    assert len(data) == len(base) + sum(reports[0].labels_added.values()) and "xTB labels" in note
+    provenance = json.loads((out / "model" / "config.json").read_text())["provenance"]
+    assert provenance["training"]["data"]["source"].endswith("ethanol100.extxyz")  # the original file
+    assert provenance["refine"]["round"] == 1 and provenance["refine"]["training"]["step"] > 0
