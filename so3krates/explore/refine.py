@@ -276,8 +276,8 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
         selection = _select(where / "selection.json", minima, hops, rows, atoms, training, config)
         notify("label", {"round": number, "structures": len(selection)})
         new = _label(selection, atoms, where / "labels", reference, config.scheduler, stop)
-    report["labels_added"] = {kind: sum(item["kind"] == kind for item in selection)
-                              for kind in ("minimum", "uncertain", "path")}
+    labelled = [item["kind"] for k, item in enumerate(selection) if (where / "labels" / f"{k}.extxyz").is_file()]
+    report["labels_added"] = {kind: labelled.count(kind) for kind in ("minimum", "uncertain", "path")}
     with _cpu(cpu, "fine-tune"):
         labels = new if labelled_so_far is None else concatenate([labelled_so_far, new])
         notify("fine-tune", {"round": number, "frames": len(old_data) + len(labels)})
@@ -288,7 +288,7 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
         report["new_error_after"] = _errors(next_model, new)
     report["valid_forces_mae"] = result.get("forces", {}).get("mae_eV_A")
     report["next_model"] = str((where / "train" / "best").relative_to(out))
-    save_model(next_model, out / "model", provenance=_provenance(Path(report_start_model(out)), out, number,
+    save_model(next_model, out / "model", provenance=_provenance(_start_model(out), out, number,
                                                                 where / "train" / "best"))
     atomic_write(report_path, json.dumps(report, indent=1).encode())
     return RoundReport(**report)
@@ -400,6 +400,9 @@ def _label(selection: list[dict[str, Any]], atoms: ase.Atoms, where: Path, refer
     """Each selected structure with its xTB energy and forces in ``where/<k>.extxyz`` (the path
     frames' labels come from the validation); a structure xTB cannot compute is left out, and
     says why in ``where/<k>.failed``."""
+    if not selection:
+        raise RuntimeError(f"{where.parent.name}: nothing to label (no new minimum, no uncertain escape, no xTB "
+                           "relaxation path: see its validation.json)")
     where.mkdir(parents=True, exist_ok=True)
     numbers = atoms.numbers
     todo = []
@@ -523,7 +526,7 @@ def _check_or_write_record(out: Path, model_dir: Path, atoms: ase.Atoms, config:
     from so3krates.evaluation import fingerprint
     from so3krates.train.loop import parameters_fingerprint
 
-    record = {"format": FORMAT, "model": str(model_dir), "model_fingerprint": parameters_fingerprint(potential),
+    record = {"format": FORMAT, "model": str(model_dir.resolve()), "model_fingerprint": parameters_fingerprint(potential),
               "numbers": atoms.numbers.tolist(), "positions": np.round(atoms.positions, 8).tolist(),
               "charge": int(atoms.info.get("charge", 0)), "multiplicity": int(atoms.info.get("multiplicity", 1)),
               "data_fingerprint": fingerprint(old_data), "config": _jsonable(config.identity())}
@@ -548,9 +551,9 @@ def _jsonable(values):
     return json.loads(json.dumps(values, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def report_start_model(out: Path) -> str:
+def _start_model(out: Path) -> Path:
     """The checkpoint a refinement started from (as refine.json records it)."""
-    return json.loads((out / "refine.json").read_text())["model"]
+    return Path(json.loads((out / "refine.json").read_text())["model"])
 
 
 def _provenance(start_model: Path, out: Path, number: int, tuned: Path) -> dict[str, Any]:
