@@ -382,17 +382,7 @@ class _Dask:
         # the workers keep the model they were sent under this token: one object, one set of
         # compiled functions per worker, however many tasks carry it
         self.token = uuid.uuid4().hex
-        self.cluster = None
-        if scheduler == "local":
-            self.cluster = distributed.LocalCluster(
-                n_workers=max(1, min(walkers, os.cpu_count() or 1)), threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address=None, silence_logs=40)
-            self.client = distributed.Client(self.cluster)
-        else:
-            try:
-                self.client = distributed.Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError) as error:
-                raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r}: {error}") from None
+        self.client, self.cluster = dask_client(scheduler, walkers)
 
     def submit(self, task: ExcursionTask):
         return self.client.submit(_remote_excursion, self.token, self.x64, self.model, self.atoms, self.config, task,
@@ -415,6 +405,22 @@ class _Dask:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def dask_client(scheduler: str, workers: int):
+    """(client, cluster): a new LocalCluster on 127.0.0.1 for "local" (one single-threaded worker
+    process per task up to the number of cores; close both), or a client of the scheduler at that
+    address (cluster None)."""
+    distributed = _import_distributed()
+    if scheduler == "local":
+        cluster = distributed.LocalCluster(
+            n_workers=max(1, min(workers, os.cpu_count() or 1)), threads_per_worker=1, processes=True,
+            host="127.0.0.1", dashboard_address=None, silence_logs=40)
+        return distributed.Client(cluster), cluster
+    try:
+        return distributed.Client(scheduler, timeout="20s"), None
+    except (OSError, TimeoutError) as error:
+        raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r}: {error}") from None
 
 
 _WORKER_MODELS: dict[str, Any] = {}

@@ -634,19 +634,10 @@ def _run_tasks(scheduler: str, tasks: list[tuple[Callable, tuple]], stop: thread
                 for future in futures:
                     future.cancel()
         return
-    from so3krates.explore.campaign import _import_distributed
+    from so3krates.explore.campaign import _import_distributed, dask_client
 
     distributed = _import_distributed()
-    cluster = None
-    if scheduler == "local":
-        cluster = distributed.LocalCluster(n_workers=max(1, min(len(tasks), os.cpu_count() or 1)), threads_per_worker=1,
-                                           processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=40)
-        client = distributed.Client(cluster)
-    else:
-        try:
-            client = distributed.Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as error:
-            raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r}: {error}") from None
+    client, cluster = dask_client(scheduler, len(tasks))
     try:
         futures = [client.submit(f, *args, pure=False) for f, args in tasks]
         for future in distributed.as_completed(futures):

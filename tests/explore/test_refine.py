@@ -207,3 +207,21 @@ def test_a_refined_model_trains_on_with_the_labels_of_its_refinement(refined, co
     provenance = json.loads((out / "model" / "config.json").read_text())["provenance"]
     assert provenance["training"]["data"]["source"].endswith("ethanol100.extxyz")  # the original file
     assert provenance["refine"]["round"] == 1 and provenance["refine"]["training"]["step"] > 0
+
+
+def test_labels_on_a_dask_cluster_equal_those_made_in_this_process(tmp_path):
+    import threading
+
+    from so3krates.explore.refine import _label
+
+    ethanol = _ethanol()
+    rng = np.random.default_rng(0)
+    selection = [{"kind": "uncertain", "source": f"test/{k}", "why": 1.0,
+                  "positions": (ethanol.positions + rng.normal(scale=0.05, size=ethanol.positions.shape)).tolist()}
+                 for k in range(2)]
+    labels = {scheduler: _label(selection, ethanol, tmp_path / scheduler, XTBReference(), scheduler, threading.Event())
+              for scheduler in ("threads", "local")}
+    assert len(labels["local"]) == len(labels["threads"]) == 2
+    np.testing.assert_allclose(labels["local"].energies, labels["threads"].energies, rtol=0, atol=1e-8)
+    for a, b in zip(labels["local"].forces, labels["threads"].forces):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
