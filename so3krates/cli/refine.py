@@ -51,12 +51,19 @@ def register(subparsers) -> None:
                        "uncertainty must fall below it to stop")
     group.add_argument("--max-labels", type=int, default=defaults.max_uncertain_labels,
                        help="most uncertain escape frames labelled per round")
+    group.add_argument("--displaced", type=int, default=defaults.displaced,
+                       help="randomly displaced copies of each validated minimum labelled per round (they also "
+                       "measure the model's error where the explorer goes)")
+    group.add_argument("--displacement", type=float, default=defaults.displacement,
+                       help="Å, standard deviation of each Cartesian component of those displacements")
     group.add_argument("--temperature", type=float, default=1000.0, help="first escape temperature, K")
     group.add_argument("--seed", type=int, default=defaults.seed)
     group = parser.add_argument_group("fine-tuning (each round)")
     group.add_argument("--steps", type=int, default=defaults.steps, help="gradient steps per round")
     group.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate (constant)")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    group.add_argument("--label-weight", type=int, default=defaults.label_weight,
+                       help="times each xTB label of the refinement is in the training frames")
     group.add_argument("--valid-every", type=int, default=defaults.valid_every,
                        help="steps between validations (and saved states a killed run resumes from)")
     parser.add_argument("--no-final-check", action="store_true",
@@ -94,7 +101,8 @@ def run(args) -> int:
         rounds=args.rounds, walkers=args.walkers, hops=args.hops, scheduler=args.scheduler, lowest=args.lowest,
         uncertainty_threshold=args.uncertainty_threshold, max_uncertain_labels=args.max_labels, seed=args.seed,
         hopping=HoppingConfig(temperature=args.temperature), steps=args.steps, learning_rate=args.lr,
-        batch_size=args.batch_size, valid_every=args.valid_every, final_check=not args.no_final_check)
+        batch_size=args.batch_size, valid_every=args.valid_every, final_check=not args.no_final_check,
+        displaced=args.displaced, displacement=args.displacement, label_weight=args.label_weight)
 
     def show(stage: str, details: dict) -> None:
         if stage == "round":
@@ -125,6 +133,8 @@ def _round_line(report: dict) -> str:
         parts.append(f"sampled uncertainty {report['sampled_uncertainty']:.3f} eV/Å")
     if report["labels_added"]:
         parts.append(f"{sum(report['labels_added'].values())} labels ({', '.join(f'{v} {k}' for k, v in report['labels_added'].items())})")
+    if report.get("displaced_error"):
+        parts.append(f"force MAE on displaced minima {report['displaced_error']['forces_mae']:.3f} eV/Å")
     if report["new_error_before"]:
         parts.append(f"force MAE on them {report['new_error_before']['forces_mae']:.3f} -> "
                      f"{report['new_error_after']['forces_mae']:.3f} eV/Å")

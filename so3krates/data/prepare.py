@@ -46,7 +46,7 @@ def save_split(path, indices: dict[str, np.ndarray], overwrite: bool = False, **
     """Write a split as ``.npz`` (no pickle) or ``.json``; ``metadata`` (e.g. ``seed=``, ``source=``)
     is stored beside it (JSON-serialisable scalars). Refuses to overwrite unless ``overwrite=True``."""
     path = Path(path)
-    _validate_split(indices, str(path))
+    validate_split(indices, str(path))
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
     payload = {k: np.asarray(v, np.int64) for k, v in indices.items()}
@@ -90,11 +90,13 @@ def _load_split(path: Path):
         raise
     except Exception as err:
         raise DataError(f"{path}: not a readable split file ({type(err).__name__}: {err})") from err
-    _validate_split(indices, str(path))
+    validate_split(indices, str(path))
     return {k: v.astype(np.int64) for k, v in indices.items()}, metadata
 
 
-def _validate_split(indices, source: str) -> None:
+def validate_split(indices, source: str) -> None:
+    """Raise DataError unless ``indices`` is a split: known part names, 1-d non-negative integer
+    arrays, no frame twice."""
     unknown = set(indices) - set(SPLIT_NAMES)
     if unknown or "train" not in indices:
         raise DataError(f"{source}: split keys must be among {SPLIT_NAMES} and include 'train', got {sorted(indices)}")

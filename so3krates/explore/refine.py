@@ -12,16 +12,21 @@ One round (``so3krates refine MODEL STRUCTURE --out DIR --rounds N``, :func:`ref
    the minima decide;
 4. **select** what to label: the minima new relative to the training data, the escape frames
    whose uncertainty exceeds the threshold (most uncertain first), and frames along the xTB
-   relaxation path of every minimum xTB moved (those come labelled);
+   relaxation path of every minimum xTB moved (those come labelled), and ``displaced`` copies of
+   each validated minimum with every atom moved at random (``displacement`` Å, Gaussian per
+   Cartesian component): the distortions minima hopping's relaxations pass through, where a model
+   trained on MD frames is least accurate;
 5. **label** the selection with xTB on the same scheduler as the walkers;
 6. **fine-tune** from the round's parameters on the old training frames (the model's own train
-   and validation frames: its test frames stay held out) and every label so far, for a fixed
-   number of steps (:func:`so3krates.train.train` with ``initial=``);
+   and validation frames: its test frames stay held out) and every label so far, each label
+   counted ``label_weight`` times per epoch, for a fixed number of steps
+   (:func:`so3krates.train.train` with ``initial=``);
 7. **report**: labels added, confirmed fraction, the errors on the new labels before and after
-   fine-tuning, CPU time; ``rounds.csv`` and ``rounds.png`` show all rounds.
+   fine-tuning (and on the displaced minima alone: the model's error where the explorer sends
+   it, on minima it had not seen), CPU time; ``rounds.csv`` and ``rounds.png`` show all rounds.
 
 After the last fine-tuning, one more exploration and validation checks the final model
-(``final_check``). Output directory::
+(``final_check``; it labels its displaced minima too, to measure, not to train). Output directory::
 
     refine.json                      what is refined with which settings (a rerun must match: it resumes)
     roundK/explore/                  the round's exploration
@@ -31,7 +36,8 @@ After the last fine-tuning, one more exploration and validation checks the final
     roundK/labels/<k>.extxyz         each selected structure with its xTB labels (one file each)
     roundK/train/                    the fine-tuning run; train/best is the round's model
     roundK/report.json               the round's report
-    model/                           the latest model (a checkpoint), report.json, rounds.csv, rounds.png
+    model/                           the latest model (a checkpoint, with its starting model's split.npz:
+                                     the test frames it never saw), report.json, rounds.csv, rounds.png
 
 Every stage writes its results atomically, one file per item, and is skipped when they are
 there: killed at any point, the same command resumes without losing or repeating labelled work
@@ -90,8 +96,13 @@ class RefineConfig:
     max_minima_labels, max_uncertain_labels: most new minima and uncertain escape frames labelled per
         round. path_frames: frames taken along each moved minimum's xTB relaxation (evenly, both
         ends included).
+    displaced: randomly displaced copies labelled per validated minimum (0: none); displacement: Å,
+        the standard deviation of each Cartesian component of the displacement (ASE's ``rattle``).
     steps, learning_rate, batch_size, valid_every, valid_fraction: the fine-tuning of each round
         (Adam from the round's parameters, the rate constant; a fixed budget, so the rounds cost alike).
+    label_weight: how many times each xTB label of the refinement is in the fine-tuning's training
+        frames (the validation frames are drawn first, so a label and its copies are on one side):
+        a few dozen labels among a thousand old frames otherwise hardly move the model.
     final_check: explore and validate once more after the last fine-tuning.
     """
 
@@ -109,21 +120,25 @@ class RefineConfig:
     max_minima_labels: int = 20
     max_uncertain_labels: int = 40
     path_frames: int = 6
+    displaced: int = 0
+    displacement: float = 0.1
     steps: int = 2000
     learning_rate: float = 2e-4
     batch_size: int = 4
     valid_every: int = 500
     valid_fraction: float = 0.1
+    label_weight: int = 1
     seed: int = 0
     final_check: bool = True
 
     def __post_init__(self):
         problems = []
-        for name in ("rounds", "walkers", "hops", "lowest", "path_frames", "steps", "batch_size", "valid_every"):
+        for name in ("rounds", "walkers", "hops", "lowest", "path_frames", "steps", "batch_size", "valid_every",
+                     "label_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        for name in ("max_minima_labels", "max_uncertain_labels"):
+        for name in ("max_minima_labels", "max_uncertain_labels", "displaced"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 problems.append(f"{name} must be an integer >= 0, got {value!r}")
@@ -131,7 +146,7 @@ class RefineConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value <= 1):
                 problems.append(f"{name} must be in (0, 1], got {value!r}")
-        for name in ("uncertainty_threshold", "learning_rate"):
+        for name in ("uncertainty_threshold", "learning_rate", "displacement"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 problems.append(f"{name} must be positive, got {value!r}")
@@ -161,13 +176,16 @@ class RoundReport:
     relative_energy_mae: float | None  # eV, confirmed minima, model vs xTB
     sampled_uncertainty: float | None  # eV/Å, the quantile of the escapes' largest uncertainty; None: single model
     converged: bool  # this round's model met both targets: nothing was labelled
-    labels_added: dict[str, int]  # per kind: minimum, uncertain, path
+    labels_added: dict[str, int]  # per kind: minimum, uncertain, path, displaced
     new_error_before: dict[str, float] | None  # force/energy MAE on the round's labels, model before...
     new_error_after: dict[str, float] | None  # ... and after fine-tuning
     valid_forces_mae: float | None  # the fine-tuned model's validation force MAE (eV/Å)
     cpu_seconds: dict[str, float]  # per stage, this process's CPU time (workers elsewhere not counted)
     next_model: str | None  # the fine-tuned checkpoint, relative to the output directory (None when converged
     # or a final check)
+    displaced_error: dict[str, float] | None = None  # force/energy MAE of the round's model on its displaced
+    # minima (structures it had not seen: labelled before it is fine-tuned on them)
+    relative_energy_max: float | None = None  # eV, the largest relative-energy error of a confirmed minimum
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -265,21 +283,33 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
         sampled is None or sampled < config.uncertainty_threshold)
     report = dict(round=number, model=str(model_dir), hops=len(hops), minima=len(minima), validated=summary["count"],
                   confirmed=summary["confirmed"], fraction_confirmed=summary["fraction_confirmed"],
-                  relative_energy_mae=summary["relative_energy_mae"], sampled_uncertainty=sampled,
+                  relative_energy_mae=summary["relative_energy_mae"],
+                  relative_energy_max=summary["relative_energy_max"], sampled_uncertainty=sampled,
                   converged=converged, labels_added={}, new_error_before=None, new_error_after=None,
-                  valid_forces_mae=None, cpu_seconds=cpu, next_model=None)
-    if converged or check_only:
+                  valid_forces_mae=None, cpu_seconds=cpu, next_model=None, displaced_error=None)
+    training_round = not (converged or check_only)
+    with _cpu(cpu, "label"):  # the displaced minima in every round: they measure the model where the explorer went
+        displaced = _displaced(where, lowest, atoms, config, number)
+        selection = _select(where / "selection.json", minima, hops, rows, atoms, training, config) if training_round else []
+        if displaced or selection:
+            notify("label", {"round": number, "structures": len(selection) + len(displaced)})
+        displaced_labels = _label(displaced, atoms, where / "displaced", reference, config.scheduler, stop)
+        new = _label(selection, atoms, where / "labels", reference, config.scheduler, stop)
+    with _cpu(cpu, "evaluate"):
+        if displaced_labels is not None:
+            report["displaced_error"] = _errors(model, displaced_labels)
+    if not training_round:
         atomic_write(report_path, json.dumps(report, indent=1).encode())
         return RoundReport(**report)
-
-    with _cpu(cpu, "label"):
-        selection = _select(where / "selection.json", minima, hops, rows, atoms, training, config)
-        notify("label", {"round": number, "structures": len(selection)})
-        new = _label(selection, atoms, where / "labels", reference, config.scheduler, stop)
+    new = _joined([new, displaced_labels])
+    if new is None:
+        raise RuntimeError(f"{where.name}: nothing to label (no new minimum, no uncertain escape, no xTB relaxation "
+                           "path, no displaced minima: see its validation.json)")
     labelled = [item["kind"] for k, item in enumerate(selection) if (where / "labels" / f"{k}.extxyz").is_file()]
     report["labels_added"] = {kind: labelled.count(kind) for kind in ("minimum", "uncertain", "path")}
+    report["labels_added"]["displaced"] = 0 if displaced_labels is None else len(displaced_labels)
     with _cpu(cpu, "fine-tune"):
-        labels = new if labelled_so_far is None else concatenate([labelled_so_far, new])
+        labels = _joined([labelled_so_far, new])
         notify("fine-tune", {"round": number, "frames": len(old_data) + len(labels)})
         result = _fine_tune(model, old_data, labels, where / "train", config, number, stop)
     next_model = load_model(where / "train" / "best")
@@ -290,6 +320,9 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
     report["next_model"] = str((where / "train" / "best").relative_to(out))
     save_model(next_model, out / "model", provenance=_provenance(_start_model(out), out, number,
                                                                 where / "train" / "best"))
+    split_file = _start_model(out) / "split.npz"
+    if split_file.is_file():  # the test frames it never saw, so `so3krates evaluate --split test` works on it
+        atomic_write(out / "model" / "split.npz", split_file.read_bytes())
     atomic_write(report_path, json.dumps(report, indent=1).encode())
     return RoundReport(**report)
 
@@ -399,10 +432,9 @@ def _label(selection: list[dict[str, Any]], atoms: ase.Atoms, where: Path, refer
            scheduler: str, stop: threading.Event) -> Dataset:
     """Each selected structure with its xTB energy and forces in ``where/<k>.extxyz`` (the path
     frames' labels come from the validation); a structure xTB cannot compute is left out, and
-    says why in ``where/<k>.failed``."""
+    says why in ``where/<k>.failed``. None when there is nothing to label."""
     if not selection:
-        raise RuntimeError(f"{where.parent.name}: nothing to label (no new minimum, no uncertain escape, no xTB "
-                           "relaxation path: see its validation.json)")
+        return None
     where.mkdir(parents=True, exist_ok=True)
     numbers = atoms.numbers
     todo = []
@@ -422,6 +454,28 @@ def _label(selection: list[dict[str, Any]], atoms: ase.Atoms, where: Path, refer
     if not files:
         raise RuntimeError(f"{where}: xTB labelled none of the {len(selection)} selected structures")
     return concatenate([read(path) for path in files])
+
+
+def _displaced(where: Path, lowest, atoms: ase.Atoms, config: RefineConfig, number: int) -> list[dict[str, Any]]:
+    """``config.displaced`` randomly displaced copies of each validated minimum (written once, in
+    ``where/displaced.json``; the seed is the refinement's, the round's and the minimum's)."""
+    path = where / "displaced.json"
+    if path.is_file():
+        return json.loads(path.read_text())["structures"]
+    selection = []
+    for minimum in lowest:
+        rng = np.random.default_rng([config.seed, number, int(minimum.id)])
+        for copy in range(config.displaced):
+            positions = np.asarray(minimum.positions) + rng.normal(0.0, config.displacement, (len(atoms), 3))
+            selection.append({"kind": "displaced", "source": f"minimum {minimum.id} displaced {copy}",
+                              "why": config.displacement, "positions": positions.tolist()})
+    atomic_write(path, json.dumps({"format": FORMAT, "structures": selection}).encode())
+    return selection
+
+
+def _joined(datasets: list[Dataset | None]) -> Dataset | None:
+    present = [d for d in datasets if d is not None]
+    return concatenate(present) if present else None
 
 
 def _label_one(k: int, numbers, positions, reference: XTBReference):
@@ -447,18 +501,19 @@ def _fine_tune(model, old_data: Dataset, labels: Dataset, where: Path, config: R
 
     done = where / "finished.json"
     initial = exact_potential(model)
-    dataset = concatenate([old_data, labels])
-    n_valid = max(1, int(round(config.valid_fraction * len(dataset))))
+    dataset, indices = _weighted(old_data, labels, config, number)
+    n_valid = len(indices["valid"])
     train_config = TrainConfig(
-        n_train=len(dataset) - n_valid, n_valid=n_valid, n_test=0, split_seed=config.seed + number,
+        n_train=len(indices["train"]), n_valid=n_valid, n_test=0, split_seed=config.seed + number,
         model=initial.model.config, learning_rate=config.learning_rate, lr_decay_rate=1.0,
         batch_size=min(config.batch_size, len(dataset) - n_valid), valid_every=min(config.valid_every, config.steps),
         max_steps=config.steps, seed=config.seed + number, members=initial.members or 1)
     if done.is_file():
         return json.loads(done.read_text())
     run = iterate(train_config, dataset, where, resume=(where / STATE_FILE).is_file(), progress=False,
-                  initial=initial, data_info={"source": f"refine round {number}: {len(old_data)} training frames + "
-                                              f"{len(labels)} xTB labels of the rounds so far"})
+                  initial=initial, indices=indices,
+                  data_info={"source": f"refine round {number}: {len(old_data)} training frames + {len(labels)} xTB "
+                                       f"labels of the rounds so far (each {config.label_weight}x in training)"})
     while True:
         try:
             next(run)  # one validation, its state saved: the place to stop
@@ -470,6 +525,24 @@ def _fine_tune(model, old_data: Dataset, labels: Dataset, where: Path, config: R
             raise RefineStopped(f"refinement stopped while fine-tuning (round {number}); rerun to resume")
     atomic_write(done, json.dumps(result.best_valid).encode())
     return result.best_valid
+
+
+def _weighted(old_data: Dataset, labels: Dataset, config: RefineConfig, number: int
+              ) -> tuple[Dataset, dict[str, np.ndarray]]:
+    """The fine-tuning's frames and split: the validation frames are drawn (seeded) from the old
+    frames and labels together, then every label left for training gets ``label_weight - 1`` more
+    copies, appended, in training too (with weight 1: exactly the seeded split of old + labels)."""
+    from so3krates.data import split
+
+    dataset = concatenate([old_data, labels])
+    n_valid = max(1, int(round(config.valid_fraction * len(dataset))))
+    indices = split(len(dataset), len(dataset) - n_valid, n_valid, 0, seed=config.seed + number)
+    trained_labels = indices["train"][indices["train"] >= len(old_data)]
+    if config.label_weight == 1 or not len(trained_labels):
+        return dataset, indices
+    copies = dataset.subset(np.tile(trained_labels, config.label_weight - 1))
+    extra = np.arange(len(dataset), len(dataset) + len(copies))
+    return concatenate([dataset, copies]), {**indices, "train": np.concatenate([indices["train"], extra])}
 
 
 def _errors(model, labels: Dataset) -> dict[str, float]:
@@ -515,9 +588,10 @@ def _old_training_data(model_dir: Path, data: str | os.PathLike | None) -> tuple
 
 
 def _labels_before(out: Path, number: int) -> Dataset | None:
-    """Every label of the rounds before ``number`` (None before the first)."""
-    files = [path for k in range(1, number) for path in sorted(
-        (out / f"round{k}" / "labels").glob("*.extxyz"), key=lambda p: int(p.stem))]
+    """Every label of the rounds before ``number`` (None before the first): each of those rounds
+    fine-tuned on its selection's labels and on its displaced minima."""
+    files = [path for k in range(1, number) for part in ("labels", "displaced") for path in sorted(
+        (out / f"round{k}" / part).glob("*.extxyz"), key=lambda p: int(p.stem))]
     return concatenate([read(path) for path in files]) if files else None
 
 
@@ -570,14 +644,15 @@ def _write_summary(out: Path, reports: list[RoundReport], data_note: str) -> Non
     atomic_write(out / "report.json", json.dumps({"format": FORMAT, "old_data": data_note, "rounds": rows},
                                                  indent=1).encode())
     columns = ("round", "hops", "minima", "validated", "confirmed", "fraction_confirmed", "relative_energy_mae",
-               "sampled_uncertainty", "labels", "forces_mae_new_before", "forces_mae_new_after", "valid_forces_mae",
-               "cpu_seconds", "converged")
+               "relative_energy_max", "sampled_uncertainty", "labels", "forces_mae_new_before", "forces_mae_new_after",
+               "forces_mae_displaced", "valid_forces_mae", "cpu_seconds", "converged")
     lines = [",".join(columns)]
     for r in reports:
         before, after = r.new_error_before or {}, r.new_error_after or {}
         values = (r.round, r.hops, r.minima, r.validated, r.confirmed, r.fraction_confirmed, r.relative_energy_mae,
-                  r.sampled_uncertainty, sum(r.labels_added.values()), before.get("forces_mae"),
-                  after.get("forces_mae"), r.valid_forces_mae, round(sum(r.cpu_seconds.values()), 1), r.converged)
+                  r.relative_energy_max, r.sampled_uncertainty, sum(r.labels_added.values()), before.get("forces_mae"),
+                  after.get("forces_mae"), (r.displaced_error or {}).get("forces_mae"), r.valid_forces_mae,
+                  round(sum(r.cpu_seconds.values()), 1), r.converged)
         lines.append(",".join("" if v is None else str(v) for v in values))
     atomic_write(out / "rounds.csv", ("\n".join(lines) + "\n").encode())
     _plot(out / "rounds.png", reports)
@@ -599,7 +674,12 @@ def _plot(path: Path, reports: list[RoundReport]) -> None:
         x = [r.round for r in labelled]
         errors.plot(x, [r.new_error_before["forces_mae"] for r in labelled], "o-", label="before fine-tuning")
         errors.plot(x, [r.new_error_after["forces_mae"] for r in labelled], "s-", label="after")
-        errors.legend()
+    measured = [r for r in reports if r.displaced_error]
+    if measured:
+        errors.plot([r.round for r in measured], [r.displaced_error["forces_mae"] for r in measured], "^--",
+                    label="displaced minima (unseen)")
+    if labelled or measured:
+        errors.legend(fontsize="small")
     errors.set(xlabel="round", ylabel="force MAE on new labels (eV/Å)")
     for axes in (confirmed, labels, errors):
         axes.set_xticks(rounds)

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from so3krates.checkpoint import CONFIG_FILE, PARAMS_FILE, load_model, save_model
 from so3krates.data import Dataset, fit_energy_shifts, save_split, split
+from so3krates.data.prepare import SPLIT_NAMES, validate_split
 from so3krates.data.batching import Batch, PairCache, ShapePlan, batches, pack
 from so3krates.evaluation import SPLIT_FILE, compute_metrics, fingerprint, predict_batches
 from so3krates.files import atomic_write
@@ -110,13 +111,15 @@ def iterate(
     data_info: dict[str, Any] | None = None,
     progress: bool = True,
     initial: Potential | None = None,
+    indices: dict[str, np.ndarray] | None = None,
 ) -> Generator[dict[str, Any], None, TrainResult]:
     """:func:`train` as a generator: yields each validation record (as written to the log) and
     returns the :class:`TrainResult`. Stopping the iteration between records is exactly what a
-    killed process leaves behind."""
+    killed process leaves behind. ``indices``: the split to use (``{"train", "valid"}`` index
+    arrays of ``config.n_train`` and ``config.n_valid`` frames) instead of the seeded one."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    run, state = _open_run(config, dataset, Path(out_dir), resume, overwrite, data_info, initial)
+    run, state = _open_run(config, dataset, Path(out_dir), resume, overwrite, data_info, initial, indices)
     out = run.out
     step_fn = make_train_step(run.model, config, make_optimizer(config))
     schedule = learning_rate_schedule(config)
@@ -197,7 +200,8 @@ class _Run:
 
 
 def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, overwrite: bool,
-              data_info: dict[str, Any] | None, initial: Potential | None) -> tuple[_Run, TrainState]:
+              data_info: dict[str, Any] | None, initial: Potential | None,
+              indices: dict[str, np.ndarray] | None = None) -> tuple[_Run, TrainState]:
     """Check (or create) the run directory, split and cache the data, and load or start the state."""
     if initial is not None:
         _check_initial(initial, config, dataset)
@@ -205,7 +209,16 @@ def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, ov
                  "num_frames": len(dataset), "fingerprint": fingerprint(dataset)}
     if initial is not None:  # another starting model makes another run (the identity check sees it)
         data_info["initial_model"] = parameters_fingerprint(initial)
-    indices = split(len(dataset), config.n_train, config.n_valid, config.n_test, seed=config.split_seed)
+    if indices is None:
+        indices = split(len(dataset), config.n_train, config.n_valid, config.n_test, seed=config.split_seed)
+    else:
+        indices = {name: np.sort(np.asarray(indices.get(name, ()), np.int64)) for name in SPLIT_NAMES}
+        validate_split(indices, "the given split")
+        sizes = {name: len(indices[name]) for name in SPLIT_NAMES}
+        if sizes["train"] != config.n_train or sizes["valid"] != config.n_valid or max(
+                (int(part.max()) for part in indices.values() if len(part)), default=-1) >= len(dataset):
+            raise ValueError(f"the given split ({sizes}) does not fit n_train={config.n_train}, "
+                             f"n_valid={config.n_valid} and {len(dataset)} frames")
     has_state = _prepare_directory(out, config, data_info, resume, overwrite)
     train_set, valid_set = dataset.subset(indices["train"]), dataset.subset(indices["valid"])
     shifts = fit_energy_shifts(train_set) if initial is None else np.asarray(initial.energy_shifts, np.float64)

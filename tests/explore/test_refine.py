@@ -34,9 +34,10 @@ REPO = Path(__file__).resolve().parents[2]
 DATASET = REPO / "data" / "datasets" / "ethanol.extxyz"
 THRESHOLD = 0.05  # eV/Å: the tiny committee's escapes reach tenths of an eV/Å
 ROUND = dict(rounds=1, walkers=1, hops=3, scheduler="threads", lowest=3, steps=240, valid_every=40, learning_rate=1e-3,
-             uncertainty_threshold=THRESHOLD, final_check=False)
+             uncertainty_threshold=THRESHOLD, final_check=False, displaced=2, label_weight=2)
 CLI = ["--rounds", "1", "--walkers", "1", "--hops", "3", "--scheduler", "threads", "--lowest", "3", "--steps", "240",
-       "--valid-every", "40", "--lr", "0.001", "--uncertainty-threshold", str(THRESHOLD), "--no-final-check"]
+       "--valid-every", "40", "--lr", "0.001", "--uncertainty-threshold", str(THRESHOLD), "--no-final-check",
+       "--displaced", "2", "--label-weight", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,13 @@ def test_a_round_labels_where_the_committee_is_unsure_and_its_errors_there_drop(
     assert min(largest_uncertainty(np.array(s["positions"])) for s in uncertain) > 2 * trained
     # the labels are xTB's (a fresh single point agrees), one file per structure
     labels = sorted((out / "round1" / "labels").glob("*.extxyz"), key=lambda p: int(p.stem))
-    assert len(labels) == sum(report.labels_added.values()) == len(selection)
+    assert len(labels) == len(selection) == sum(report.labels_added.values()) - report.labels_added["displaced"]
+    # and two randomly displaced copies of each validated minimum: labelled, and the model's error
+    # on them (before it trained on them) reported
+    displaced = json.loads((out / "round1" / "displaced.json").read_text())["structures"]
+    assert report.labels_added["displaced"] == len(displaced) == 2 * report.validated
+    assert len(list((out / "round1" / "displaced").glob("*.extxyz"))) == len(displaced)
+    assert report.displaced_error["forces_mae"] > 0
     first = ase.io.read(labels[0])
     assert XTBReference().calculate(first)["energy"] == pytest.approx(first.get_potential_energy(), abs=1e-6)
     # fine-tuning on them lowers the errors there
@@ -101,6 +108,20 @@ def test_a_round_labels_where_the_committee_is_unsure_and_its_errors_there_drop(
     assert (out / "rounds.png").stat().st_size > 10_000
     assert (out / "rounds.csv").read_text().splitlines()[1].startswith("1,3,")
     assert read_reports(out) == [r.to_dict() for r in reports]
+
+
+def test_the_fine_tuning_counts_each_label_twice_and_validates_on_distinct_frames(refined, committee):
+    from so3krates.data import load_split
+
+    out, reports, _ = refined
+    split = load_split(out / "round1" / "train" / "split.npz")
+    old = 100  # the committee's train and validation frames, first; then the labels; then their copies
+    labels = sum(reports[0].labels_added.values())
+    assert len(split["valid"]) == round(0.1 * (old + labels)) and split["valid"].max() < old + labels
+    trained_labels = np.count_nonzero(split["train"] >= old)
+    assert trained_labels == 2 * (labels - np.count_nonzero(split["valid"] >= old))
+    # the refined model keeps its starting model's split: its test frames are known (none here)
+    np.testing.assert_array_equal(load_split(out / "model" / "split.npz")["train"], load_split(committee / "split.npz")["train"])
 
 
 def test_a_rerun_of_a_finished_refinement_does_nothing_and_other_settings_are_refused(refined, committee):
@@ -136,7 +157,8 @@ def test_a_refinement_killed_during_its_fine_tuning_resumes_exactly(refined, com
     process.wait()
     assert not (out / "round1" / "report.json").exists()
     labels = sorted((out / "round1" / "labels").glob("*.extxyz"))
-    written = {p: p.stat().st_mtime_ns for p in [*labels, *(out / "round1" / "validation").glob("*.json")]}
+    written = {p: p.stat().st_mtime_ns for p in [*labels, *(out / "round1" / "validation").glob("*.json"),
+                                                  *(out / "round1" / "displaced").glob("*.extxyz")]}
     assert labels
     rerun = subprocess.run(_command(committee, out), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
@@ -151,8 +173,9 @@ def test_a_refinement_killed_during_its_fine_tuning_resumes_exactly(refined, com
     assert [(s["kind"], s["source"]) for s in resumed_selection] == [(s["kind"], s["source"]) for s in selection]
     for a, b in zip(resumed_selection, selection):
         np.testing.assert_allclose(a["positions"], b["positions"], rtol=0, atol=0 if a["kind"] != "path" else 1e-9)
-    for label in (done / "round1" / "labels").glob("*.extxyz"):
-        a, b = ase.io.read(out / "round1" / "labels" / label.name), ase.io.read(label)
+    assert len(list((done / "round1" / "displaced").glob("*.extxyz"))) == 2 * reports[0].validated
+    for label in [*(done / "round1" / "labels").glob("*.extxyz"), *(done / "round1" / "displaced").glob("*.extxyz")]:
+        a, b = ase.io.read(out / "round1" / label.parent.name / label.name), ase.io.read(label)
         np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-9)
         np.testing.assert_allclose(a.get_forces(), b.get_forces(), rtol=0, atol=1e-7)
     resumed, uninterrupted = load_model(out / "model"), load_model(done / "model")
@@ -187,12 +210,14 @@ def test_the_final_check_and_more_rounds_continue_a_finished_refinement(refined,
     check = checked[1]  # the refined model explored and validated; nothing labelled or trained
     assert check.model == "round1/train/best" or check.model.endswith("round1/train/best")
     assert check.next_model is None and check.labels_added == {} and not (out / "round2" / "labels").exists()
+    assert check.displaced_error is not None  # its displaced minima measured, not trained on
     explored = {p: p.stat().st_mtime_ns for p in (out / "round2" / "validation").glob("*.json")}
     # one more round: the check becomes a full round (its exploration and validation kept)
     grown = refine(committee, _ethanol(), out, RefineConfig(**{**ROUND, "rounds": 2}))
     assert [r.round for r in grown] == [1, 2] and grown[1].next_model == "round2/train/best"
     assert {p: p.stat().st_mtime_ns for p in explored} == explored
-    assert sum(grown[1].labels_added.values()) == len(list((out / "round2" / "labels").glob("*.extxyz")))
+    assert sum(grown[1].labels_added.values()) == len(list((out / "round2" / "labels").glob("*.extxyz"))) + len(
+        list((out / "round2" / "displaced").glob("*.extxyz")))
     assert load_model(out / "model").members == 3
 
 
