@@ -74,9 +74,10 @@ class ExploreSession:
     """The explorations of one page, each on its landscape; see the module docstring."""
 
     def __init__(self, root: str | Path | None = None):
-        """``root``: where the landscapes go; None: a new temporary directory, removed by close()."""
+        """``root``: where the landscapes go; None: a new temporary directory (made with the first
+        landscape, so a page that never explores leaves nothing behind), removed by close()."""
         self.owns_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="so3krates-explore-") if root is None else root)
+        self._root = None if root is None else Path(root)
         self.landscape: Landscape | None = None
         self.exploration: Exploration | None = None
         self.unit = "eV"
@@ -91,6 +92,12 @@ class ExploreSession:
         self._refresher: threading.Thread | None = None
         self._minimum_uncertainty: dict[int, dict[int, np.ndarray]] = {}  # landscape -> minimum id -> (n,)
         self._count = 0
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix="so3krates-explore-"))
+        return self._root
 
     # --- landscapes -------------------------------------------------------------------------
 
@@ -296,7 +303,7 @@ class ExploreSession:
         thread of its own: this returns at once)."""
         self._closed.set()
         self._poke.set()
-        exploration = self.exploration
+        exploration, root = self.exploration, self._root
         if exploration is not None:
             exploration.stop(wait=False)
 
@@ -305,8 +312,8 @@ class ExploreSession:
                 exploration.stop(wait=True, timeout=120)
             if not self._quench_done.wait(QUENCH_WAIT_S):
                 return  # a quench still writes there after minutes: better left behind than broken
-            shutil.rmtree(self.root, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
 
-        if self.owns_root:
+        if self.owns_root and root is not None:
             threading.Thread(target=remove, daemon=True, name="so3krates-explore-cleanup").start()
 

@@ -60,7 +60,9 @@ def register(subparsers) -> None:
     group.add_argument("--seed", type=int, default=defaults.seed)
     group = parser.add_argument_group("fine-tuning (each round)")
     group.add_argument("--steps", type=int, default=defaults.steps, help="gradient steps per round")
-    group.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate (constant)")
+    group.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate at a round's start")
+    group.add_argument("--lr-decay", type=float, default=defaults.lr_decay,
+                       help="factor the learning rate falls by over a round (exponentially; 1: constant)")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size)
     group.add_argument("--label-weight", type=int, default=defaults.label_weight,
                        help="times each xTB label of the refinement is in the training frames")
@@ -102,7 +104,8 @@ def run(args) -> int:
         uncertainty_threshold=args.uncertainty_threshold, max_uncertain_labels=args.max_labels, seed=args.seed,
         hopping=HoppingConfig(temperature=args.temperature), steps=args.steps, learning_rate=args.lr,
         batch_size=args.batch_size, valid_every=args.valid_every, final_check=not args.no_final_check,
-        displaced=args.displaced, displacement=args.displacement, label_weight=args.label_weight)
+        displaced=args.displaced, displacement=args.displacement, label_weight=args.label_weight,
+        lr_decay=args.lr_decay)
 
     def show(stage: str, details: dict) -> None:
         if stage == "round":

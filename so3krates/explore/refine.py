@@ -61,6 +61,7 @@ import numpy as np
 
 from so3krates.checkpoint import load_model, save_model
 from so3krates.data import Dataset, concatenate, read
+from so3krates.data.generate import MAX_LABELLING_ACCURACY
 from so3krates.data.labelled_xyz import format_frame
 from so3krates.evaluation import evaluate_model, select_frames
 from so3krates.explore.campaign import Exploration, ExplorationConfig, read_hops
@@ -75,6 +76,7 @@ from so3krates.reference import ReferenceError, XTBReference
 __all__ = ["RefineConfig", "RoundReport", "RefineStopped", "refine", "read_reports"]
 
 FORMAT = "so3krates-refine/1"
+REFINE_LABELS = "refine_labels.extxyz"  # beside a refined model: the labels it trained on beyond its data
 LABEL_DECIMALS = 8
 
 
@@ -99,7 +101,9 @@ class RefineConfig:
     displaced: randomly displaced copies labelled per validated minimum (0: none); displacement: Å,
         the standard deviation of each Cartesian component of the displacement (ASE's ``rattle``).
     steps, learning_rate, batch_size, valid_every, valid_fraction: the fine-tuning of each round
-        (Adam from the round's parameters, the rate constant; a fixed budget, so the rounds cost alike).
+        (Adam from the round's parameters; a fixed budget, so the rounds cost alike).
+    lr_decay: the rate's factor over a round's steps (exponentially; 1: constant). Ending low
+        keeps the accuracy on the old frames: Adam's noise at a constant rate costs some.
     label_weight: how many times each xTB label of the refinement is in the fine-tuning's training
         frames (the validation frames are drawn first, so a label and its copies are on one side):
         a few dozen labels among a thousand old frames otherwise hardly move the model.
@@ -124,6 +128,7 @@ class RefineConfig:
     displacement: float = 0.1
     steps: int = 2000
     learning_rate: float = 2e-4
+    lr_decay: float = 1.0
     batch_size: int = 4
     valid_every: int = 500
     valid_fraction: float = 0.1
@@ -146,6 +151,8 @@ class RefineConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value <= 1):
                 problems.append(f"{name} must be in (0, 1], got {value!r}")
+        if isinstance(self.lr_decay, bool) or not isinstance(self.lr_decay, (int, float)) or not 0 < self.lr_decay <= 1:
+            problems.append(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         for name in ("uncertainty_threshold", "learning_rate", "displacement"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -218,7 +225,9 @@ def refine(model_dir: str | os.PathLike, atoms: ase.Atoms, out_dir: str | os.Pat
     potential.check_elements(atoms.numbers)  # an element the model does not know: a clear error now
     potential.charge_inputs(int(atoms.info.get("charge", 0)), int(atoms.info.get("multiplicity", 1)))
     old_data, data_note = _old_training_data(start_model, data)
-    reference = XTBReference(charge=int(atoms.info.get("charge", 0)), multiplicity=int(atoms.info.get("multiplicity", 1)))
+    # labels as tight as the training data's (`so3krates label`): the same SCF accuracy
+    reference = XTBReference(charge=int(atoms.info.get("charge", 0)), multiplicity=int(atoms.info.get("multiplicity", 1)),
+                             accuracy=MAX_LABELLING_ACCURACY)
     _check_or_write_record(out, start_model, atoms, config, old_data, potential)
     reports: list[RoundReport] = []
     current = start_model
@@ -318,11 +327,7 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
         report["new_error_after"] = _errors(next_model, new)
     report["valid_forces_mae"] = result.get("forces", {}).get("mae_eV_A")
     report["next_model"] = str((where / "train" / "best").relative_to(out))
-    save_model(next_model, out / "model", provenance=_provenance(_start_model(out), out, number,
-                                                                where / "train" / "best"))
-    split_file = _start_model(out) / "split.npz"
-    if split_file.is_file():  # the test frames it never saw, so `so3krates evaluate --split test` works on it
-        atomic_write(out / "model" / "split.npz", split_file.read_bytes())
+    _save_refined(next_model, out, number, where / "train" / "best")
     atomic_write(report_path, json.dumps(report, indent=1).encode())
     return RoundReport(**report)
 
@@ -505,7 +510,8 @@ def _fine_tune(model, old_data: Dataset, labels: Dataset, where: Path, config: R
     n_valid = len(indices["valid"])
     train_config = TrainConfig(
         n_train=len(indices["train"]), n_valid=n_valid, n_test=0, split_seed=config.seed + number,
-        model=initial.model.config, learning_rate=config.learning_rate, lr_decay_rate=1.0,
+        model=initial.model.config, learning_rate=config.learning_rate, lr_decay_rate=config.lr_decay,
+        lr_decay_steps=config.steps,
         batch_size=min(config.batch_size, len(dataset) - n_valid), valid_every=min(config.valid_every, config.steps),
         max_steps=config.steps, seed=config.seed + number, members=initial.members or 1)
     if done.is_file():
@@ -552,22 +558,24 @@ def _errors(model, labels: Dataset) -> dict[str, float]:
 
 # --- data, records and reports -------------------------------------------------------------------
 
-def _old_training_data(model_dir: Path, data: str | os.PathLike | None) -> tuple[Dataset, str]:
+def _old_training_data(model_dir: Path, data: str | os.PathLike | None,
+                       own_refinement: bool = True) -> tuple[Dataset, str]:
     """The frames the model trained and validated on (its test frames stay out), and a note saying which.
-    A refined model's: its starting model's and the labels of its refinement (which must be there)."""
+    A refined model's: its starting model's (the data its provenance names, through the split it
+    keeps) and the labels of its refinement (``refine_labels.extxyz`` beside it)."""
     from so3krates.catalog import DATA
     from so3krates.data import filter_frames
 
     provenance = json.loads((model_dir / "config.json").read_text()).get("provenance", {})
-    refined = provenance.get("refine")
+    refined = provenance.get("refine") if own_refinement else None
     if refined and data is None:
-        base, note = _old_training_data(Path(refined["start_model"]), None)
-        where = Path(refined["out"])
-        labels = _labels_before(where, int(refined["round"]) + 1)
-        if labels is None:
-            raise FileNotFoundError(f"{model_dir} was refined in {where}, whose xTB labels are not here; pass the "
-                                    "data it was trained on with --data")
-        return concatenate([base, labels]), f"{note}, and the {len(labels)} xTB labels of {where}"
+        labels_file = model_dir / str(refined.get("labels", REFINE_LABELS))
+        if not labels_file.is_file() or not (model_dir / "split.npz").is_file():
+            raise FileNotFoundError(f"{model_dir} was refined, but its {REFINE_LABELS} or split.npz is missing; pass "
+                                    "the data it was trained on with --data")
+        base, note = _old_training_data(model_dir, data, own_refinement=False)
+        labels = read(labels_file)
+        return concatenate([base, labels]), f"{note}, and the {len(labels)} xTB labels of its refinement"
     record = provenance.get("training", {}).get("data", {})
     if data is None:
         source = record.get("source")
@@ -587,11 +595,16 @@ def _old_training_data(model_dir: Path, data: str | os.PathLike | None) -> tuple
         return filtered, f"all {len(filtered)} frames of {data}"
 
 
-def _labels_before(out: Path, number: int) -> Dataset | None:
-    """Every label of the rounds before ``number`` (None before the first): each of those rounds
-    fine-tuned on its selection's labels and on its displaced minima."""
-    files = [path for k in range(1, number) for part in ("labels", "displaced") for path in sorted(
+def _label_files(out: Path, number: int) -> list[Path]:
+    """The label files of the rounds before ``number``: each of those rounds fine-tuned on its
+    selection's labels and on its displaced minima."""
+    return [path for k in range(1, number) for part in ("labels", "displaced") for path in sorted(
         (out / f"round{k}" / part).glob("*.extxyz"), key=lambda p: int(p.stem))]
+
+
+def _labels_before(out: Path, number: int) -> Dataset | None:
+    """Every label of the rounds before ``number`` (None before the first)."""
+    files = _label_files(out, number)
     return concatenate([read(path) for path in files]) if files else None
 
 
@@ -630,13 +643,28 @@ def _start_model(out: Path) -> Path:
     return Path(json.loads((out / "refine.json").read_text())["model"])
 
 
-def _provenance(start_model: Path, out: Path, number: int, tuned: Path) -> dict[str, Any]:
-    """The refined model's provenance: its starting model's (so the training data it names stays
-    the original file), and where the refinement ran, which a later refinement adds the labels of."""
+def _save_refined(potential, out: Path, number: int, tuned: Path) -> None:
+    """``OUT/model``: the fine-tuned parameters, with everything a later refinement (or an
+    evaluation) needs, so the directory can be copied anywhere (the shipped models are):
+
+    * the provenance of the starting model (so the training data it names stays the original
+      file) and where this refinement ran;
+    * the starting model's ``split.npz``: the test frames neither model trained on;
+    * ``refine_labels.extxyz``: every xTB label it was fine-tuned on beyond that data (those of
+      the starting model's own refinement first)."""
+    start_model = _start_model(out)
     start = json.loads((start_model / "config.json").read_text()).get("provenance", {})
     training = json.loads((tuned / "config.json").read_text()).get("provenance", {}).get("training")
-    return {**start, "refine": {"start_model": str(start_model.resolve()), "out": str(out.resolve()),
-                                "round": number, "training": training}}
+    provenance = {**start, "refine": {"start_model": str(start_model.resolve()), "out": str(out.resolve()),
+                                      "round": number, "training": training, "labels": REFINE_LABELS}}
+    model = out / "model"
+    save_model(potential, model, provenance=provenance)
+    if (start_model / "split.npz").is_file():
+        atomic_write(model / "split.npz", (start_model / "split.npz").read_bytes())
+    earlier = start_model / REFINE_LABELS if start.get("refine", {}).get("labels") else None
+    texts = [earlier.read_text()] if earlier is not None else []
+    texts += [path.read_text() for path in _label_files(out, number + 1)]
+    atomic_write(model / REFINE_LABELS, "".join(texts).encode("ascii"))
 
 
 def _write_summary(out: Path, reports: list[RoundReport], data_note: str) -> None:
