@@ -64,6 +64,8 @@ def register(subparsers) -> None:
     group.add_argument("--lr-decay", type=float, default=defaults.lr_decay,
                        help="factor the learning rate falls by over a round (exponentially; 1: constant)")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    group.add_argument("--energy-weight", type=float, default=defaults.energy_weight,
+                       help="weight of the per-atom energy MSE in the loss (the forces' is 1)")
     group.add_argument("--label-weight", type=int, default=defaults.label_weight,
                        help="times each xTB label of the refinement is in the training frames")
     group.add_argument("--valid-every", type=int, default=defaults.valid_every,
@@ -105,7 +107,7 @@ def run(args) -> int:
         hopping=HoppingConfig(temperature=args.temperature), steps=args.steps, learning_rate=args.lr,
         batch_size=args.batch_size, valid_every=args.valid_every, final_check=not args.no_final_check,
         displaced=args.displaced, displacement=args.displacement, label_weight=args.label_weight,
-        lr_decay=args.lr_decay)
+        lr_decay=args.lr_decay, energy_weight=args.energy_weight)
 
     def show(stage: str, details: dict) -> None:
         if stage == "round":
