@@ -48,3 +48,29 @@ def test_shipped_model_runs_md_from_its_structure(name):
     result = Simulation(atoms, load_model(directory), config).run(200)
     assert np.all(np.isfinite(result.positions))
     assert np.abs(result.temperature[-1] - 300) < 300  # thermalising, not exploding
+
+
+REFINED = [name for name in MODELS if "refinement" in json.loads(
+    (REPO / "data" / "models" / name / "metrics.json").read_text())]
+
+
+@pytest.mark.parametrize("name", REFINED)
+def test_a_refined_shipped_model_carries_its_reports_and_refines_again_from_a_fresh_clone(name):
+    """What its metrics.json claims of the refinement is what the round reports shipped beside it
+    say, and the model carries the labels and split a further refinement trains on."""
+    from so3krates.explore.refine import _old_training_data
+
+    directory = REPO / "data" / "models" / name
+    refinement = json.loads((directory / "metrics.json").read_text())["refinement"]
+    rounds = json.loads((directory / "refinement" / "report.json").read_text())["rounds"]
+    final, start = rounds[-1], rounds[0]
+    assert final["next_model"] is None  # the final check explored with the refined model
+    assert refinement["final"]["confirmed"] == final["confirmed"]
+    assert refinement["start"]["confirmed"] == start["confirmed"]
+    assert refinement["final"]["displaced_forces_mae_eV_A"] == final["displaced_error"]["forces_mae"]
+    assert refinement["labels"] == sum(sum(r["labels_added"].values()) for r in rounds)
+    assert refinement["better_on_every_measure"]  # else refine_model.sh would not have shipped it
+    data, note = _old_training_data(directory, None)
+    original = select_frames(directory, read(REPO / "data" / "datasets" / f"{name}.extxyz"), split="train")[0]
+    assert len(data) == len(original) + 100 + refinement["labels"], note  # + its 100 validation frames
+    assert (directory / "recipe.sh").read_text().count("so3krates refine") == 1

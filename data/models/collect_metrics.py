@@ -2,6 +2,11 @@
 
     python data/models/collect_metrics.py data/models/NAME
     python data/models/collect_metrics.py --table data/models/*/   # the README's Markdown table
+    python data/models/collect_metrics.py CANDIDATE --refinement DIR --previous data/models/NAME
+
+The last form (refine_model.sh) adds the refinement's targets (issue 16) to a refined model's
+metrics.json and compares it with the shipped model, measure by measure; it exits 1 unless the
+refined model is no worse on any measure and better on at least one.
 
 A model is good enough to ship when its held-out test force MAE is at most 0.05 eV/Å and it
 ran 100 ps of Langevin MD at 300 K and at 500 K without any bond stretched past 1.5x its
@@ -9,14 +14,19 @@ length (data/models/README.md). Reads evaluation-test.json, evaluation-independe
 stability.json and log.jsonl from the model directory (written by make_model.sh).
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 FORCE_MAE_LIMIT = 0.05  # eV/Å
+# the refinement's targets: of the 10 lowest minima of a fresh exploration, at least 9 stay minima
+# of xTB with relative energies within 0.05 eV of xTB's; the force error on those minima displaced
+# at random by 0.1 Å; the CPU time of the whole refinement
+CONFIRMED_TARGET, RELATIVE_ENERGY_TARGET, DISPLACED_FORCE_TARGET, CPU_MINUTES_TARGET = 9, 0.05, 0.2, 60.0
 
 
-def main(model: Path) -> None:
+def main(model: Path) -> dict:
     read = lambda name: json.loads((model / name).read_text())  # noqa: E731
     test, independent, stability = read("evaluation-test.json"), read("evaluation-independent.json"), read("stability.json")
     log = [json.loads(line) for line in (model / "log.jsonl").read_text().splitlines() if line.strip()]
@@ -48,6 +58,79 @@ def main(model: Path) -> None:
     verdict = "shippable" if metrics["shippable"] else "NOT shippable: " + "; ".join(reasons)
     print(f"{model.name}: test force MAE {force_mae:.4f} eV/Å, independent "
           f"{independent['forces']['mae_eV_A']:.4f} eV/Å, stability {'passed' if stable else 'failed'}: {verdict}")
+    return metrics
+
+
+def _exploration(report: dict) -> dict:
+    """What a round's validation measured of the model it explored with."""
+    return {"model": report["model"], "confirmed": report["confirmed"], "validated": report["validated"],
+            "relative_energy_max_eV": report.get("relative_energy_max"),
+            "displaced_forces_mae_eV_A": (report.get("displaced_error") or {}).get("forces_mae")}
+
+
+def refinement(model: Path, reports: Path, previous: Path) -> bool:
+    """Add the refinement's targets and the comparison with ``previous`` to ``model``'s metrics.json
+    (written by :func:`main` first); True when the refined model is no worse on any measure and
+    better on at least one."""
+    metrics = main(model)
+    rounds = json.loads((reports / "report.json").read_text())["rounds"]
+    start, final = _exploration(rounds[0]), _exploration(rounds[-1])
+    cpu_minutes = sum(sum(r["cpu_seconds"].values()) for r in rounds) / 60
+    old = json.loads((previous / "metrics.json").read_text())
+    targets = {
+        f"at least {CONFIRMED_TARGET} of the 10 lowest minima confirmed by xTB": final["confirmed"] >= CONFIRMED_TARGET,
+        f"relative energies of confirmed minima within {RELATIVE_ENERGY_TARGET} eV of xTB's":
+            final["relative_energy_max_eV"] is not None and final["relative_energy_max_eV"] <= RELATIVE_ENERGY_TARGET,
+        f"force MAE at 0.1 Å random displacements <= {DISPLACED_FORCE_TARGET} eV/Å":
+            final["displaced_forces_mae_eV_A"] is not None and final["displaced_forces_mae_eV_A"] <= DISPLACED_FORCE_TARGET,
+        "test-split force and energy MAE no worse than the model it refined":
+            metrics["test_split"]["forces"]["mae_eV_A"] <= old["test_split"]["forces"]["mae_eV_A"]
+            and metrics["test_split"]["energy"]["mae_eV"] <= old["test_split"]["energy"]["mae_eV"],
+        f"the whole refinement within {CPU_MINUTES_TARGET:g} CPU-minutes": cpu_minutes <= CPU_MINUTES_TARGET,
+    }
+    lower = {  # measure: (refined, shipped); lower is better
+        "test force MAE (eV/Å)": (metrics["test_split"]["forces"]["mae_eV_A"], old["test_split"]["forces"]["mae_eV_A"]),
+        "test energy MAE (eV)": (metrics["test_split"]["energy"]["mae_eV"], old["test_split"]["energy"]["mae_eV"]),
+        "independent force MAE (eV/Å)": (metrics["independent_trajectory"]["forces"]["mae_eV_A"],
+                                         old["independent_trajectory"]["forces"]["mae_eV_A"]),
+        "independent energy MAE (eV)": (metrics["independent_trajectory"]["energy"]["mae_eV"],
+                                        old["independent_trajectory"]["energy"]["mae_eV"]),
+        "force MAE on displaced minima of a fresh exploration (eV/Å)": (final["displaced_forces_mae_eV_A"],
+                                                                       start["displaced_forces_mae_eV_A"]),
+        "minima not confirmed by xTB, of the 10 lowest": (final["validated"] - final["confirmed"],
+                                                          start["validated"] - start["confirmed"]),
+        "100 ps runs that broke": (sum(not r["passed"] for r in metrics["stability"]["runs"]),
+                                   sum(not r["passed"] for r in old["stability"]["runs"])),
+    }
+    comparison = {name: {"refined": new, "shipped": was, "no_worse": new is not None and was is not None and new <= was}
+                  for name, (new, was) in lower.items()}
+    better = all(c["no_worse"] for c in comparison.values()) and any(
+        c["refined"] < c["shipped"] for c in comparison.values())
+    # the training that made the model it refined, then the refinement's last fine-tuning
+    metrics["training"] = {**old["training"], "last_fine_tuning": metrics["training"]}
+    metrics["refinement"] = {
+        "reports": "refinement/ (report.json, rounds.csv, rounds.png, roundK/report.json and validation.json)",
+        "rounds": sum(r["next_model"] is not None for r in rounds),
+        "labels": sum(sum(r["labels_added"].values()) for r in rounds),
+        "cpu_minutes": round(cpu_minutes, 1),
+        "start": start, "final": final,
+        "targets": targets, "targets_met": all(targets.values()),
+        "compared_with_shipped": comparison, "better_on_every_measure": better,
+    }
+    (model / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    print(f"{model.name}: refinement targets {'met' if all(targets.values()) else 'NOT all met'}: "
+          + "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in targets.items()))
+    print(f"{model.name}: against the shipped model: " + "; ".join(
+        f"{k} {c['refined']} vs {c['shipped']}{'' if c['no_worse'] else ' (WORSE)'}" for k, c in comparison.items()))
+    return better
+
+
+def _refined(metrics: dict) -> str:
+    refined = metrics.get("refinement")
+    if not refined:
+        return ""
+    return (f", then refined: {refined['rounds']} rounds, {refined['labels']} xTB labels, "
+            f"{refined['cpu_minutes']:.0f} CPU-min")
 
 
 def table(models: list[Path]) -> str:
@@ -64,12 +147,20 @@ def table(models: list[Path]) -> str:
             f"| {model.name} | {atoms} | {test['forces']['mae_eV_A']:.4f} | "
             f"{m['independent_trajectory']['forces']['mae_eV_A']:.4f} | "
             f"{1000 * test['energy_per_atom']['mae_eV']:.2f} | {md} | {m['training']['steps']:,} steps, "
-            f"{m['training']['wall_time_s'] / 60:.0f} min | {'yes' if m['shippable'] else 'no'} |")
+            f"{m['training']['wall_time_s'] / 60:.0f} min{_refined(m)} | {'yes' if m['shippable'] else 'no'} |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--table":
         print(table([Path(p) for p in sys.argv[2:]]))
+        sys.exit(0)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--refinement", type=Path, help="the refinement's reports (report.json)")
+    parser.add_argument("--previous", type=Path, help="the shipped model it would replace")
+    args = parser.parse_args()
+    if args.refinement is None:
+        main(args.model)
     else:
-        main(Path(sys.argv[1]))
+        sys.exit(0 if refinement(args.model, args.refinement, args.previous) else 1)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Refine a shipped model where the explorer goes (`so3krates refine`), measure the result as the
+# model was measured, and replace the shipped model only when it is better on every measure.
+#   data/models/refine_model.sh NAME "REFINE OPTIONS"
+# Steps: refine data/models/NAME on its xTB-relaxed structure in build/refine/NAME (resumes), put
+# the refined model with its structure in build/refine/NAME.candidate, evaluate it on the held-out
+# test split and the independent trajectory (relabelled by the model's recipe if build/ lacks it),
+# run the 100 ps stability check at 300 K and 500 K, collect everything and the refinement's
+# targets into its metrics.json, compare with the shipped model's, and replace that only if
+# nothing got worse. The shipped model then carries the round reports in refinement/ and its
+# recipe.sh ends with these commands. Run from the repository root (`make refined-models` does).
+set -euo pipefail
+name=$1 refine_options=$2
+bin=${BIN:-.venv/bin}
+model=data/models/$name
+work=${WORK:-build/refine}/$name
+candidate=$work.candidate
+independent=build/models/$name-independent.extxyz
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # labels reproduce bit for bit on one thread
+
+mkdir -p "$(dirname "$work")"
+steps=$work.steps.sh
+printf '\n# Refined where the explorer goes (written by data/models/refine_model.sh).\n' > "$steps"
+step() {  # print, record, run
+  echo "+ $*" >&2
+  echo "$*" >> "$steps"
+  "$@"
+}
+if [ ! -f "$independent" ]; then  # the independent trajectory, as the model's recipe made it
+  grep -e "-independent.extxyz" "$model/recipe.sh" | head -n 1 > "$work.independent.sh"
+  bash "$work.independent.sh"
+fi
+# shellcheck disable=SC2086
+step "$bin/so3krates" refine "$model" "$model/structure.xyz" --out "$work" $refine_options
+step rm -rf "$candidate"
+step cp -r "$work/model" "$candidate"
+step cp "$model/structure.xyz" "$candidate/structure.xyz"
+step "$bin/so3krates" evaluate "$candidate" "data/datasets/$name.extxyz" --split test --json "$candidate/evaluation-test.json" --plots "$candidate/plots"
+step "$bin/so3krates" evaluate "$candidate" "$independent" --json "$candidate/evaluation-independent.json"
+step "$bin/so3krates" stability "$candidate" "$candidate/structure.xyz" --temperatures 300,500 --time 100ps \
+  --timestep 0.5 --json "$candidate/stability.json" || true  # a failed check is recorded, not fatal
+mkdir -p "$candidate/refinement"
+cp "$work/report.json" "$work/rounds.csv" "$work/rounds.png" "$work/refine.json" "$candidate/refinement/"
+for round in "$work"/round*/; do
+  kept="$candidate/refinement/$(basename "$round")"
+  mkdir -p "$kept"
+  cp "$round/report.json" "$round/validation.json" "$kept/"
+  if [ -f "$round/train/log.jsonl" ]; then cp "$round/train/log.jsonl" "$kept/train_log.jsonl"; fi
+done
+last_run=$(dirname "$(ls "$work"/round*/train/log.jsonl | sort -V | tail -n 1)")  # the last fine-tuning
+cp "$last_run/log.jsonl" "$last_run/train_config.json" "$candidate/"
+if "$bin/python" data/models/collect_metrics.py "$candidate" --refinement "$candidate/refinement" --previous "$model"; then
+  cat "$model/recipe.sh" "$steps" > "$candidate/recipe.sh"
+  rm -rf "$model.old"
+  mv "$model" "$model.old"
+  mv "$candidate" "$model"
+  rm -rf "$model.old"
+  echo "$model: replaced by the refined model (better or equal on every measure)" >&2
+else
+  echo "$model: kept; the refined model in $candidate is worse on a measure (its metrics.json says which)" >&2
+fi
