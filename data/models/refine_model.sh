@@ -7,8 +7,8 @@
 # test split and the independent trajectory (relabelled by the model's recipe if build/ lacks it),
 # run the 100 ps stability check at 300 K and 500 K, collect everything and the refinement's
 # targets into its metrics.json, compare with the shipped model's, and replace that only if
-# nothing got worse. The shipped model then carries the round reports in refinement/ and its
-# recipe.sh ends with these commands. Run from the repository root (`make refined-models` does).
+# nothing got worse; otherwise the refined model ships beside it, in data/models/NAME/refined/.
+# Either way it carries the round reports in refinement/ and its recipe.sh ends with these commands. Run from the repository root (`make refined-models` does).
 set -euo pipefail
 name=$1 refine_options=$2
 bin=${BIN:-.venv/bin}
@@ -49,13 +49,15 @@ for round in "$work"/round*/; do
 done
 last_run=$(dirname "$(ls "$work"/round*/train/log.jsonl | sort -V | tail -n 1)")  # the last fine-tuning
 cp "$last_run/log.jsonl" "$last_run/train_config.json" "$candidate/"
+cat "$model/recipe.sh" "$steps" > "$candidate/recipe.sh"
 if "$bin/python" data/models/collect_metrics.py "$candidate" --refinement "$candidate/refinement" --previous "$model"; then
-  cat "$model/recipe.sh" "$steps" > "$candidate/recipe.sh"
-  rm -rf "$model.old"
+  rm -rf "$model.old" "$candidate/refined"
   mv "$model" "$model.old"
   mv "$candidate" "$model"
   rm -rf "$model.old"
-  echo "$model: replaced by the refined model (better or equal on every measure)" >&2
-else
-  echo "$model: kept; the refined model in $candidate is worse on a measure (its metrics.json says which)" >&2
+  echo "$model: replaced by the refined model (no worse on any measure)" >&2
+else  # shipped beside it: a checkpoint of its own, for exploring; its metrics.json says what is worse
+  rm -rf "$model/refined"
+  mv "$candidate" "$model/refined"
+  echo "$model: kept; the refined model is worse on a measure and ships beside it in $model/refined" >&2
 fi

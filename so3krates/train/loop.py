@@ -83,6 +83,7 @@ def train(
     data_info: dict[str, Any] | None = None,
     progress: bool = True,
     initial: Potential | None = None,
+    indices: dict[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train an SO3krates model on ``dataset`` into ``out_dir`` (see the module docstring).
 
@@ -90,10 +91,11 @@ def train(
     ``data_info`` (where the data came from: path, units, filter settings) is recorded in the
     run's config and the model's provenance; ``data_info["filter"]`` (the keyword arguments of
     :func:`so3krates.data.filter_frames` that made ``dataset``) lets ``so3krates evaluate``
-    find the held-out frames again.
+    find the held-out frames again. ``indices``: the split to use instead of the seeded one
+    (see :func:`iterate`).
     """
     run = iterate(config, dataset, out_dir, resume=resume, overwrite=overwrite, data_info=data_info, progress=progress,
-                  initial=initial)
+                  initial=initial, indices=indices)
     while True:
         try:
             next(run)

@@ -181,3 +181,20 @@ def test_fine_tuning_starts_from_the_given_model_with_its_energy_shifts(ethanol_
     wider = dataclasses.replace(tiny_config().model, num_features=8)
     with pytest.raises(ValueError, match="model configuration differs"):
         train(config, ethanol_dataset, tmp_path / "wider", progress=False, initial=init_model(wider, (1, 6, 8)))
+
+
+def test_a_given_split_is_used_and_one_that_does_not_fit_is_refused(ethanol_dataset, tmp_path, tiny_config):
+    from so3krates.data import DataError
+
+    config = tiny_config(max_steps=20, n_test=0)
+    given = {"train": np.arange(8, 32), "valid": np.arange(8)}  # not the seeded split
+    train(config, ethanol_dataset, tmp_path / "run", progress=False, indices=given)
+    saved = load_split(tmp_path / "run" / "best" / "split.npz")
+    np.testing.assert_array_equal(saved["train"], given["train"])
+    np.testing.assert_array_equal(saved["valid"], given["valid"])
+    with pytest.raises(ValueError, match="does not fit n_train=24"):
+        train(config, ethanol_dataset, tmp_path / "short", progress=False,
+              indices={"train": np.arange(8, 30), "valid": np.arange(8)})
+    with pytest.raises(DataError, match="repeats frames or overlaps"):
+        train(config, ethanol_dataset, tmp_path / "overlap", progress=False,
+              indices={"train": np.arange(7, 31), "valid": np.arange(8)})
