@@ -68,6 +68,9 @@ class Domain:
 
 
 _SHIPPED = {"ethanol": "Ethanol", "ac_ala3_nhme": "Ac-Ala3-NHMe (tri-alanine)", "dha": "DHA (docosahexaenoic acid)"}
+# a specialist refined where the explorer goes (`so3krates refine`), shipped beside its model when
+# it is worse on some measure (data/models/NAME/refined; its metrics.json says which)
+REFINED = "/refined"
 # data/molecules/NAME.xyz, run with SO3LR (their sources: data/molecules/README.md)
 _FOR_SO3LR = {"aspirin": "Aspirin", "caffeine": "Caffeine", "alanine_dipeptide": "Alanine dipeptide (Ac-Ala-NHMe)",
               "ala15_helix": "Ala15 helix (folded)", "at_base_pair": "A·T base pair",
@@ -119,6 +122,8 @@ def builtin_models() -> dict[str, str]:
     for name in _SHIPPED:
         if _has_model(name):
             models[name] = f"{model_name(name)} (SO3krates trained on GFN2-xTB)"
+        if _has_model(name + REFINED):
+            models[name + REFINED] = f"{model_name(name + REFINED)} where the explorer goes (GFN2-xTB)"
     models[LENNARD_JONES_ARGON] = "Lennard-Jones argon (analytic)"
     return models
 
@@ -131,6 +136,8 @@ def model_name(key: str) -> str:
         return "Lennard-Jones"
     if key in _SHIPPED:
         return f"{_SHIPPED[key].split(' (')[0]} specialist"
+    if key.endswith(REFINED) and key.removesuffix(REFINED) in _SHIPPED:
+        return f"{model_name(key.removesuffix(REFINED))}, refined"
     raise KeyError(f"unknown built-in model {key!r}; known: {sorted(builtin_models())}")
 
 
@@ -173,10 +180,11 @@ def training_domain(key: str, atoms: ase.Atoms) -> Domain:
         return Domain(True, f"SO3LR is pretrained for {SO3LR_DOMAIN}, made of {element_list(key)}")
     if key == LENNARD_JONES_ARGON:
         return Domain(not missing, "Lennard-Jones argon is for argon only")
-    reference = load_molecule(key)
+    reference = load_molecule(key.removesuffix(REFINED))
     if not missing and _bond_counts(atoms) == _bond_counts(reference):
         return Domain(True, f"the {name} is trained on conformations of this molecule")
-    return Domain(False, f"the {name} knows only its own molecule, {_SHIPPED[key]} ({reference.get_chemical_formula()})")
+    return Domain(False, f"the {name} knows only its own molecule, {_SHIPPED[key.removesuffix(REFINED)]} "
+                         f"({reference.get_chemical_formula()})")
 
 
 def _bond_counts(atoms: ase.Atoms) -> tuple[str, collections.Counter]:
@@ -196,7 +204,7 @@ def load_builtin_model(key: str):
 
     if key == LENNARD_JONES_ARGON:
         return lennard_jones_potential(**_ARGON)
-    if key in _SHIPPED or key == SO3LR:
+    if key in _SHIPPED or key == SO3LR or key.removesuffix(REFINED) in _SHIPPED and _has_model(key):
         return load_model(SHIPPED_MODELS / key)
     raise KeyError(f"unknown built-in model {key!r}; known: {sorted(builtin_models())}")
 

@@ -130,3 +130,17 @@ def acetic_acid_without_its_acidic_hydrogen() -> ase.Atoms:
                  key=lambda h: np.min(np.linalg.norm(oxygens - acid.positions[h], axis=1)))
     del acid[int(acidic)]
     return acid
+
+
+def test_a_refined_specialist_shipped_beside_its_model_is_offered():
+    models = catalog.builtin_models()
+    refined = [name for name in ("ethanol", "ac_ala3_nhme", "dha")
+               if (catalog.SHIPPED_MODELS / name / "refined" / "config.json").is_file()]
+    for name in refined:
+        key = name + catalog.REFINED
+        assert key in models and "refined" in models[key]
+        assert catalog.model_name(key) == f"{catalog.model_name(name)}, refined"
+        assert catalog.training_domain(key, catalog.load_molecule(name)).inside
+        assert catalog.load_builtin_model(key).elements == catalog.load_builtin_model(name).elements
+    assert set(models) - {catalog.SO3LR, catalog.LENNARD_JONES_ARGON, "ethanol", "ac_ala3_nhme", "dha"} == {
+        name + catalog.REFINED for name in refined}
