@@ -49,6 +49,8 @@ for round in "$work"/round*/; do
 done
 last_run=$(dirname "$(ls "$work"/round*/train/log.jsonl | sort -V | tail -n 1)")  # the last fine-tuning
 cp "$last_run/log.jsonl" "$last_run/train_config.json" "$candidate/"
+echo "$bin/python data/models/collect_metrics.py $candidate --refinement $candidate/refinement --previous $model" \
+  "# exit 0: it replaces $model; else it ships beside it, as $model/refined" >> "$steps"
 cat "$model/recipe.sh" "$steps" > "$candidate/recipe.sh"
 if "$bin/python" data/models/collect_metrics.py "$candidate" --refinement "$candidate/refinement" --previous "$model"; then
   rm -rf "$model.old" "$candidate/refined"
