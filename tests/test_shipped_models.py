@@ -77,8 +77,11 @@ def test_a_refined_shipped_model_carries_its_reports_and_refines_again_from_a_fr
     assert refinement["start"]["confirmed"] == start["confirmed"]
     assert refinement["final"]["displaced_forces_mae_eV_A"] == final["displaced_error"]["forces_mae"]
     assert refinement["labels"] == sum(sum(r["labels_added"].values()) for r in rounds)
-    # it replaced the shipped model only if no worse on any measure
+    # it replaced the shipped model only if no worse on any measure; beside it only if better for exploring
     assert refinement["better_on_every_measure"] == (not where.endswith("/refined"))
+    assert refinement["better_for_exploring"]
+    assert final["confirmed"] > start["confirmed"]
+    assert final["displaced_error"]["forces_mae"] < start["displaced_error"]["forces_mae"]
     dataset = read(REPO / "data" / "datasets" / f"{name}.extxyz")
     frames, _ = select_frames(directory, dataset, split="test")
     ours = evaluate_model(load_model(directory), frames, dtype="float32")

@@ -5,8 +5,10 @@
     python data/models/collect_metrics.py CANDIDATE --refinement DIR --previous data/models/NAME
 
 The last form (refine_model.sh) adds the refinement's targets (issue 16) to a refined model's
-metrics.json and compares it with the shipped model, measure by measure; it exits 1 unless the
-refined model is no worse on any measure and better on at least one.
+metrics.json and compares it with the shipped model, measure by measure. It exits 0 when the
+refined model is no worse on any measure and better on at least one (it replaces the shipped
+model), 1 when it is at least better for exploring (more of its lowest minima confirmed by xTB and
+a lower force error on displaced minima: it ships beside), else 2 (only its reports are kept).
 
 A model is good enough to ship when its held-out test force MAE is at most 0.05 eV/Å and it
 ran 100 ps of Langevin MD at 300 K and at 500 K without any bond stretched past 1.5x its
@@ -68,10 +70,12 @@ def _exploration(report: dict) -> dict:
             "displaced_forces_mae_eV_A": (report.get("displaced_error") or {}).get("forces_mae")}
 
 
-def refinement(model: Path, reports: Path, previous: Path) -> bool:
+REPLACE, BESIDE, NOT_SHIPPED = 0, 1, 2
+
+
+def refinement(model: Path, reports: Path, previous: Path) -> int:
     """Add the refinement's targets and the comparison with ``previous`` to ``model``'s metrics.json
-    (written by :func:`main` first); True when the refined model is no worse on any measure and
-    better on at least one."""
+    (written by :func:`main` first); the verdict: REPLACE, BESIDE or NOT_SHIPPED (module docstring)."""
     metrics = main(model)
     rounds = json.loads((reports / "report.json").read_text())["rounds"]
     start, final = _exploration(rounds[0]), _exploration(rounds[-1])
@@ -106,6 +110,10 @@ def refinement(model: Path, reports: Path, previous: Path) -> bool:
                   for name, (new, was) in lower.items()}
     better = all(c["no_worse"] for c in comparison.values()) and any(
         c["refined"] < c["shipped"] for c in comparison.values())
+    exploring = [comparison[name] for name in ("force MAE on displaced minima of a fresh exploration (eV/Å)",
+                                               "minima not confirmed by xTB, of the 10 lowest")]
+    better_for_exploring = all(c["no_worse"] and c["refined"] < c["shipped"] for c in exploring)
+    verdict = REPLACE if better else BESIDE if better_for_exploring else NOT_SHIPPED
     # the training that made the model it refined, then the refinement's last fine-tuning
     metrics["training"] = {**old["training"], "last_fine_tuning": metrics["training"]}
     metrics["refinement"] = {
@@ -116,13 +124,16 @@ def refinement(model: Path, reports: Path, previous: Path) -> bool:
         "start": start, "final": final,
         "targets": targets, "targets_met": all(targets.values()),
         "compared_with_shipped": comparison, "better_on_every_measure": better,
+        "better_for_exploring": better_for_exploring,
+        "verdict": {REPLACE: "replaces the shipped model", BESIDE: "ships beside the shipped model (NAME/refined)",
+                    NOT_SHIPPED: "not shipped: only its reports are kept (NAME/refinement-not-shipped)"}[verdict],
     }
     (model / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(f"{model.name}: refinement targets {'met' if all(targets.values()) else 'NOT all met'}: "
           + "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in targets.items()))
     print(f"{model.name}: against the shipped model: " + "; ".join(
         f"{k} {c['refined']} vs {c['shipped']}{'' if c['no_worse'] else ' (WORSE)'}" for k, c in comparison.items()))
-    return better
+    return verdict
 
 
 def _refined(metrics: dict) -> str:
@@ -163,4 +174,4 @@ if __name__ == "__main__":
     if args.refinement is None:
         main(args.model)
     else:
-        sys.exit(0 if refinement(args.model, args.refinement, args.previous) else 1)
+        sys.exit(refinement(args.model, args.refinement, args.previous))

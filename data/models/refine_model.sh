@@ -7,8 +7,10 @@
 # test split and the independent trajectory (relabelled by the model's recipe if build/ lacks it),
 # run the 100 ps stability check at 300 K and 500 K, collect everything and the refinement's
 # targets into its metrics.json, compare with the shipped model's, and replace that only if
-# nothing got worse; otherwise the refined model ships beside it, in data/models/NAME/refined/.
-# Either way it carries the round reports in refinement/ and its recipe.sh ends with these commands. Run from the repository root (`make refined-models` does).
+# nothing got worse; if it is at least better for exploring (more minima confirmed, lower force
+# error on displaced minima) it ships beside it, in data/models/NAME/refined/; otherwise only its
+# reports and metrics are kept, in data/models/NAME/refinement-not-shipped/. A shipped refined
+# model carries the round reports in refinement/ and its recipe.sh ends with these commands. Run from the repository root (`make refined-models` does).
 set -euo pipefail
 name=$1 refine_options=$2
 bin=${BIN:-.venv/bin}
@@ -50,16 +52,26 @@ done
 last_run=$(dirname "$(ls "$work"/round*/train/log.jsonl | sort -V | tail -n 1)")  # the last fine-tuning
 cp "$last_run/log.jsonl" "$last_run/train_config.json" "$candidate/"
 echo "$bin/python data/models/collect_metrics.py $candidate --refinement $candidate/refinement --previous $model" \
-  "# exit 0: it replaces $model; else it ships beside it, as $model/refined" >> "$steps"
+  "# exit 0: it replaces $model; 1: it ships beside, as $model/refined; 2: $model/refinement-not-shipped keeps its reports" >> "$steps"
 cat "$model/recipe.sh" "$steps" > "$candidate/recipe.sh"
-if "$bin/python" data/models/collect_metrics.py "$candidate" --refinement "$candidate/refinement" --previous "$model"; then
-  rm -rf "$model.old" "$candidate/refined"
-  mv "$model" "$model.old"
-  mv "$candidate" "$model"
-  rm -rf "$model.old"
-  echo "$model: replaced by the refined model (no worse on any measure)" >&2
-else  # shipped beside it: a checkpoint of its own, for exploring; its metrics.json says what is worse
-  rm -rf "$model/refined"
-  mv "$candidate" "$model/refined"
-  echo "$model: kept; the refined model is worse on a measure and ships beside it in $model/refined" >&2
-fi
+verdict=0
+"$bin/python" data/models/collect_metrics.py "$candidate" --refinement "$candidate/refinement" --previous "$model" || verdict=$?
+case $verdict in
+  0)
+    rm -rf "$model.old" "$candidate/refined" "$candidate/refinement-not-shipped"
+    mv "$model" "$model.old"
+    mv "$candidate" "$model"
+    rm -rf "$model.old"
+    echo "$model: replaced by the refined model (no worse on any measure)" >&2 ;;
+  1)  # better for exploring, worse elsewhere: a checkpoint of its own; its metrics.json says what is worse
+    rm -rf "$model/refined"
+    mv "$candidate" "$model/refined"
+    echo "$model: kept; the refined model, better for exploring only, ships beside it in $model/refined" >&2 ;;
+  2)  # not better even where the explorer goes: the evidence is kept, not the parameters
+    rm -rf "$model/refinement-not-shipped"
+    mkdir -p "$model/refinement-not-shipped"
+    cp -r "$candidate/refinement" "$candidate/metrics.json" "$candidate/evaluation-test.json" \
+      "$candidate/evaluation-independent.json" "$candidate/recipe.sh" "$model/refinement-not-shipped/"
+    echo "$model: kept; the refined model is not better even for exploring (reports in $model/refinement-not-shipped)" >&2 ;;
+  *) exit "$verdict" ;;
+esac
