@@ -42,6 +42,11 @@ class Event:
     time_offset: float = 0.0
 
 
+def _frames(event: Event) -> int:
+    """Recorded frames an event carries for the viewer (a chunk's; a blow-up's go to the history only)."""
+    return event.result.num_frames if event.kind == "chunk" and event.result is not None else 0
+
+
 class History:
     """Recorded frames (UI thread only): bounded, oldest dropped first, in eV, Å, amu Å/fs, K."""
 
@@ -101,8 +106,11 @@ class MDSession:
         self._generation = 0
         # pacing: the page sets ``backlog`` (frames it has not shown yet); with ``max_backlog``
         # set, the worker waits before a chunk until the backlog is that small, so every
-        # recorded frame is shown instead of the newest of hundreds
+        # recorded frame is shown instead of the newest of hundreds. The frames in events not yet
+        # drained count too: a page busy for a second would otherwise let a fast worker, reading
+        # its last (small) backlog, queue thousands of frames the viewer then takes a minute to show.
         self._backlog = 0
+        self._undrained_frames = 0
         self._max_backlog: int | None = None
         self.load(atoms, model, config)
 
@@ -125,6 +133,7 @@ class MDSession:
             self.time_offset = 0.0
             self.finished = False  # stopped or blown up: the next run starts over
             self.events.clear()
+            self._undrained_frames = 0
 
     def reset(self) -> None:
         """Back to the starting structure; the recorded frames are forgotten."""
@@ -250,6 +259,7 @@ class MDSession:
             if generation == self._generation:
                 event.step_offset, event.time_offset = self.step_offset, self.time_offset
                 self.events.append(event)
+                self._undrained_frames += _frames(event)
 
     def _finish(self, generation: int) -> None:
         with self._lock:
@@ -297,7 +307,7 @@ class MDSession:
         unregisters itself, in the same step as the decision, so a Run after it starts a new worker."""
         with self._wake:
             self._wake.wait_for(lambda: stop.is_set() or self._max_backlog is None
-                                or self._backlog <= self._max_backlog)
+                                or self._backlog + self._undrained_frames <= self._max_backlog)
             if not stop.is_set():
                 return True
         self._end(generation, Event("stopped", detail="md"))
@@ -368,6 +378,8 @@ class MDSession:
     def drain(self, limit: int = 1000) -> list[Event]:
         """Events since the last call (UI thread), in order."""
         out = []
-        while self.events and len(out) < limit:
-            out.append(self.events.popleft())
+        with self._lock:
+            while self.events and len(out) < limit:
+                out.append(self.events.popleft())
+                self._undrained_frames -= _frames(out[-1])
         return out

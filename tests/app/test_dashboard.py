@@ -80,8 +80,11 @@ class Dashboard:
         self.page.get_by_label("Molecule", exact=True).select_option(label=label)
 
     def wait_status(self, word: str, timeout: float = 60) -> str:
-        return wait_until(lambda: word in self.status() and self.status(), timeout, f"status '{word}' "
-                          f"(it says {self.status()!r}; alert {self.alert()!r})", interval=0.1)
+        try:
+            return wait_until(lambda: word in self.status() and self.status(), timeout, f"status '{word}'",
+                              interval=0.1)
+        except pytest.fail.Exception as missed:  # what it says at the end, not at the start
+            pytest.fail(f"{missed} (it says {self.status()!r}; alert {self.alert()!r})")
 
     def run_until_points(self, minimum: int = 20) -> None:
         self.click("Run")
@@ -93,6 +96,9 @@ class Dashboard:
         handle = self.page.locator(".noUi-handle").first
         title = self.page.locator(".bk-slider-title").first.text_content()
         return int(float(handle.get_attribute("aria-valuenow"))), title
+
+    def drawn_version(self) -> str | None:
+        return self.page.locator(".so3k-viewer").first.get_attribute("data-drawn-version")
 
     def frame_label(self) -> str:
         return self.page.locator(".so3k-label").first.text_content()
@@ -285,7 +291,13 @@ def test_two_sessions_run_independent_simulations(app_server, chromium_page):
     # draws, needs to be on screen to keep running (a hidden page draws no frames)
     second.page.bring_to_front()
     before = second.plot()
-    wait_until(lambda: second.plot()[1] > before[1], 30, "the second session to keep running")
+    try:
+        wait_until(lambda: second.plot()[1] > before[1], 30, "the second session to keep running")
+    except pytest.fail.Exception as stalled:  # say
+        import signal; app_server.process.send_signal(signal.SIGUSR1); time.sleep(2)
+        pytest.fail(f"{stalled}: plot {before} -> {second.plot()}, status {second.status()!r}, alert "
+                    f"{second.alert()!r}, drawn version {second.drawn_version()!r}; server log:\n"
+                    f"{app_server.log_path.read_text()[-3000:]}")
     assert first.plot() == held, "pausing one session paused the other's or vice versa"
     second.click("Stop")
     second.wait_status("Stopped")

@@ -77,6 +77,23 @@ def test_run_pause_continue_stop_reset(argon):
     assert len(session.history) == 0 and session.simulation is None and not session.finished
 
 
+def test_a_paced_worker_waits_for_a_page_that_has_not_drained_its_events(argon):
+    """A page busy for a while (its periodic callback late) must not find hundreds of frames queued:
+    the worker counts the frames it sent that the page has not taken yet."""
+    session = MDSession(*argon, CONFIG)
+    session.max_backlog = 8  # frames the page may be behind; it never reports a backlog here
+    session.run()
+    time.sleep(3.0)  # hundreds of chunks' worth for an unpaced 13-atom worker
+    queued = sum(e.result.num_frames for e in list(session.events) if e.kind == "chunk")
+    per_chunk = CONFIG.chunk_steps // CONFIG.record_every
+    assert 0 < queued <= 8 + per_chunk + 1, f"{queued} frames queued for a page that took none"
+    session.drain()  # the page takes them all and shows them: the worker goes on
+    session.backlog = 0
+    collect(session, chunks(2))
+    session.stop()
+    collect(session, stopped)
+
+
 def test_new_ensemble_continues_from_the_current_state(argon):
     session = MDSession(*argon, CONFIG)
     run_then(session, chunks(3), session.pause)
