@@ -57,6 +57,12 @@ def register(subparsers) -> None:
     group.add_argument("--displacement", type=float, default=defaults.displacement,
                        help="Å, standard deviation of each Cartesian component of those displacements")
     group.add_argument("--temperature", type=float, default=1000.0, help="first escape temperature, K")
+    group.add_argument("--rmsd", type=float, default=defaults.tolerances.rmsd,
+                       help="Å: two relaxed structures closer than this (aligned RMSD) are the same minimum, both "
+                       "in the exploration's duplicate check and when xTB's relaxation confirms a minimum "
+                       "(raise it for a large, flexible molecule whose relaxations of one conformer scatter)")
+    group.add_argument("--energy-window", type=float, default=defaults.tolerances.energy_window,
+                       help="eV: the duplicate check's energy window")
     group.add_argument("--seed", type=int, default=defaults.seed)
     group = parser.add_argument_group("fine-tuning (each round)")
     group.add_argument("--steps", type=int, default=defaults.steps, help="gradient steps per round")
@@ -95,6 +101,8 @@ def run(args) -> int:
     from so3krates.cli.explore import read_start
     from so3krates.explore.hopping import HoppingConfig
     from so3krates.explore.refine import RefineConfig, refine
+    from so3krates.explore.store import MatchTolerances
+    from so3krates.explore.validate import ValidationConfig
     from so3krates.potential import charge_and_multiplicity
 
     model_dir = model_directory(args.model)
@@ -107,7 +115,9 @@ def run(args) -> int:
         hopping=HoppingConfig(temperature=args.temperature), steps=args.steps, learning_rate=args.lr,
         batch_size=args.batch_size, valid_every=args.valid_every, final_check=not args.no_final_check,
         displaced=args.displaced, displacement=args.displacement, label_weight=args.label_weight,
-        lr_decay=args.lr_decay, energy_weight=args.energy_weight)
+        lr_decay=args.lr_decay, energy_weight=args.energy_weight,
+        tolerances=MatchTolerances(energy_window=args.energy_window, rmsd=args.rmsd),
+        validation=ValidationConfig(rmsd_threshold=args.rmsd))
 
     def show(stage: str, details: dict) -> None:
         if stage == "round":

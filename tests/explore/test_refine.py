@@ -199,6 +199,8 @@ def test_command_errors_are_one_line_and_write_nothing(tmp_path, committee):
     refused = run(str(committee), "ethanol", "--out", str(busy), "--scheduler", "threads")
     assert refused.returncode == 2 and "holds no refinement" in refused.stderr
     assert sorted(p.name for p in busy.iterdir()) == ["something.txt"]
+    bad_rmsd = run(str(committee), "ethanol", "--out", str(tmp_path / "a"), "--rmsd", "0")
+    assert bad_rmsd.returncode == 2 and "rmsd" in bad_rmsd.stderr and len(bad_rmsd.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()
 
 
