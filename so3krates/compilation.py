@@ -26,6 +26,7 @@ import collections
 import functools
 import gc
 import inspect
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -136,8 +137,14 @@ def count_compilations() -> Iterator[CompileCounter]:
 # process's memory maps below half its limit (``vm.max_map_count``): a larger model's programs
 # are larger, and other code (JAX's own small programs, the caller's) maps memory too.
 #
-# A call costs what a jax.jit call costs, plus two reads of this thread's compilation count: the
-# bookkeeping (which program, how many held, the maps) happens only when a call compiled.
+# What goes first is the function (of its generation) used least recently, not the one compiled
+# first: a long-lived process is always at the limit, and dropping the oldest program's function
+# would drop the programs the caller compiled a moment ago with it (the calculator's one function
+# serves every molecule), so a loop that should compile once compiled again.
+#
+# A call costs what a jax.jit call costs, plus two reads of this thread's compilation count and
+# one write of its function's last use: the bookkeeping (which program, how many held, the maps)
+# happens only when a call compiled.
 
 _DEFAULT_PROGRAM_LIMIT = 48
 _MAP_BUDGET_FRACTION = 0.5
@@ -166,12 +173,21 @@ class _Programs:
         self.limit = limit
         self.map_limit = _map_limit()
         self.held: collections.deque[tuple[BoundedJit, int]] = collections.deque()  # (owner, generation)
+        self.last_used: dict[tuple[BoundedJit, int], int] = {}  # of the (owner, generation)s held
+        self._clock = itertools.count()  # next() is atomic: touch takes no lock
         self.evicted = 0
         self.lock = threading.Lock()
+
+    def touch(self, owner: BoundedJit, generation: int) -> None:
+        """(every call that compiled nothing) Mark the function's programs as just used."""
+        key = (owner, generation)
+        if key in self.last_used:
+            self.last_used[key] = next(self._clock)
 
     def add(self, owner: BoundedJit, generation: int) -> None:
         with self.lock:
             self.held.append((owner, generation))
+            self.last_used[(owner, generation)] = next(self._clock)
             self._shrink()
             budget = None if self.map_limit is None else int(_MAP_BUDGET_FRACTION * self.map_limit)
             while budget is not None and self.held and (_memory_maps() or 0) > budget:
@@ -183,12 +199,13 @@ class _Programs:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
-        # the oldest program's function starts afresh: all its programs of that generation go
-        owner, generation = self.held[0]
+        # the function used least recently starts afresh: all its programs of that generation go
+        owner, generation = min(set(self.held), key=lambda entry: self.last_used.get(entry, -1))
         dropped = owner._renew(generation)
         kept = collections.deque(entry for entry in self.held if entry != (owner, generation))
         self.evicted += (len(self.held) - len(kept)) if dropped else 0
         self.held = kept
+        self.last_used.pop((owner, generation), None)
 
 
 _PROGRAMS = _Programs(int(os.environ.get("SO3KRATES_MAX_PROGRAMS", _DEFAULT_PROGRAM_LIMIT)))
@@ -287,6 +304,8 @@ class BoundedJit:
                     self._keys.add(self._key(args, kwargs))
             if current:
                 _PROGRAMS.add(self, generation)
+        else:
+            _PROGRAMS.touch(self, generation)
         return out
 
     def is_compiled(self, *args, **kwargs) -> bool:

@@ -89,6 +89,25 @@ def test_programs_beyond_the_limit_are_dropped_and_their_memory_freed(limit):
     np.testing.assert_array_equal(first, again)
 
 
+def test_a_function_in_use_keeps_its_programs_when_the_limit_drops_older_ones(limit):
+    # a long-lived process is always at the limit: a new molecule's first energy call (the shared
+    # calculator function) and then its first MD chunk must not drop that energy program again
+    # (dropping the function compiled first did, and the Model tab's second check run compiled)
+    limit(4)
+    energy, md = make_function(), make_function()
+    for size in (2, 3):  # earlier molecules
+        energy(np.ones((size, size)), 6)
+        md(np.ones((size, size)), 6)
+    new = np.ones((4, 4))
+    energy(new, 6)  # over the limit: something older goes
+    md(new, 6)
+    with count_compilations() as counter:
+        energy(new, 6)
+        md(new, 6)
+    assert counter.count == 0, counter.functions
+    assert compilation.programs_held() <= 4
+
+
 def test_static_arguments_come_last_or_by_name():
     @bounded_jit(static_argnames=("rounds",))
     def twisted(rounds, x):
