@@ -191,14 +191,14 @@ class _Programs:
             self._shrink()
             budget = None if self.map_limit is None else int(_MAP_BUDGET_FRACTION * self.map_limit)
             while budget is not None and self.held and (_memory_maps() or 0) > budget:
-                self._drop_oldest()
+                self._drop_least_recent()
                 gc.collect()  # the dropped functions' programs go with the last reference to them
 
     def _shrink(self) -> None:
         while len(self.held) > self.limit:
-            self._drop_oldest()
+            self._drop_least_recent()
 
-    def _drop_oldest(self) -> None:
+    def _drop_least_recent(self) -> None:
         # the function used least recently starts afresh: all its programs of that generation go
         owner, generation = min(set(self.held), key=lambda entry: self.last_used.get(entry, -1))
         dropped = owner._renew(generation)
