@@ -11,6 +11,7 @@ ones, and streams new points into the plots (bounded buffers: a long run does no
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -21,6 +22,8 @@ import numpy as np
 import pandas as pd
 import panel as pn
 from ase import units as units_ase
+from panel.io import hold
+from panel.io.resources import get_dist_path
 
 from explore_tab import ExploreTab, Target  # app/ is on sys.path while Bokeh runs this file
 from improve import ModelImprover, Subject
@@ -40,6 +43,12 @@ configure()  # an entry point: float64 for Relax, the compilation cache, compile
 
 pn.extension("filedropper", "tabulator", notifications=False)
 hv.extension("bokeh", logo=False)
+if pn.state.curdoc is not None:
+    # Panel rewrites each component's stylesheet URLs for this document's "dist_url", which it sets
+    # only when the page is first rendered; until then (and for a model built while that is unset)
+    # the URLs point at cdn.holoviz.org, which an offline page cannot reach (seen once in CI: a
+    # re-shown tab asked the CDN for its stylesheets). Set it now, to this server's own copy.
+    pn.state.curdoc.template_variables.setdefault("dist_url", get_dist_path(cdn=False))
 
 ENSEMBLES = {"NVE": "nve", "Langevin": "langevin", "Nosé–Hoover": "nose-hoover", "NPT": "npt"}
 BAR = units_ase.bar  # eV/Å³ per bar
@@ -474,6 +483,17 @@ def flush_plot() -> None:
 
 # --- callbacks -------------------------------------------------------------------------------------
 
+def one_page_update(callback):
+    """The page sees everything ``callback`` changes at once: a new structure's status, picker,
+    viewer and plots arrive in one message, never a status that names the new molecule beside a
+    picker that still names the old one."""
+    @functools.wraps(callback)
+    def held(event) -> None:
+        with hold():
+            callback(event)
+    return held
+
+
 def load(atoms, title: str, model_key: str, note: str = "") -> bool:
     """A new structure and/or model (the charge in ``atoms.info["charge"]``); on failure the page
     keeps what it had and says why. ``note`` goes into the status (why this model was taken)."""
@@ -512,6 +532,7 @@ def show_charge(value: int) -> None:
         page.switching = False
 
 
+@one_page_update
 def on_molecule(event) -> None:
     if page.switching:
         return
@@ -530,6 +551,7 @@ def on_molecule(event) -> None:
     load(atoms, entry.label, entry.default_model)
 
 
+@one_page_update
 def on_model(event) -> None:
     if page.switching:
         return
@@ -541,6 +563,7 @@ def on_model(event) -> None:
             page.switching = False
 
 
+@one_page_update
 def on_charge(event) -> None:
     if page.switching:
         return
@@ -572,6 +595,7 @@ def upload_model(atoms) -> tuple[str, str]:
     return fallback, f"{lacks}: the {catalog.model_name(fallback)} knows these elements."
 
 
+@one_page_update
 def on_upload(event) -> None:
     if not event.new:
         return

@@ -104,6 +104,17 @@ class BrowserPage:
         return [url for url, parts in hosts
                 if parts.scheme not in ("blob", "data", "about", "file") and parts.hostname not in LOOPBACK]
 
+    def outside_loopback_report(self) -> str:
+        """The requests that left 127.0.0.1, each with when it came (its place among all the
+        requests) and the local request before it: what the page was doing then."""
+        outside = set(self.outside_loopback())
+        lines = []
+        for index, url in enumerate(self.requests):
+            if url in outside:
+                before = next((u for u in reversed(self.requests[:index]) if u not in outside), None)
+                lines.append(f"request {index + 1} of {len(self.requests)}: {url} (after {before})")
+        return "\n".join(lines)
+
     def save_screenshot(self, name: str, png: bytes) -> Path:
         folder = ARTIFACTS / self.artifacts
         folder.mkdir(parents=True, exist_ok=True)

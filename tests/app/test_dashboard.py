@@ -126,7 +126,7 @@ class Dashboard:
 
     def check_clean(self) -> None:
         """No request left 127.0.0.1 and the console saw no error."""
-        assert not self.record.outside_loopback(), self.record.outside_loopback()
+        assert not self.record.outside_loopback(), self.record.outside_loopback_report()
         assert not self.record.console_errors, self.record.console_errors
         assert not self.record.page_errors, self.record.page_errors
 
