@@ -22,13 +22,11 @@ $(INSTALLED): requirements.lock pyproject.toml
 
 # Two pytest workers (pytest-xdist), one test file at a time each (a file's module fixtures, the
 # trained models and servers, are built once), the longest files first (tests/conftest.py): much
-# of a test's time is single-threaded XLA compilation, which a second worker overlaps, and which
-# tests/suite.sh shortens by compiling without backend optimisation, except for RUNTIME_BOUND,
-# the long MD runs, in a fully optimised process beside them. TEST_WORKERS=0: one main process.
+# of a test's time is single-threaded XLA compilation, which a second worker overlaps.
+# TEST_WORKERS=0 runs one process.
 TEST_WORKERS ?= 2
-RUNTIME_BOUND := tests/md/test_so3lr_long.py
 test: $(INSTALLED)
-	PYTHON=$(BIN)/python WORKERS=$(TEST_WORKERS) RUNTIME_BOUND="$(RUNTIME_BOUND)" tests/suite.sh
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: $(INSTALLED)
 	$(BIN)/python -m pytest -q -m "not slow"
