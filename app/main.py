@@ -46,8 +46,8 @@ hv.extension("bokeh", logo=False)
 if pn.state.curdoc is not None:
     # Panel rewrites each component's stylesheet URLs for this document's "dist_url", which it sets
     # only when the page is first rendered; until then (and for a model built while that is unset)
-    # the URLs point at cdn.holoviz.org, which an offline page cannot reach (seen once in CI: a
-    # re-shown tab asked the CDN for its stylesheets). Set it now, to this server's own copy.
+    # the URLs point at cdn.holoviz.org, which an offline page cannot reach (seen once in CI, where
+    # a page asked the CDN for its stylesheets). Set it now, to this server's own copy.
     pn.state.curdoc.template_variables.setdefault("dist_url", get_dist_path(cdn=False))
 
 ENSEMBLES = {"NVE": "nve", "Langevin": "langevin", "Nosé–Hoover": "nose-hoover", "NPT": "npt"}
