@@ -7,7 +7,8 @@ the page shows (the table rows, the graph and its layout, the disconnectivity pi
 :class:`Snapshot`. The page's periodic callback only takes the newest snapshot, so neither
 SQLite nor matplotlib ever runs on the UI thread.
 
-A *landscape* is one molecule with one model and one set of hopping settings: one directory
+A *landscape* is one molecule with one model, one set of hopping settings and one "same minimum"
+test (the store's tolerances): one directory
 (``<root>/landscape-K``) with one store. Explore again on the same landscape continues it (each
 walker hops "Hops per walker" more times, from where it stopped); another molecule, model or
 setting starts a new landscape. Nothing here knows Panel.
@@ -30,7 +31,8 @@ import networkx as nx
 import numpy as np
 
 from so3krates.explore import (
-    Exploration, ExplorationConfig, MinimaStore, Progress, build_graph, disconnectivity_plot, quench_frames,
+    Exploration, ExplorationConfig, MatchTolerances, MinimaStore, Progress, build_graph, disconnectivity_plot,
+    quench_frames,
 )
 from so3krates.viz.landscape import graph_layout
 
@@ -41,11 +43,11 @@ QUENCH_WAIT_S = 600.0  # close(): how long the clean-up waits for a quench still
 
 @dataclasses.dataclass
 class Landscape:
-    """One molecule + model + hopping settings: a directory with its store."""
+    """One molecule + model + hopping settings + "same minimum" tolerances: a directory with its store."""
 
     index: int
     directory: Path
-    key: tuple  # (model key, numbers, hopping settings)
+    key: tuple  # (model key, numbers, hopping settings, tolerances)
     title: str
     model_label: str
     atoms: ase.Atoms
@@ -102,9 +104,15 @@ class ExploreSession:
     # --- landscapes -------------------------------------------------------------------------
 
     def landscape_for(self, atoms: ase.Atoms, model, model_key: str, title: str, model_label: str,
-                      hopping: dict) -> Landscape:
-        """The current landscape if it is this one, else a new one (new directory, empty store)."""
-        key = (model_key, tuple(int(z) for z in atoms.numbers), json.dumps(hopping, sort_keys=True))
+                      hopping: dict, tolerances: MatchTolerances | None = None) -> Landscape:
+        """The current landscape if it is this one, else a new one (new directory, empty store).
+
+        ``tolerances`` (the store's "same minimum" test; the library's defaults when None) are
+        part of the landscape: minima merged under one RMSD cannot be told apart under another,
+        so a new tolerance starts a new store rather than mixing two rules in one."""
+        tolerances = MatchTolerances() if tolerances is None else tolerances
+        key = (model_key, tuple(int(z) for z in atoms.numbers), json.dumps(hopping, sort_keys=True),
+               json.dumps(dataclasses.asdict(tolerances), sort_keys=True))
         if self.landscape is not None and self.landscape.key == key:
             return self.landscape
         if self.busy:
@@ -112,7 +120,7 @@ class ExploreSession:
         self._count += 1
         directory = self.root / f"landscape-{self._count}"
         directory.mkdir(parents=True)
-        store = MinimaStore(directory / "minima.sqlite", atoms.numbers)
+        store = MinimaStore(directory / "minima.sqlite", atoms.numbers, tolerances)
         self.landscape = Landscape(self._count, directory, key, title, model_label, atoms.copy(), model, store)
         self.exploration = None
         self._ensure_refresher()
@@ -141,7 +149,8 @@ class ExploreSession:
         if self.exploring:
             raise RuntimeError("an exploration is running: pause or stop it first")
         target = self._hops_done_per_walker(landscape) + config.hops
-        config = dataclasses.replace(config, hops=target)
+        # the walkers match minima as the landscape's store does
+        config = dataclasses.replace(config, hops=target, tolerances=landscape.store.tolerances)
         description = {"molecule": landscape.title, "model": landscape.model_label}
         exploration = Exploration(landscape.atoms, landscape.model, landscape.directory, config,
                                   description=description)

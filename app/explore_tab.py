@@ -29,7 +29,7 @@ from bokeh.models.widgets.tables import NumberFormatter
 from explore_session import ExploreSession  # app/ is on sys.path while Bokeh runs main.py
 from so3krates.checks import UNCERTAINTY_COLOR_SCALE
 from so3krates.data.units import ENERGY_UNITS
-from so3krates.explore import ExplorationConfig, HoppingConfig, aligned_rmsd
+from so3krates.explore import ExplorationConfig, HoppingConfig, MatchTolerances, aligned_rmsd
 from so3krates.explore.store import equivalent_atom_classes
 from so3krates.viz import MoleculeViewer
 from so3krates.viz.landscape import minima_table, relative_energy_column, superpose
@@ -90,6 +90,10 @@ class ExploreTab:
         self.hops = pn.widgets.IntInput(name="Hops per walker", value=25, start=1, end=10_000, step=5)
         self.temperature = pn.widgets.FloatInput(name="Escape temperature (K)", value=1000.0, start=1.0, end=20_000.0,
                                                  step=50.0)
+        # the store's "same minimum" RMSD: on a flat torsional landscape two relaxations of one
+        # conformer can differ by ~0.3 Å, so the library's 0.1 Å may list one conformer several times
+        self.same_minimum = pn.widgets.FloatInput(name="Same minimum within (Å RMSD)",
+                                                  value=MatchTolerances().rmsd, start=0.01, end=2.0, step=0.05)
         self.backend = pn.widgets.RadioButtonGroup(name="Backend", options=list(BACKENDS), value="Threads",
                                                    button_type="default")
         self.units = pn.widgets.RadioButtonGroup(name="Energy unit", options=list(units.options), value=units.value)
@@ -130,7 +134,8 @@ class ExploreTab:
 
     def _layout(self) -> pn.Row:
         controls = pn.Column(
-            self.walkers, self.hops, self.temperature, pn.pane.Markdown("**Backend**", margin=(0, 10)), self.backend,
+            self.walkers, self.hops, self.temperature, self.same_minimum,
+            pn.pane.Markdown("**Backend**", margin=(0, 10)), self.backend,
             pn.Row(self.explore_button, self.pause_button, self.stop_button),
             pn.pane.Markdown("**Energy unit**", margin=(0, 10)), self.units, self.compare,
             pn.pane.Markdown("Explore uses the molecule and model chosen on the MD tab. Pause holds the walkers "
@@ -268,8 +273,10 @@ class ExploreTab:
         if p.last_compile_hop is not None:
             compiled += f" (last at hop {p.last_compile_hop})"
         note = f" · {p.message}" if p.message and p.state != "failed" else ""  # e.g. a failed graph export
+        same = snapshot.exploration.config.tolerances.rmsd
         return (f"**{state}**{where} · hops {p.hops_done}/{p.hops_total} · minima found {p.minima_found} · "
-                f"unique {p.unique} · transitions {p.transitions} · {p.hops_per_minute:.0f} hops/min{compiled}{note}")
+                f"unique {p.unique} (RMSD > {same:g} Å) · transitions {p.transitions} · "
+                f"{p.hops_per_minute:.0f} hops/min{compiled}{note}")
 
     def state(self, snapshot) -> str:
         """The exploration's state as the page knows it (a snapshot may predate the last Explore)."""
@@ -393,15 +400,22 @@ class ExploreTab:
     def hopping(self) -> HoppingConfig:
         return HoppingConfig(temperature=float(self.temperature.value), **HOPPING)
 
+    def tolerances(self) -> MatchTolerances:
+        """The store's "same minimum" test; an empty or non-positive field is a ValueError."""
+        value = self.same_minimum.value
+        if value is None:
+            raise ValueError("enter the same-minimum RMSD (Å)")
+        return MatchTolerances(rmsd=float(value))
+
     def on_explore(self, event) -> None:
         self.clear_error()
         target = self.target()
         try:
-            hopping = self.hopping()
+            hopping, tolerances = self.hopping(), self.tolerances()
             landscape = self.session.landscape_for(target.atoms, target.model, target.model_key, target.title,
-                                                   target.model_label, hopping.to_dict())
+                                                   target.model_label, hopping.to_dict(), tolerances)
             config = ExplorationConfig(walkers=int(self.walkers.value), hops=int(self.hops.value), hopping=hopping,
-                                       scheduler=BACKENDS[self.backend.value])
+                                       scheduler=BACKENDS[self.backend.value], tolerances=tolerances)
             self.session.explore(landscape, config)
         except (RuntimeError, ValueError) as error:
             self.show_error(f"Cannot explore: {error}")
@@ -454,7 +468,7 @@ class ExploreTab:
         frames, energies = np.stack([frames[i] for i in keep]), np.asarray(energies)[keep]
         hopping = self.hopping()
         landscape = self.session.landscape_for(target.atoms, target.model, target.model_key, target.title,
-                                               target.model_label, hopping.to_dict())
+                                               target.model_label, hopping.to_dict(), self.tolerances())
         self.session.quench(landscape, frames, energies, fmax=hopping.fmax, max_steps=hopping.relax_max_steps)
         self.status.object = f"**Quenching** {len(frames)} MD frames of {target.title} into this store…"
         return f"**Quenching** {len(frames)} recorded frames into the Explore tab's minima store…"

@@ -48,7 +48,9 @@ def minima_table(minima: Iterable[Any], unit: str = "eV") -> pd.DataFrame:
         "id": np.array([r[0] for r in rows], dtype=np.int64),
         relative_energy_column(unit): np.array([(r[1] - lowest) * scale for r in rows], dtype=np.float64),
         "visits": np.array([r[2] for r in rows], dtype=np.int64),
-        "found_by": [r[3] for r in rows],
+        # object dtype even when empty (a bare [] is float64): a table widget built from the
+        # empty table picks each column's formatter from its dtype, and numbers show text as NaN
+        "found_by": np.array([r[3] for r in rows], dtype=object),
     })
 
 

@@ -4,8 +4,10 @@ frames, the snapshots the page shows, and the temporary directory going away wit
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 import ase
 
 from so3krates import catalog, load_model
-from so3krates.explore import ExplorationConfig, HoppingConfig
+from so3krates.explore import ExplorationConfig, HoppingConfig, MatchTolerances
 
 APP = Path(__file__).resolve().parents[2] / "app"
 SPEC = importlib.util.spec_from_file_location("dashboard_explore_session", APP / "explore_session.py")
@@ -81,6 +83,28 @@ def test_explore_continue_and_snapshots(argon, tmp_path):
     assert other is not landscape and other.directory != landscape.directory and len(other.store) == 0
     session.close()
     assert tmp_path.exists()  # a directory given by the caller stays
+
+
+def test_the_same_minimum_rmsd_is_part_of_the_landscape(argon, tmp_path):
+    atoms, model = argon
+    session = ExploreSession(tmp_path)
+    default = session.landscape_for(atoms, model, "lj", "Ar13", "LJ", HOPPING.to_dict())
+    assert default.store.tolerances == MatchTolerances()
+    assert session.landscape_for(atoms, model, "lj", "Ar13", "LJ", HOPPING.to_dict(), MatchTolerances()) is default
+    # another RMSD is another store: minima merged under one rule cannot be split under another
+    loose = session.landscape_for(atoms, model, "lj", "Ar13", "LJ", HOPPING.to_dict(), MatchTolerances(rmsd=0.3))
+    assert loose is not default and loose.directory != default.directory
+    assert loose.store.tolerances.rmsd == 0.3
+    # the walkers match as the landscape's store does, whatever the config says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a store opened with other tolerances warns
+        session.explore(loose, ExplorationConfig(walkers=1, hops=1, hopping=HOPPING, scheduler="threads"))
+    assert session.exploration.config.tolerances.rmsd == 0.3
+    snapshot = wait_for(session, lambda s: done(s) and s.exploration is session.exploration)
+    assert snapshot.progress.state == "finished", snapshot.progress
+    recorded = json.loads((loose.directory / "exploration.json").read_text())
+    assert recorded["tolerances"]["rmsd"] == 0.3
+    session.close()
 
 
 def test_quench_frames_into_the_store_and_cleanup(argon):

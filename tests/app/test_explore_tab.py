@@ -81,6 +81,8 @@ def test_explore_grows_the_graph_and_a_node_click_shows_that_minimum(explore_boa
     assert board.nodes() == [], "the graph has minima before any exploration"
     board.fill("Walkers", 2)
     board.fill("Hops per walker", 10)
+    # above the library's 0.1 Å, below the 0.5 Å between ethanol's anti and gauche conformers
+    board.fill("Same minimum within (Å RMSD)", 0.25)
     board.click("Explore")
     counts = []
 
@@ -92,11 +94,16 @@ def test_explore_grows_the_graph_and_a_node_click_shows_that_minimum(explore_boa
                f"alert {board.explore_alert()!r})", interval=0.25)
     status = board.explore_status()
     assert "hops 20/20" in status and "unique" in status and "hops/min" in status, status
+    assert "(RMSD > 0.25 Å)" in status, status  # the store matched minima with the page's RMSD
     # ethanol has two conformers up to mirror images (anti, gauche); how many more loosely relaxed
     # variants 20 hops add depends on how the two walkers interleave
     nodes = wait_until(lambda: len(board.nodes()) >= 2 and board.nodes(), 10, "two minima in the graph")
     assert counts == sorted(counts), f"the graph lost nodes on the way: {counts}"
     assert len(board.page.locator(".so3k-minima .tabulator-row").all()) == len(nodes)  # one table row each
+    # "found by" names the walker (it once showed NaN: the column was typed as numbers)
+    found_by = [cell.inner_text() for cell in
+                board.page.locator('.so3k-minima .tabulator-row .tabulator-cell[tabulator-field="found_by"]').all()]
+    assert found_by and all(text.startswith("walker") for text in found_by), found_by
 
     # the lowest minimum is shown until one is clicked
     shown = wait_until(lambda: "Minimum" in board.comparison() and board.comparison(), 10, "a minimum in the viewer")

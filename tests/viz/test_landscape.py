@@ -25,6 +25,8 @@ def test_minima_table_is_sorted_relative_and_in_the_unit():
     assert list(table["visits"]) == [1, 3, 2] and table["found_by"][0] == "md1"
     assert relative_energy_column("kJ/mol") == "ΔE (kJ/mol)"
     assert len(minima_table([], "eV")) == 0 and "ΔE (eV)" in minima_table([], "eV")
+    # text even with no rows: the dashboard's table takes its column formatters from the empty table
+    assert minima_table([], "eV")["found_by"].dtype == object
 
 
 def test_minima_table_refuses_an_unknown_unit():
