@@ -414,8 +414,9 @@ class ExploreTab:
             hopping, tolerances = self.hopping(), self.tolerances()
             landscape = self.session.landscape_for(target.atoms, target.model, target.model_key, target.title,
                                                    target.model_label, hopping.to_dict(), tolerances)
+            # (the session gives the walkers the landscape's tolerances)
             config = ExplorationConfig(walkers=int(self.walkers.value), hops=int(self.hops.value), hopping=hopping,
-                                       scheduler=BACKENDS[self.backend.value], tolerances=tolerances)
+                                       scheduler=BACKENDS[self.backend.value])
             self.session.explore(landscape, config)
         except (RuntimeError, ValueError) as error:
             self.show_error(f"Cannot explore: {error}")
