@@ -161,7 +161,8 @@ def predict_batches(potential: Potential, cache: PairCache, packed: list[Batch],
 def predict(potential: Potential, dataset: Dataset, dtype: str = "float32", batch_size: int = 16) -> Predictions:
     """The potential's energies and forces for every frame of ``dataset``."""
     potential.check_elements(np.concatenate(dataset.numbers))
-    cache = PairCache.build(dataset, potential.cutoff, np.asarray(potential.energy_shifts, np.float64))
+    cache = PairCache.build(dataset, potential.cutoff, np.asarray(potential.energy_shifts, np.float64),
+                            long_range_cutoff=potential.long_range_cutoff)
     batch_size = min(batch_size, len(dataset))
     np_dtype = np.float64 if dtype == "float64" else np.float32
     packed = [jax.device_put(b) for b in batches(cache, np.arange(len(dataset)), batch_size, uniform=True, dtype=np_dtype)]

@@ -42,21 +42,16 @@ class Batch:
 
 
 @dataclasses.dataclass(frozen=True)
-class PairCache:
-    """Each frame's neighbour pairs within ``cutoff``, found once on the host."""
+class FramePairs:
+    """Each frame's unordered pairs (and periodic images) within ``cutoff``, found on the host."""
 
-    dataset: Dataset
     cutoff: float
     first: tuple[np.ndarray, ...]
     second: tuple[np.ndarray, ...]
     offsets: tuple[np.ndarray, ...]
-    energy_shifts: np.ndarray  # (119,) eV per atom, subtracted from the energies in float64
-    # energies minus the shifts, in float64: a float32 total energy of a thousand eV would lose
-    # the meV that training is about
-    residual_energies: np.ndarray
 
     @classmethod
-    def build(cls, dataset: Dataset, cutoff: float, energy_shifts: np.ndarray | None = None) -> PairCache:
+    def find(cls, dataset: Dataset, cutoff: float) -> FramePairs:
         first, second, offsets = [], [], []
         for i in range(len(dataset)):
             frame = dataset[i]
@@ -64,9 +59,37 @@ class PairCache:
             first.append(f.astype(np.int32))
             second.append(s.astype(np.int32))
             offsets.append(o.astype(np.float64))
+        return cls(float(cutoff), tuple(first), tuple(second), tuple(offsets))
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.array([len(f) for f in self.first], dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairCache:
+    """Each frame's neighbour pairs within ``cutoff`` (and, for models with long-range terms, a
+    second set within ``long_range.cutoff``), found once on the host."""
+
+    dataset: Dataset
+    pairs: FramePairs
+    long_range: FramePairs | None
+    energy_shifts: np.ndarray  # (119,) eV per atom, subtracted from the energies in float64
+    # energies minus the shifts, in float64: a float32 total energy of a thousand eV would lose
+    # the meV that training is about
+    residual_energies: np.ndarray
+
+    @classmethod
+    def build(cls, dataset: Dataset, cutoff: float, energy_shifts: np.ndarray | None = None,
+              long_range_cutoff: float | None = None) -> PairCache:
         shifts = np.zeros(NUM_ELEMENT_ROWS) if energy_shifts is None else np.asarray(energy_shifts, np.float64)
         residuals = dataset.energies - dataset.element_counts() @ shifts
-        return cls(dataset, float(cutoff), tuple(first), tuple(second), tuple(offsets), shifts, residuals)
+        long_range = None if long_range_cutoff is None else FramePairs.find(dataset, long_range_cutoff)
+        return cls(dataset, FramePairs.find(dataset, cutoff), long_range, shifts, residuals)
+
+    @property
+    def cutoff(self) -> float:
+        return self.pairs.cutoff
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -75,9 +98,32 @@ class PairCache:
     def num_atoms(self) -> np.ndarray:
         return self.dataset.num_atoms
 
-    @property
-    def num_pairs(self) -> np.ndarray:
-        return np.array([len(f) for f in self.first], dtype=np.int64)
+
+@dataclasses.dataclass(frozen=True)
+class PairCapacity:
+    """Padded pair counts that bound every batch of a given atom count, for one pair set."""
+
+    pairs_per_atom: float  # the largest pairs / atoms ratio of any frame
+    max_pairs: int  # pairs in the batch_size frames with the most pairs: a bound for any batch
+
+    @classmethod
+    def of(cls, pairs: FramePairs, atoms: np.ndarray, batch_size: int) -> PairCapacity:
+        counts = pairs.counts
+        return cls(float(np.max(counts / atoms)), int(np.sort(counts)[::-1][:batch_size].sum()))
+
+    def padded(self, num_atoms: int) -> int:
+        # both are upper bounds of the pairs of any batch with fewer than num_atoms atoms
+        by_density = int(np.floor(self.pairs_per_atom * (num_atoms - 1) + 1e-9))
+        return bucket(min(by_density, self.max_pairs), minimum=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShape:
+    """The padded sizes of one batch."""
+
+    num_atoms: int
+    num_pairs: int
+    num_long_range_pairs: int | None = None  # None: no long-range pair set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,41 +131,55 @@ class ShapePlan:
     """The padded sizes every batch of a PairCache gets, as a function of its atom count."""
 
     batch_size: int
-    pairs_per_atom: float  # the largest pairs / atoms ratio of any frame
-    max_pairs: int  # pairs in the batch_size frames with the most pairs: a bound for any batch
+    pairs: PairCapacity
+    long_range: PairCapacity | None
 
     @classmethod
     def for_cache(cls, cache: PairCache, batch_size: int) -> ShapePlan:
-        atoms, pairs = cache.num_atoms, cache.num_pairs
-        top = np.sort(pairs)[::-1][:batch_size]
-        return cls(int(batch_size), float(np.max(pairs / atoms)), int(top.sum()))
+        atoms = cache.num_atoms
+        long_range = None if cache.long_range is None else PairCapacity.of(cache.long_range, atoms, batch_size)
+        return cls(int(batch_size), PairCapacity.of(cache.pairs, atoms, batch_size), long_range)
 
-    def shape(self, atoms_in_batch: int) -> tuple[int, int]:
-        """(num_atoms, num_pairs) padded sizes for a batch of ``atoms_in_batch`` real atoms."""
+    def shape(self, atoms_in_batch: int) -> BatchShape:
+        """The padded sizes for a batch of ``atoms_in_batch`` real atoms."""
         num_atoms = bucket(atoms_in_batch + 1)
-        # both are upper bounds of the pairs of any batch with fewer than num_atoms atoms
-        by_density = int(np.floor(self.pairs_per_atom * (num_atoms - 1) + 1e-9))
-        return num_atoms, bucket(min(by_density, self.max_pairs), minimum=1)
+        long_range = None if self.long_range is None else self.long_range.padded(num_atoms)
+        return BatchShape(num_atoms, self.pairs.padded(num_atoms), long_range)
 
 
-def pack(cache: PairCache, indices: Sequence[int], shape: tuple[int, int], batch_size: int, dtype=np.float32) -> Batch:
+def pack(cache: PairCache, indices: Sequence[int], shape: BatchShape, batch_size: int, dtype=np.float32) -> Batch:
     """The frames ``indices`` of ``cache`` as one padded Batch of ``batch_size`` slots."""
     indices = [int(i) for i in indices]
     if not 0 < len(indices) <= batch_size:
         raise ValueError(f"a batch holds 1 to {batch_size} frames, got {len(indices)}")
-    num_atoms, num_pairs = shape
+    num_atoms = shape.num_atoms
     ds = cache.dataset
     sizes = np.array([len(ds.numbers[i]) for i in indices])
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     real_atoms = int(sizes.sum())
-    real_pairs = sum(len(cache.first[i]) for i in indices)
-    if num_atoms <= real_atoms or num_pairs < real_pairs:
-        raise ValueError(f"shape {shape} too small for {real_atoms} atoms and {real_pairs} pairs")
+    if num_atoms <= real_atoms:
+        raise ValueError(f"shape {shape} too small for {real_atoms} atoms")
     dummy = num_atoms - 1
 
     def padded(parts, size, fill, dtype_):
         return pad(np.concatenate(parts).astype(dtype_, copy=False), size, fill)
 
+    def pair_set(pairs: FramePairs, size: int) -> tuple[np.ndarray, ...]:
+        real = sum(len(pairs.first[i]) for i in indices)
+        if size < real:
+            raise ValueError(f"shape {shape} too small for {real} pairs within {pairs.cutoff} Å")
+        return (padded([pairs.first[i] + s for i, s in zip(indices, starts)], size, dummy, np.int32),
+                padded([pairs.second[i] + s for i, s in zip(indices, starts)], size, dummy, np.int32),
+                padded([pairs.offsets[i] for i in indices], size, 0.0, dtype),
+                np.arange(size) < real)
+
+    if (cache.long_range is None) != (shape.num_long_range_pairs is None):
+        raise ValueError(f"shape {shape} does not match the cache's pair sets (long range: {cache.long_range is not None})")
+    first, second, offsets, mask = pair_set(cache.pairs, shape.num_pairs)
+    long_range = {}
+    if cache.long_range is not None:
+        lr = pair_set(cache.long_range, shape.num_long_range_pairs)
+        long_range = dict(zip(("long_range_first", "long_range_second", "long_range_offsets", "long_range_mask"), lr))
     slots = batch_size
     cells = np.zeros((slots, 3, 3), dtype)
     if ds.cells is not None:
@@ -133,11 +193,12 @@ def pack(cache: PairCache, indices: Sequence[int], shape: tuple[int, int], batch
         numbers=padded([ds.numbers[i] for i in indices], num_atoms, 0, np.int32),
         atom_mask=np.arange(num_atoms) < real_atoms,
         structure_index=padded([np.full(n, k) for k, n in enumerate(sizes)], num_atoms, 0, np.int32),
-        pair_first=padded([cache.first[i] + s for i, s in zip(indices, starts)], num_pairs, dummy, np.int32),
-        pair_second=padded([cache.second[i] + s for i, s in zip(indices, starts)], num_pairs, dummy, np.int32),
-        pair_offsets=padded([cache.offsets[i] for i in indices], num_pairs, 0.0, dtype),
-        pair_mask=np.arange(num_pairs) < real_pairs,
+        pair_first=first,
+        pair_second=second,
+        pair_offsets=offsets,
+        pair_mask=mask,
         cells=cells,
+        **long_range,
     )
     return Batch(
         graph=graph,
@@ -170,7 +231,7 @@ def batches(
     atoms = cache.num_atoms
     shapes = [plan.shape(int(atoms[g].sum())) for g in groups]
     if uniform and shapes:
-        largest = max(shapes)
+        largest = max(shapes, key=lambda shape: shape.num_atoms)  # the sizes grow together
         shapes = [largest] * len(shapes)
     for group, shape in zip(groups, shapes):
         yield pack(cache, group, shape, batch_size, dtype)

@@ -8,7 +8,7 @@ from ase.build import molecule
 
 from so3krates import ModelConfig, System, evaluate, init_model
 from so3krates.data import Dataset, concatenate
-from so3krates.data.batching import PairCache, ShapePlan, batches, pack
+from so3krates.data.batching import BatchShape, PairCache, ShapePlan, batches, pack
 from so3krates.neighbors import build_graph
 
 CUTOFF = 4.0
@@ -34,7 +34,7 @@ def test_pack_has_the_layout_of_build_graph():
     shape = ShapePlan.for_cache(cache, 4).shape(int(ds.num_atoms[chosen].sum()))
     batch = pack(cache, chosen, shape, batch_size=4, dtype=np.float64)
     systems = [System.create(positions=ds.positions[i], numbers=ds.numbers[i]) for i in chosen]
-    graph = build_graph(systems, CUTOFF, num_atoms=shape[0], num_pairs=shape[1])
+    graph = build_graph(systems, CUTOFF, num_atoms=shape.num_atoms, num_pairs=shape.num_pairs)
     for field in dataclasses.fields(graph):
         np.testing.assert_array_equal(getattr(batch.graph, field.name), getattr(graph, field.name), err_msg=field.name)
     np.testing.assert_array_equal(batch.forces[: ds.num_atoms[chosen].sum()], np.concatenate([ds.forces[i] for i in chosen]))
@@ -56,7 +56,7 @@ def test_residual_energies_subtract_the_shifts_in_float64():
 def test_one_molecule_compiles_exactly_one_shape():
     ds = rattled("CH3CH2OH", 37, amount=0.3)  # pair counts vary from frame to frame
     cache = PairCache.build(ds, CUTOFF)
-    assert len(set(cache.num_pairs)) > 1
+    assert len(set(cache.pairs.counts)) > 1
     rng = np.random.default_rng(0)
     shapes = set()
     for _ in range(20):  # many epochs of shuffled training batches
@@ -107,6 +107,44 @@ def test_pack_refuses_too_many_frames_or_too_small_shapes():
     ds = rattled("CH3CH2OH", 4)
     cache = PairCache.build(ds, CUTOFF)
     with pytest.raises(ValueError, match="1 to 2 frames"):
-        pack(cache, [0, 1, 2], (64, 256), 2)
+        pack(cache, [0, 1, 2], BatchShape(64, 256), 2)
     with pytest.raises(ValueError, match="too small"):
-        pack(cache, [0, 1], (16, 256), 2)
+        pack(cache, [0, 1], BatchShape(16, 256), 2)
+    with pytest.raises(ValueError, match="too small for .* pairs"):
+        pack(cache, [0, 1], BatchShape(64, 4), 2)
+    with pytest.raises(ValueError, match="does not match the cache's pair sets"):
+        pack(cache, [0, 1], BatchShape(64, 256, 512), 2)
+
+
+LONG_RANGE = ModelConfig(num_features=16, num_layers=1, num_heads=2, degrees=(1, 2), num_radial_basis_fn=8,
+                         energy_regression_dim=16, cutoff=CUTOFF, output_is_zero_at_init=False, electrostatics=True,
+                         dispersion=True, long_range_cutoff=7.0)
+
+
+def test_a_long_range_model_gets_its_second_pair_set_with_the_layout_of_build_graph():
+    ds = mixed()
+    cache = PairCache.build(ds, CUTOFF, long_range_cutoff=7.0)
+    chosen = [3, 9, 14, 20]
+    shape = ShapePlan.for_cache(cache, 4).shape(int(ds.num_atoms[chosen].sum()))
+    assert shape.num_long_range_pairs >= shape.num_pairs
+    batch = pack(cache, chosen, shape, batch_size=4, dtype=np.float64)
+    systems = [System.create(positions=ds.positions[i], numbers=ds.numbers[i]) for i in chosen]
+    graph = build_graph(systems, CUTOFF, num_atoms=shape.num_atoms, num_pairs=shape.num_pairs, long_range_cutoff=7.0,
+                        num_long_range_pairs=shape.num_long_range_pairs)
+    for field in dataclasses.fields(graph):
+        np.testing.assert_array_equal(getattr(batch.graph, field.name), getattr(graph, field.name), err_msg=field.name)
+
+
+def test_a_long_range_model_is_evaluated_in_batches_as_frame_by_frame():
+    """evaluate_model (and so training's validation) of a model with electrostatics and dispersion:
+    its energies and forces in padded batches equal those of each frame alone."""
+    from so3krates.evaluation import predict
+
+    potential = init_model(LONG_RANGE, ["H", "C", "O"], seed=5)
+    ds = mixed()
+    predicted = predict(potential, ds, dtype="float64", batch_size=5)
+    for i in (0, 8, 13, 21):
+        graph = build_graph(ds[i].to_system(), CUTOFF, long_range_cutoff=7.0)
+        alone = evaluate(potential, graph, dtype="float64")
+        np.testing.assert_allclose(predicted.energy_predicted[i], alone["energy"][0], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(predicted.forces_predicted[i], alone["forces"][: ds.num_atoms[i]], atol=1e-9)

@@ -198,3 +198,17 @@ def test_a_given_split_is_used_and_one_that_does_not_fit_is_refused(ethanol_data
     with pytest.raises(DataError, match="repeats frames or overlaps"):
         train(config, ethanol_dataset, tmp_path / "overlap", progress=False,
               indices={"train": np.arange(7, 31), "valid": np.arange(8)})
+
+
+def test_a_model_with_long_range_terms_trains_and_validates_as_evaluate_model_does(ethanol_dataset, tmp_path,
+                                                                                   tiny_config, tiny_model):
+    """Electrostatics and dispersion (SO3LR's terms) need the second pair set in every batch."""
+    model = dataclasses.replace(tiny_model, electrostatics=True, dispersion=True, long_range_cutoff=6.0)
+    config = tiny_config(model=model, max_steps=40)
+    result = train(config, ethanol_dataset, tmp_path / "run", progress=False)
+    trained = result.load()
+    assert trained.long_range_cutoff == 6.0
+    indices = split(len(ethanol_dataset), config.n_train, config.n_valid, seed=config.split_seed)
+    best = [line for line in log_of(tmp_path / "run") if line["step"] == result.best_step][0]
+    np.testing.assert_allclose(best["valid_loss"], valid_loss(trained, ethanol_dataset.subset(indices["valid"]), config),
+                               rtol=1e-4)
