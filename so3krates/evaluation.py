@@ -162,7 +162,8 @@ def predict(potential: Potential, dataset: Dataset, dtype: str = "float32", batc
     """The potential's energies and forces for every frame of ``dataset``."""
     potential.check_elements(np.concatenate(dataset.numbers))
     cache = PairCache.build(dataset, potential.cutoff, np.asarray(potential.energy_shifts, np.float64),
-                            long_range_cutoff=potential.long_range_cutoff)
+                            long_range_cutoff=potential.long_range_cutoff, takes_charge=potential.takes_charge,
+                            takes_spin=potential.takes_spin)
     batch_size = min(batch_size, len(dataset))
     np_dtype = np.float64 if dtype == "float64" else np.float32
     packed = [jax.device_put(b) for b in batches(cache, np.arange(len(dataset)), batch_size, uniform=True, dtype=np_dtype)]

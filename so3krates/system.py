@@ -114,3 +114,44 @@ class System:
     @property
     def symbols(self) -> list[str]:
         return [chemical_symbols[z] for z in np.asarray(self.numbers)]
+
+
+def integer_input(value, name: str) -> int:
+    """An integer-valued setting (charge, multiplicity) as an int; anything else is an error."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the {name} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or not np.isfinite(number) or number != round(number):
+        raise ValueError(f"the {name} must be an integer, got {value!r}")
+    return int(round(number))
+
+
+# the keys of atoms.info that hold the total charge and the spin multiplicity 2S + 1: "charge"
+# and "multiplicity" are SO3LR's (its mlff data loaders read them); "spin" is the multiplicity
+# in other ASE-based tools (fairchem)
+CHARGE_KEY = "charge"
+MULTIPLICITY_KEYS = ("multiplicity", "spin")
+
+
+def charge_and_multiplicity(structure=None, charge=None, multiplicity=None) -> tuple[int, int]:
+    """The total charge (e) and spin multiplicity 2S + 1 of ``structure`` (ase.Atoms, System or
+    None): from ``atoms.info["charge"]`` and ``atoms.info["multiplicity"]`` (or ``"spin"``), or
+    from the ``charge`` and ``multiplicity`` given here; 0 and 1 when neither says. Both given
+    and different is an error (which one was meant?), and so is a non-integer value."""
+    info = getattr(structure, "info", None) or {}
+    found_charge = info.get(CHARGE_KEY)
+    found = {key: info[key] for key in MULTIPLICITY_KEYS if info.get(key) is not None}
+    if len({integer_input(v, f"atoms.info[{k!r}]") for k, v in found.items()}) > 1:
+        raise ValueError(f"atoms.info gives different spin multiplicities: {found}")
+    found_multiplicity = next(iter(found.values()), None)
+    values = []
+    for name, given, stored, default in (
+        ("charge", charge, found_charge, 0), ("multiplicity", multiplicity, found_multiplicity, 1)
+    ):
+        given = None if given is None else integer_input(given, name)
+        stored = None if stored is None else integer_input(stored, f"atoms.info {name}")
+        if given is not None and stored is not None and given != stored:
+            raise ValueError(f"{name} {given} was asked for, but the structure's atoms.info says {stored}")
+        values.append(default if given is None and stored is None else (given if given is not None else stored))
+    return values[0], values[1]

@@ -67,6 +67,7 @@ def run(args) -> int:
 
     from so3krates.data.generate import SamplingConfig, sample_and_label
     from so3krates.reference import ReferenceError
+    from so3krates.system import charge_and_multiplicity
 
     apply_config_file(args.parser, args)
     if args.out is None:
@@ -78,6 +79,10 @@ def run(args) -> int:
         atoms = ase.io.read(path)
     except Exception as error:  # ase raises many types for unreadable files
         raise ValueError(f"{path}: cannot read a structure ({type(error).__name__}: {error})") from None
+    charge, multiplicity = charge_and_multiplicity(atoms)
+    if (charge, multiplicity) != (0, 1):  # xTB would compute a neutral singlet: wrong labels, silently
+        raise ValueError(f"{path}: the structure says charge {charge:+d}, multiplicity {multiplicity} (atoms.info); "
+                         "so3krates label computes neutral singlets only: label a neutral closed-shell structure")
     settings = {name: getattr(args, name) for name in _OPTIONS}
     settings["temperatures"] = _temperatures(settings["temperatures"])
     config = SamplingConfig.from_dict(settings)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from so3krates.data.dataset import Dataset
+from so3krates.data.dataset import DataError, Dataset
 from so3krates.geometry import find_pairs, pad
 from so3krates.neighbors import Graph, bucket
 from so3krates.system import NUM_ELEMENT_ROWS
@@ -69,7 +69,9 @@ class FramePairs:
 @dataclasses.dataclass(frozen=True)
 class PairCache:
     """Each frame's neighbour pairs within ``cutoff`` (and, for models with long-range terms, a
-    second set within ``long_range.cutoff``), found once on the host."""
+    second set within ``long_range.cutoff``), found once on the host, and the model's inputs
+    beyond the structure: each frame's total charge and unpaired electrons, for models that take
+    them (None: the graphs carry none, as :func:`so3krates.neighbors.build_graph`'s)."""
 
     dataset: Dataset
     pairs: FramePairs
@@ -78,14 +80,29 @@ class PairCache:
     # energies minus the shifts, in float64: a float32 total energy of a thousand eV would lose
     # the meV that training is about
     residual_energies: np.ndarray
+    total_charge: np.ndarray | None = None  # (F,) e
+    unpaired_electrons: np.ndarray | None = None  # (F,) multiplicity - 1
 
     @classmethod
     def build(cls, dataset: Dataset, cutoff: float, energy_shifts: np.ndarray | None = None,
-              long_range_cutoff: float | None = None) -> PairCache:
+              long_range_cutoff: float | None = None, takes_charge: bool = False,
+              takes_spin: bool = False) -> PairCache:
+        """``takes_charge``/``takes_spin``: the model's energy depends on them (SO3LR); a frame
+        that is charged (not a singlet) for a model without that input is an error, not a silently
+        neutral label."""
+        for values, neutral, takes, what in ((dataset.total_charges, 0, takes_charge, "total charge"),
+                                             (dataset.spin_multiplicities, 1, takes_spin, "spin multiplicity")):
+            wrong = np.flatnonzero(values != neutral)
+            if len(wrong) and not takes:
+                raise DataError(f"{dataset.source}: frame {wrong[0]} has {what} {values[wrong[0]]} "
+                                f"({len(wrong)} such frames), but this model has no {what} input: use a model "
+                                "that takes it (SO3LR), or leave those frames out")
         shifts = np.zeros(NUM_ELEMENT_ROWS) if energy_shifts is None else np.asarray(energy_shifts, np.float64)
         residuals = dataset.energies - dataset.element_counts() @ shifts
         long_range = None if long_range_cutoff is None else FramePairs.find(dataset, long_range_cutoff)
-        return cls(dataset, FramePairs.find(dataset, cutoff), long_range, shifts, residuals)
+        return cls(dataset, FramePairs.find(dataset, cutoff), long_range, shifts, residuals,
+                   total_charge=dataset.total_charges.astype(np.float64) if takes_charge else None,
+                   unpaired_electrons=(dataset.spin_multiplicities - 1).astype(np.float64) if takes_spin else None)
 
     @property
     def cutoff(self) -> float:
@@ -188,6 +205,12 @@ def pack(cache: PairCache, indices: Sequence[int], shape: BatchShape, batch_size
     energies[: len(indices)] = cache.residual_energies[indices]
     counts = np.zeros(slots, np.int32)
     counts[: len(indices)] = sizes
+    inputs = {}  # zero on empty slots
+    for name in ("total_charge", "unpaired_electrons"):
+        per_frame = getattr(cache, name)
+        if per_frame is not None:
+            inputs[name] = np.zeros(slots, dtype)
+            inputs[name][: len(indices)] = per_frame[indices]
     graph = Graph(
         positions=padded([ds.positions[i] for i in indices], num_atoms, 0.0, dtype),
         numbers=padded([ds.numbers[i] for i in indices], num_atoms, 0, np.int32),
@@ -198,6 +221,7 @@ def pack(cache: PairCache, indices: Sequence[int], shape: BatchShape, batch_size
         pair_offsets=offsets,
         pair_mask=mask,
         cells=cells,
+        **inputs,
         **long_range,
     )
     return Batch(

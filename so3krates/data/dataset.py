@@ -36,6 +36,8 @@ class Frame:
     forces: np.ndarray  # (n, 3) eV/Å
     cell: np.ndarray  # (3, 3) Å, zero for gas phase
     pbc: np.ndarray  # (3,) bool
+    charge: int = 0  # total charge, e
+    multiplicity: int = 1  # spin multiplicity 2S + 1
 
     def to_system(self) -> System:
         return System.create(positions=self.positions, numbers=self.numbers, cell=self.cell, pbc=self.pbc)
@@ -50,9 +52,12 @@ class Dataset:
     cells: tuple[np.ndarray, ...] | None = None  # per frame (3, 3) Å, or None for gas phase
     pbc: tuple[np.ndarray, ...] | None = None  # per frame (3,) bool, or None
     source: str = "<memory>"  # the file the frames came from, named in every error
+    charges: np.ndarray | None = None  # (F,) int total charge per frame, e; None: every frame neutral
+    multiplicities: np.ndarray | None = None  # (F,) int spin multiplicity 2S + 1; None: every frame a singlet
 
     @classmethod
-    def create(cls, numbers, positions, energies, forces, cells=None, pbc=None, source="<memory>") -> Dataset:
+    def create(cls, numbers, positions, energies, forces, cells=None, pbc=None, source="<memory>",
+               charges=None, multiplicities=None) -> Dataset:
         """Validate and build a Dataset from values already in eV / Å / eV/Å.
 
         ``numbers`` may be one (n,) array shared by all frames, an (F, n) array or a list of
@@ -115,8 +120,10 @@ class Dataset:
                 if c.shape != (3, 3) or not np.all(np.isfinite(c)):
                     raise DataError(f"{where} frame {i}: the cell must be a finite 3x3 matrix, got shape {c.shape}")
             cells, pbc = tuple(cells), tuple(pbc)
+        charges = _per_frame_integers(charges, "charges", n_frames, 0, where)
+        multiplicities = _per_frame_integers(multiplicities, "multiplicities", n_frames, 1, where)
         return cls(numbers=tuple(out_z), positions=tuple(out_r), energies=energies, forces=tuple(out_f),
-                   cells=cells, pbc=pbc, source=str(source))
+                   cells=cells, pbc=pbc, source=str(source), charges=charges, multiplicities=multiplicities)
 
     def __len__(self) -> int:
         return len(self.energies)
@@ -127,7 +134,8 @@ class Dataset:
             i = range(len(self))[index]  # IndexError and negative indices as for a list
             return Frame(self.numbers[i], self.positions[i], float(self.energies[i]), self.forces[i],
                          self.cells[i] if self.cells is not None else np.zeros((3, 3)),
-                         self.pbc[i] if self.pbc is not None else np.zeros(3, bool))
+                         self.pbc[i] if self.pbc is not None else np.zeros(3, bool),
+                         int(self.total_charges[i]), int(self.spin_multiplicities[i]))
         return self.subset(index)
 
     def subset(self, indices) -> Dataset:
@@ -149,7 +157,19 @@ class Dataset:
         pick = lambda seq: None if seq is None else tuple(seq[i] for i in idx)  # noqa: E731
         return dataclasses.replace(self, numbers=pick(self.numbers), positions=pick(self.positions),
                                    energies=self.energies[idx], forces=pick(self.forces),
-                                   cells=pick(self.cells), pbc=pick(self.pbc))
+                                   cells=pick(self.cells), pbc=pick(self.pbc),
+                                   charges=None if self.charges is None else self.charges[idx],
+                                   multiplicities=None if self.multiplicities is None else self.multiplicities[idx])
+
+    @property
+    def total_charges(self) -> np.ndarray:
+        """(F,) total charge per frame, e (0 where the data says none)."""
+        return np.zeros(len(self), np.int64) if self.charges is None else self.charges
+
+    @property
+    def spin_multiplicities(self) -> np.ndarray:
+        """(F,) spin multiplicity 2S + 1 per frame (1 where the data says none)."""
+        return np.ones(len(self), np.int64) if self.multiplicities is None else self.multiplicities
 
     @property
     def num_atoms(self) -> np.ndarray:
@@ -177,7 +197,12 @@ class Dataset:
 
         out = []
         for i in range(len(self)):
-            atoms = self[i].to_system().to_atoms()
+            frame = self[i]
+            atoms = frame.to_system().to_atoms()
+            if frame.charge != 0:
+                atoms.info["charge"] = frame.charge
+            if frame.multiplicity != 1:
+                atoms.info["multiplicity"] = frame.multiplicity
             atoms.calc = SinglePointCalculator(atoms, energy=float(self.energies[i]), forces=self.forces[i].copy())
             out.append(atoms)
         return out
@@ -202,6 +227,21 @@ def _check_numbers(z, where: str) -> np.ndarray:
         raise DataError(f"{where} {error}") from None
 
 
+def _per_frame_integers(values, name: str, n_frames: int, default: int, where: str) -> np.ndarray | None:
+    """(F,) integers (charges >= any, multiplicities >= 1), or None when every frame has the default."""
+    if values is None:
+        return None
+    array = np.asarray(values)
+    if array.shape != (n_frames,) or array.dtype.kind not in "iuf":
+        raise DataError(f"{where} {name} must be one number per frame ({n_frames}), got {array.dtype} {array.shape}")
+    if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+        raise DataError(f"{where} {name} must be integers, got {array[array != np.round(array)][:3]}")
+    array = np.round(array).astype(np.int64)
+    if name == "multiplicities" and np.any(array < 1):
+        raise DataError(f"{where} spin multiplicities 2S+1 must be at least 1, got {array.min()}")
+    return None if np.all(array == default) else array
+
+
 def concatenate(datasets: Sequence[Dataset]) -> Dataset:
     """One Dataset holding the frames of all ``datasets`` in order."""
     if not datasets:
@@ -215,4 +255,6 @@ def concatenate(datasets: Sequence[Dataset]) -> Dataset:
         numbers=[z for d in datasets for z in d.numbers], positions=[r for d in datasets for r in d.positions],
         energies=np.concatenate([d.energies for d in datasets]), forces=[f for d in datasets for f in d.forces],
         cells=cells, pbc=pbc, source=" + ".join(d.source for d in datasets),
+        charges=np.concatenate([d.total_charges for d in datasets]),
+        multiplicities=np.concatenate([d.spin_multiplicities for d in datasets]),
     )

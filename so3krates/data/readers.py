@@ -23,6 +23,7 @@ import numpy as np
 
 from so3krates.data.dataset import DataError, Dataset
 from so3krates.data.units import energy_factor, energy_unit, length_factor, length_unit
+from so3krates.system import charge_and_multiplicity
 
 MAX_MEDIAN_FORCE = 50.0  # eV/Å
 MIN_MEDIAN_FORCE = 1e-4  # eV/Å
@@ -38,7 +39,8 @@ NPZ_KEYS: dict[str, tuple[str, ...]] = {
 NPZ_KNOWN_EXTRA = frozenset({"name", "theory", "type", "md5", "old_indices", "old_energies", "old_forces"})
 
 
-def _convert(numbers, positions, energies, forces, cells, pbc, e_unit, l_unit, source, check_units):
+def _convert(numbers, positions, energies, forces, cells, pbc, e_unit, l_unit, source, check_units,
+             charges=None, multiplicities=None):
     e, l = energy_factor(e_unit), length_factor(l_unit)
     conv = lambda v, s: [np.asarray(x, np.float64) * s for x in v] if isinstance(v, list) else np.asarray(v, np.float64) * s  # noqa: E731
     for name, v in (("positions", positions), ("forces", forces)):
@@ -50,7 +52,7 @@ def _convert(numbers, positions, energies, forces, cells, pbc, e_unit, l_unit, s
     dataset = Dataset.create(
         numbers=numbers, positions=conv(positions, l), energies=np.asarray(energies, np.float64) * e,
         forces=conv(forces, e / l), cells=None if cells is None else [np.asarray(c, np.float64) * l for c in cells],
-        pbc=pbc, source=source,
+        pbc=pbc, source=source, charges=charges, multiplicities=multiplicities,
     )
     if check_units:
         check_force_units(dataset, energy_unit(e_unit), length_unit(l_unit))
@@ -158,8 +160,14 @@ def _labels_from_atoms(atoms, energy_key, forces_key):
 def _from_atoms_list(images, source, energy_key, forces_key, e_unit, l_unit, check_units):
     if not images:
         raise DataError(f"{source}: the file holds no structures")
-    z, r, e, f, cells, pbc = [], [], [], [], [], []
+    z, r, e, f, cells, pbc, charges, multiplicities = [], [], [], [], [], [], [], []
     for i, atoms in enumerate(images):
+        try:  # atoms.info["charge"] and ["multiplicity"] (or ["spin"]), as the calculator reads them
+            charge, multiplicity = charge_and_multiplicity(atoms)
+        except ValueError as err:
+            raise DataError(f"{source}: frame {i}: {err}") from None
+        charges.append(charge)
+        multiplicities.append(multiplicity)
         energy, forces = _labels_from_atoms(atoms, energy_key, forces_key)
         if energy is None:
             raise DataError(f"{source}: frame {i} has no energy (looked for info[{energy_key!r}] and the calculator)")
@@ -177,7 +185,7 @@ def _from_atoms_list(images, source, energy_key, forces_key, e_unit, l_unit, che
         pbc.append(atoms.get_pbc())
     periodic = any(p.any() for p in pbc)
     return _convert(z, r, np.array(e), f, cells if periodic else None, pbc if periodic else None,
-                    e_unit, l_unit, source, check_units)
+                    e_unit, l_unit, source, check_units, charges, multiplicities)
 
 
 def _check_recorded_units(images, source, e_unit, l_unit):

@@ -451,14 +451,14 @@ def _label(selection: list[dict[str, Any]], atoms: ase.Atoms, where: Path, refer
         if (where / f"{k}.extxyz").is_file() or (where / f"{k}.failed").is_file():
             continue
         if "energy" in item:
-            _write_label(where / f"{k}.extxyz", numbers, item, item["energy"], item["forces"])
+            _write_label(where / f"{k}.extxyz", numbers, item, reference, item["energy"], item["forces"])
         else:
             todo.append((_label_one, (k, numbers, np.asarray(item["positions"]), reference)))
     for k, result in _run_tasks(scheduler, todo, stop):
         if isinstance(result, str):
             atomic_write(where / f"{k}.failed", result.encode())
         else:
-            _write_label(where / f"{k}.extxyz", numbers, selection[k], *result)
+            _write_label(where / f"{k}.extxyz", numbers, selection[k], reference, *result)
     files = [where / f"{k}.extxyz" for k in range(len(selection)) if (where / f"{k}.extxyz").is_file()]
     if not files:
         raise RuntimeError(f"{where}: xTB labelled none of the {len(selection)} selected structures")
@@ -495,9 +495,13 @@ def _label_one(k: int, numbers, positions, reference: XTBReference):
     return k, (result["energy"], result["forces"])
 
 
-def _write_label(path: Path, numbers, item: dict[str, Any], energy: float, forces) -> None:
-    text = format_frame(numbers, np.asarray(item["positions"]), energy, np.asarray(forces),
-                        {"kind": item["kind"], "source": item["source"]}, LABEL_DECIMALS)
+def _write_label(path: Path, numbers, item: dict[str, Any], reference: XTBReference, energy: float, forces) -> None:
+    info = {"kind": item["kind"], "source": item["source"]}
+    # a charged or open-shell structure says so (SO3LR's keys), so that fine-tuning a model with
+    # charge inputs trains it at the charge xTB computed
+    info.update({key: value for key, value, neutral in (("charge", reference.charge, 0),
+                                                         ("multiplicity", reference.multiplicity, 1)) if value != neutral})
+    text = format_frame(numbers, np.asarray(item["positions"]), energy, np.asarray(forces), info, LABEL_DECIMALS)
     atomic_write(path, text.encode("ascii"))
 
 

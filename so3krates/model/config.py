@@ -109,6 +109,16 @@ class ModelConfig:
         """Whether the energy has terms on the long-range pair set."""
         return self.electrostatics or self.dispersion
 
+    @property
+    def takes_charge(self) -> bool:
+        """Whether the energy depends on the graph's total charge (embedding or partial charges)."""
+        return self.charge_embedding or self.electrostatics
+
+    @property
+    def takes_spin(self) -> bool:
+        """Whether the energy depends on the graph's number of unpaired electrons."""
+        return self.spin_embedding
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}

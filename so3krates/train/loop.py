@@ -225,8 +225,10 @@ def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, ov
     train_set, valid_set = dataset.subset(indices["train"]), dataset.subset(indices["valid"])
     shifts = fit_energy_shifts(train_set) if initial is None else np.asarray(initial.energy_shifts, np.float64)
     long_range = config.model.long_range_cutoff if config.model.has_long_range else None
-    train_cache = PairCache.build(train_set, config.model.cutoff, shifts, long_range_cutoff=long_range)
-    valid_cache = PairCache.build(valid_set, config.model.cutoff, shifts, long_range_cutoff=long_range)
+    inputs = dict(long_range_cutoff=long_range, takes_charge=config.model.takes_charge,
+                  takes_spin=config.model.takes_spin)
+    train_cache = PairCache.build(train_set, config.model.cutoff, shifts, **inputs)
+    valid_cache = PairCache.build(valid_set, config.model.cutoff, shifts, **inputs)
     valid_batches = [jax.device_put(b) for b in batches(
         valid_cache, np.arange(len(valid_set)), min(config.batch_size, len(valid_set)), uniform=True,
         dtype=_numpy_dtype(config))]

@@ -7,7 +7,7 @@ import pytest
 from ase.build import molecule
 
 from so3krates import ModelConfig, System, evaluate, init_model
-from so3krates.data import Dataset, concatenate
+from so3krates.data import DataError, Dataset, concatenate
 from so3krates.data.batching import BatchShape, PairCache, ShapePlan, batches, pack
 from so3krates.neighbors import build_graph
 
@@ -118,7 +118,12 @@ def test_pack_refuses_too_many_frames_or_too_small_shapes():
 
 LONG_RANGE = ModelConfig(num_features=16, num_layers=1, num_heads=2, degrees=(1, 2), num_radial_basis_fn=8,
                          energy_regression_dim=16, cutoff=CUTOFF, output_is_zero_at_init=False, electrostatics=True,
-                         dispersion=True, long_range_cutoff=7.0)
+                         dispersion=True, long_range_cutoff=7.0, charge_embedding=True, spin_embedding=True)
+
+
+def charged(ds: Dataset, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return dataclasses.replace(ds, charges=rng.integers(-1, 2, len(ds)), multiplicities=rng.integers(1, 3, len(ds)))
 
 
 def test_a_long_range_model_gets_its_second_pair_set_with_the_layout_of_build_graph():
@@ -141,10 +146,25 @@ def test_a_long_range_model_is_evaluated_in_batches_as_frame_by_frame():
     from so3krates.evaluation import predict
 
     potential = init_model(LONG_RANGE, ["H", "C", "O"], seed=5)
-    ds = mixed()
+    ds = charged(mixed())
     predicted = predict(potential, ds, dtype="float64", batch_size=5)
+    neutral = predict(potential, dataclasses.replace(ds, charges=None, multiplicities=None), dtype="float64")
+    assert np.all(np.abs(predicted.energy_predicted - neutral.energy_predicted)[ds.charges != 0] > 1e-6)
     for i in (0, 8, 13, 21):
-        graph = build_graph(ds[i].to_system(), CUTOFF, long_range_cutoff=7.0)
+        graph = build_graph(ds[i].to_system(), CUTOFF, long_range_cutoff=7.0, total_charge=ds[i].charge,
+                            unpaired_electrons=ds[i].multiplicity - 1)
         alone = evaluate(potential, graph, dtype="float64")
         np.testing.assert_allclose(predicted.energy_predicted[i], alone["energy"][0], rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(predicted.forces_predicted[i], alone["forces"][: ds.num_atoms[i]], atol=1e-9)
+
+
+def test_charged_frames_for_a_model_without_charge_input_are_refused():
+    ds = charged(mixed())
+    with pytest.raises(DataError, match="has total charge .* no total charge input"):
+        PairCache.build(ds, CUTOFF)
+    with pytest.raises(DataError, match="spin multiplicity .* no spin multiplicity input"):
+        PairCache.build(dataclasses.replace(ds, charges=None), CUTOFF, takes_charge=True)
+    cache = PairCache.build(ds, CUTOFF, takes_charge=True, takes_spin=True)
+    batch = pack(cache, [4, 5], ShapePlan.for_cache(cache, 3).shape(int(ds.num_atoms[[4, 5]].sum())), 3)
+    np.testing.assert_array_equal(batch.graph.total_charge, [ds.charges[4], ds.charges[5], 0])
+    np.testing.assert_array_equal(batch.graph.unpaired_electrons, [ds.multiplicities[4] - 1, ds.multiplicities[5] - 1, 0])

@@ -177,6 +177,11 @@ def test_cli_label_with_config_file(tmp_path, capsys):
     assert main(["label", os.path.join(MOLECULES, "ethanol.xyz"), "--out", str(tmp_path / "x.extxyz"),
                  "--config", str(config)]) == 2
     assert "unknown option 'frame'" in capsys.readouterr().err
+    anion = ase.io.read(os.path.join(MOLECULES, "ethanol.xyz"))
+    anion.info["charge"] = -1
+    ase.io.write(tmp_path / "anion.xyz", anion, format="extxyz")
+    assert main(["label", str(tmp_path / "anion.xyz"), "--out", str(tmp_path / "a.extxyz"), "--quiet"]) == 2
+    assert "charge -1, multiplicity 1" in capsys.readouterr().err and not (tmp_path / "a.extxyz").exists()
 
 
 def test_a_killed_process_resumes_to_the_uninterrupted_file(tmp_path):

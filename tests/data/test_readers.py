@@ -208,3 +208,31 @@ def test_ase_db_round_trip(tmp_path, ethanol_frames):
         db.write(molecule("H2O"))
     with pytest.raises(DataError, match=r"nolabels\.db: frame 0 has no energy"):
         read_ase_db(tmp_path / "nolabels.db")
+
+
+def test_extxyz_charge_and_multiplicity_are_read_kept_and_written(tmp_path, ethanol_frames):
+    """SO3LR's keys (atoms.info "charge", "multiplicity" or "spin"), as the calculator reads them."""
+    import ase.io
+
+    from so3krates.data import concatenate
+
+    images = _images(ethanol_frames)[:4]
+    images[1].info["charge"] = -1
+    images[2].info.update(charge=1, spin=2)
+    path = tmp_path / "ions.xyz"
+    ase.io.write(path, images, format="extxyz")
+    ds = read_extxyz(path)
+    assert ds.charges.tolist() == [0, -1, 1, 0] and ds.multiplicities.tolist() == [1, 1, 2, 1]
+    assert (ds[1].charge, ds[2].multiplicity) == (-1, 2)
+    assert ds.subset([2, 1]).charges.tolist() == [1, -1]
+    both = concatenate([ds.subset([0, 3]), ds])
+    assert both.charges.tolist() == [0, 0, 0, -1, 1, 0] and both.spin_multiplicities.tolist() == [1, 1, 1, 1, 2, 1]
+    written = ds.to_atoms()
+    assert written[1].info["charge"] == -1 and written[2].info["multiplicity"] == 2 and "charge" not in written[0].info
+    ase.io.write(tmp_path / "neutral.xyz", _images(ethanol_frames)[:2], format="extxyz")
+    neutral = read_extxyz(tmp_path / "neutral.xyz")
+    assert neutral.charges is None and neutral.multiplicities is None  # as before: nothing to carry
+    images[3].info["charge"] = 0.5
+    ase.io.write(path, images, format="extxyz")
+    with pytest.raises(DataError, match=r"ions\.xyz: frame 3: the atoms.info charge must be an integer"):
+        read_extxyz(path)
