@@ -179,13 +179,17 @@ def evaluate_model(potential: Potential, dataset: Dataset, dtype: str = "float32
 
 
 def fingerprint(dataset: Dataset) -> str:
-    """A hash of the frames' atoms, positions and labels (eV, Å): same data, same units."""
+    """A hash of the frames' atoms, positions, labels (eV, Å), charges and multiplicities: same data, same units."""
     digest = hashlib.sha256()
     for z, r, f in zip(dataset.numbers, dataset.positions, dataset.forces):
         digest.update(np.ascontiguousarray(z, np.int64).tobytes())
         digest.update(np.ascontiguousarray(r, np.float64).tobytes())
         digest.update(np.ascontiguousarray(f, np.float64).tobytes())
     digest.update(np.ascontiguousarray(dataset.energies, np.float64).tobytes())
+    for name in ("charges", "multiplicities"):  # only when some frame is charged (open-shell): neutral data
+        values = getattr(dataset, name)        # keeps the fingerprint it always had
+        if values is not None:
+            digest.update(name.encode() + np.ascontiguousarray(values, np.int64).tobytes())
     return digest.hexdigest()
 
 

@@ -145,3 +145,17 @@ def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
+
+
+def test_the_fingerprint_sees_charges_and_keeps_that_of_neutral_data():
+    rng = np.random.default_rng(0)
+    neutral = Dataset.create(np.array([8, 1, 1]), rng.normal(size=(3, 3, 3)), rng.normal(size=3), rng.normal(size=(3, 3, 3)))
+    said_neutral = Dataset.create(neutral.numbers, neutral.positions, neutral.energies, neutral.forces, charges=[0, 0, 0])
+    assert fingerprint(said_neutral) == fingerprint(neutral)
+    anion = Dataset.create(neutral.numbers, neutral.positions, neutral.energies, neutral.forces, charges=[0, -1, 0])
+    doublet = Dataset.create(neutral.numbers, neutral.positions, neutral.energies, neutral.forces, multiplicities=[1, 2, 1])
+    assert len({fingerprint(neutral), fingerprint(anion), fingerprint(doublet)}) == 3
+    with pytest.raises(DataError, match="charges must be integers"):
+        Dataset.create(neutral.numbers, neutral.positions, neutral.energies, neutral.forces, charges=[0, 0.5, 0])
+    with pytest.raises(DataError, match="at least 1"):
+        Dataset.create(neutral.numbers, neutral.positions, neutral.energies, neutral.forces, multiplicities=[1, 0, 1])
