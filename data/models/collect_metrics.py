@@ -2,7 +2,7 @@
 
     python data/models/collect_metrics.py data/models/NAME
     python data/models/collect_metrics.py --table data/models/*/   # the README's Markdown table
-    python data/models/collect_metrics.py CANDIDATE --refinement DIR --previous data/models/NAME
+    python data/models/collect_metrics.py CANDIDATE --refinement DIR --previous data/models/NAME [--start DIR]
 
 The last form (refine_model.sh) adds the refinement's targets (issue 16) to a refined model's
 metrics.json and compares it with the shipped model, measure by measure. It exits 0 when the
@@ -31,7 +31,6 @@ CONFIRMED_TARGET, RELATIVE_ENERGY_TARGET, DISPLACED_FORCE_TARGET, CPU_MINUTES_TA
 def main(model: Path) -> dict:
     read = lambda name: json.loads((model / name).read_text())  # noqa: E731
     test, independent, stability = read("evaluation-test.json"), read("evaluation-independent.json"), read("stability.json")
-    log = [json.loads(line) for line in (model / "log.jsonl").read_text().splitlines() if line.strip()]
     force_mae = test["forces"]["mae_eV_A"]
     accurate = force_mae <= FORCE_MAE_LIMIT
     stable = stability["passed"] and all(run["simulated_time_fs"] >= 100_000 for run in stability["runs"])
@@ -51,16 +50,20 @@ def main(model: Path) -> dict:
         "test_split": test,
         "independent_trajectory": independent,
         "stability": stability,
-        "training": {
-            "steps": log[-1]["step"], "wall_time_s": log[-1]["wall_time"],
-            "best_valid_forces_mae": min(entry["valid_forces_mae"] for entry in log),
-        },
+        "training": _training(model),
     }
     (model / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     verdict = "shippable" if metrics["shippable"] else "NOT shippable: " + "; ".join(reasons)
     print(f"{model.name}: test force MAE {force_mae:.4f} eV/Å, independent "
           f"{independent['forces']['mae_eV_A']:.4f} eV/Å, stability {'passed' if stable else 'failed'}: {verdict}")
     return metrics
+
+
+def _training(model: Path) -> dict:
+    """The training run that made ``model`` (its log.jsonl)."""
+    log = [json.loads(line) for line in (model / "log.jsonl").read_text().splitlines() if line.strip()]
+    return {"steps": log[-1]["step"], "wall_time_s": log[-1]["wall_time"],
+            "best_valid_forces_mae": min(entry["valid_forces_mae"] for entry in log)}
 
 
 def _exploration(report: dict) -> dict:
@@ -73,9 +76,11 @@ def _exploration(report: dict) -> dict:
 REPLACE, BESIDE, NOT_SHIPPED = 0, 1, 2
 
 
-def refinement(model: Path, reports: Path, previous: Path) -> int:
+def refinement(model: Path, reports: Path, previous: Path, start: Path | None = None) -> int:
     """Add the refinement's targets and the comparison with ``previous`` to ``model``'s metrics.json
-    (written by :func:`main` first); the verdict: REPLACE, BESIDE or NOT_SHIPPED (module docstring)."""
+    (written by :func:`main` first); the verdict: REPLACE, BESIDE or NOT_SHIPPED (module docstring).
+    ``start``: the model the refinement started from, when not ``previous`` (a larger model trained
+    on the same data, say); its training is the one reported."""
     metrics = main(model)
     rounds = json.loads((reports / "report.json").read_text())["rounds"]
     start, final = _exploration(rounds[0]), _exploration(rounds[-1])
@@ -115,7 +120,8 @@ def refinement(model: Path, reports: Path, previous: Path) -> int:
     better_for_exploring = all(c["no_worse"] and c["refined"] < c["shipped"] for c in exploring)
     verdict = REPLACE if better else BESIDE if better_for_exploring else NOT_SHIPPED
     # the training that made the model it refined, then the refinement's last fine-tuning
-    metrics["training"] = {**old["training"], "last_fine_tuning": metrics["training"]}
+    first = old["training"] if start is None or start.resolve() == previous.resolve() else _training(start)
+    metrics["training"] = {**first, "last_fine_tuning": metrics["training"]}
     metrics["refinement"] = {
         "reports": "refinement/ (report.json, rounds.csv, rounds.png, roundK/report.json and validation.json)",
         "rounds": sum(r["next_model"] is not None for r in rounds),
@@ -170,8 +176,9 @@ if __name__ == "__main__":
     parser.add_argument("model", type=Path)
     parser.add_argument("--refinement", type=Path, help="the refinement's reports (report.json)")
     parser.add_argument("--previous", type=Path, help="the shipped model it would replace")
+    parser.add_argument("--start", type=Path, help="the model the refinement started from (default: --previous)")
     args = parser.parse_args()
     if args.refinement is None:
         main(args.model)
     else:
-        sys.exit(refinement(args.model, args.refinement, args.previous))
+        sys.exit(refinement(args.model, args.refinement, args.previous, args.start))

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Refine a shipped model where the explorer goes (`so3krates refine`), measure the result as the
 # model was measured, and replace the shipped model only when it is better on every measure.
-#   data/models/refine_model.sh NAME "REFINE OPTIONS"
+#   data/models/refine_model.sh NAME "REFINE OPTIONS" [START]
+# START (default data/models/NAME) is the model the refinement starts from, for example a larger
+# model trained on NAME's data; its recipe.sh (the commands that made it) heads the refined model's.
+# Either way the refined model is measured against, and may replace, the shipped data/models/NAME.
 # Steps: refine data/models/NAME on its xTB-relaxed structure in build/refine/NAME (resumes), put
 # the refined model with its structure in build/refine/NAME.candidate, evaluate it on the held-out
 # test split and the independent trajectory (relabelled by the model's recipe if build/ lacks it),
@@ -15,6 +18,7 @@ set -euo pipefail
 name=$1 refine_options=$2
 bin=${BIN:-.venv/bin}
 model=data/models/$name
+start=${3:-$model}
 work=${WORK:-build/refine}/$name
 candidate=$work.candidate
 independent=build/models/$name-independent.extxyz
@@ -33,7 +37,7 @@ if [ ! -f "$independent" ]; then  # the independent trajectory, as the model's r
   bash "$work.independent.sh"
 fi
 # shellcheck disable=SC2086
-step "$bin/so3krates" refine "$model" "$model/structure.xyz" --out "$work" $refine_options
+step "$bin/so3krates" refine "$start" "$model/structure.xyz" --out "$work" $refine_options
 step rm -rf "$candidate"
 step cp -r "$work/model" "$candidate"
 step cp "$model/structure.xyz" "$candidate/structure.xyz"
@@ -51,11 +55,12 @@ for round in "$work"/round*/; do
 done
 last_run=$(dirname "$(ls "$work"/round*/train/log.jsonl | sort -V | tail -n 1)")  # the last fine-tuning
 cp "$last_run/log.jsonl" "$last_run/train_config.json" "$candidate/"
-echo "$bin/python data/models/collect_metrics.py $candidate --refinement $candidate/refinement --previous $model" \
+echo "$bin/python data/models/collect_metrics.py $candidate --refinement $candidate/refinement --previous $model --start $start" \
   "# exit 0: it replaces $model; 1: it ships beside, as $model/refined; 2: $model/refinement-not-shipped keeps its reports" >> "$steps"
-cat "$model/recipe.sh" "$steps" > "$candidate/recipe.sh"
+cat "$start/recipe.sh" "$steps" > "$candidate/recipe.sh"
 verdict=0
-"$bin/python" data/models/collect_metrics.py "$candidate" --refinement "$candidate/refinement" --previous "$model" || verdict=$?
+"$bin/python" data/models/collect_metrics.py "$candidate" --refinement "$candidate/refinement" --previous "$model" \
+  --start "$start" || verdict=$?
 case $verdict in
   0)
     rm -rf "$model.old" "$candidate/refined" "$candidate/refinement-not-shipped"
