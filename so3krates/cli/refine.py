@@ -56,6 +56,9 @@ def register(subparsers) -> None:
                        "measure the model's error where the explorer goes)")
     group.add_argument("--displacement", type=float, default=defaults.displacement,
                        help="Å, standard deviation of each Cartesian component of those displacements")
+    group.add_argument("--displaced-threshold", type=float, default=defaults.displaced_threshold,
+                       help="eV/Å: with --displaced, the model's force MAE on those displaced minima must be at "
+                       "or below it to stop (a single model's measured counterpart of the uncertainty)")
     group.add_argument("--temperature", type=float, default=1000.0, help="first escape temperature, K")
     group.add_argument("--rmsd", type=float, default=defaults.tolerances.rmsd,
                        help="Å: two relaxed structures closer than this (aligned RMSD) are the same minimum, both "
@@ -114,7 +117,8 @@ def run(args) -> int:
         uncertainty_threshold=args.uncertainty_threshold, max_uncertain_labels=args.max_labels, seed=args.seed,
         hopping=HoppingConfig(temperature=args.temperature), steps=args.steps, learning_rate=args.lr,
         batch_size=args.batch_size, valid_every=args.valid_every, final_check=not args.no_final_check,
-        displaced=args.displaced, displacement=args.displacement, label_weight=args.label_weight,
+        displaced=args.displaced, displacement=args.displacement, displaced_threshold=args.displaced_threshold,
+        label_weight=args.label_weight,
         lr_decay=args.lr_decay, energy_weight=args.energy_weight,
         tolerances=MatchTolerances(energy_window=args.energy_window, rmsd=args.rmsd),
         validation=ValidationConfig(rmsd_threshold=args.rmsd))

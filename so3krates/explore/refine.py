@@ -6,10 +6,11 @@ One round (``so3krates refine MODEL STRUCTURE --out DIR --rounds N``, :func:`ref
    (:mod:`~so3krates.explore.campaign`);
 2. **validate** the ``lowest`` minima against xTB (:mod:`~so3krates.explore.validate`), keeping
    every xTB relaxation's steps: they are labelled frames where the model's minimum is not xTB's;
-3. **stop** when at least ``confirm_fraction`` of them are confirmed and the sampled uncertainty
+3. **stop** when at least ``confirm_fraction`` of them are confirmed, the sampled uncertainty
    (the ``uncertainty_quantile`` of the escapes' largest per-atom force uncertainty, a
-   committee's) is below ``uncertainty_threshold``; a single model has no uncertainty, so only
-   the minima decide;
+   committee's) is below ``uncertainty_threshold``, and, with ``displaced`` copies (labelled
+   first, in every round), the model's force MAE on them is at most ``displaced_threshold``: a
+   single model has no uncertainty, and its minima may be xTB's while it is far off around them;
 4. **select** what to label: the minima new relative to the training data, the escape frames
    whose uncertainty exceeds the threshold (most uncertain first), and frames along the xTB
    relaxation path of every minimum xTB moved (those come labelled), and ``displaced`` copies of
@@ -100,6 +101,10 @@ class RefineConfig:
         ends included).
     displaced: randomly displaced copies labelled per validated minimum (0: none); displacement: Å,
         the standard deviation of each Cartesian component of the displacement (ASE's ``rattle``).
+    displaced_threshold: eV/Å; with displaced copies, the round's model must have a force MAE on them
+        at or below this to stop. It is the measured counterpart of a committee's uncertainty, and
+        the only one a single model has: without it, a model whose minima xTB confirms stops there
+        even if it is far off a tenth of an ångström away, where the next hop's relaxation starts.
     steps, learning_rate, batch_size, valid_every, valid_fraction: the fine-tuning of each round
         (Adam from the round's parameters; a fixed budget, so the rounds cost alike).
     lr_decay: the rate's factor over a round's steps (exponentially; 1: constant). Ending low
@@ -129,6 +134,7 @@ class RefineConfig:
     path_frames: int = 6
     displaced: int = 0
     displacement: float = 0.1
+    displaced_threshold: float = 0.2
     steps: int = 2000
     learning_rate: float = 2e-4
     lr_decay: float = 1.0
@@ -157,7 +163,7 @@ class RefineConfig:
                 problems.append(f"{name} must be in (0, 1], got {value!r}")
         if isinstance(self.lr_decay, bool) or not isinstance(self.lr_decay, (int, float)) or not 0 < self.lr_decay <= 1:
             problems.append(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
-        for name in ("uncertainty_threshold", "learning_rate", "displacement", "energy_weight"):
+        for name in ("uncertainty_threshold", "learning_rate", "displacement", "energy_weight", "displaced_threshold"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 problems.append(f"{name} must be positive, got {value!r}")
@@ -292,25 +298,26 @@ def _round(number: int, model_dir: Path, atoms: ase.Atoms, where: Path, config: 
     validation.write(where / "validation.json")
     summary = validation.summary
     sampled = _sampled_uncertainty(hops, config.uncertainty_quantile)
-    converged = (summary["fraction_confirmed"] or 0.0) >= config.confirm_fraction and (
-        sampled is None or sampled < config.uncertainty_threshold)
+    with _cpu(cpu, "label"):  # the displaced minima in every round: they measure the model where the explorer went
+        displaced = _displaced(where, lowest, atoms, config, number)
+        if displaced:
+            notify("label", {"round": number, "structures": len(displaced), "what": "displaced minima"})
+        displaced_labels = _label(displaced, atoms, where / "displaced", reference, config.scheduler, stop)
+    with _cpu(cpu, "evaluate"):
+        displaced_error = None if displaced_labels is None else _errors(model, displaced_labels)
+    converged = has_converged(config, summary["fraction_confirmed"], sampled, displaced_error)
     report = dict(round=number, model=str(model_dir), hops=len(hops), minima=len(minima), validated=summary["count"],
                   confirmed=summary["confirmed"], fraction_confirmed=summary["fraction_confirmed"],
                   relative_energy_mae=summary["relative_energy_mae"],
                   relative_energy_max=summary["relative_energy_max"], sampled_uncertainty=sampled,
                   converged=converged, labels_added={}, new_error_before=None, new_error_after=None,
-                  valid_forces_mae=None, cpu_seconds=cpu, next_model=None, displaced_error=None)
+                  valid_forces_mae=None, cpu_seconds=cpu, next_model=None, displaced_error=displaced_error)
     training_round = not (converged or check_only)
-    with _cpu(cpu, "label"):  # the displaced minima in every round: they measure the model where the explorer went
-        displaced = _displaced(where, lowest, atoms, config, number)
+    with _cpu(cpu, "label"):
         selection = _select(where / "selection.json", minima, hops, rows, atoms, training, config) if training_round else []
-        if displaced or selection:
-            notify("label", {"round": number, "structures": len(selection) + len(displaced)})
-        displaced_labels = _label(displaced, atoms, where / "displaced", reference, config.scheduler, stop)
+        if selection:
+            notify("label", {"round": number, "structures": len(selection), "what": "selected structures"})
         new = _label(selection, atoms, where / "labels", reference, config.scheduler, stop)
-    with _cpu(cpu, "evaluate"):
-        if displaced_labels is not None:
-            report["displaced_error"] = _errors(model, displaced_labels)
     if not training_round:
         atomic_write(report_path, json.dumps(report, indent=1).encode())
         return RoundReport(**report)
@@ -399,6 +406,16 @@ def _validate(lowest, atoms: ase.Atoms, where: Path, config: RefineConfig, refer
 
 def _validate_minimum(minimum, numbers, training, validation: ValidationConfig) -> MinimumValidation:
     return next(ivalidate_minima([minimum], numbers, training, validation, keep_path=True))
+
+
+def has_converged(config: RefineConfig, fraction_confirmed: float | None, sampled_uncertainty: float | None,
+                  displaced_error: dict[str, float] | None) -> bool:
+    """Whether a round's model meets the targets (module docstring, stage 3): enough of its lowest
+    minima confirmed, its uncertainty (a committee's) and its error on displaced minima (when
+    labelled) below their thresholds."""
+    return ((fraction_confirmed or 0.0) >= config.confirm_fraction
+            and (sampled_uncertainty is None or sampled_uncertainty < config.uncertainty_threshold)
+            and (displaced_error is None or displaced_error["forces_mae"] <= config.displaced_threshold))
 
 
 def _sampled_uncertainty(hops: list[dict[str, Any]], quantile: float) -> float | None:

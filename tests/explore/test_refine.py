@@ -69,7 +69,8 @@ def _ethanol():
 
 def test_a_round_labels_where_the_committee_is_unsure_and_its_errors_there_drop(refined, committee):
     out, reports, events = refined
-    assert [r.round for r in reports] == [1] and events[:4] == ["explore", "validate", "label", "fine-tune"]
+    # the displaced minima are labelled first (they decide whether the round stops), then the selection
+    assert [r.round for r in reports] == [1] and events[:5] == ["explore", "validate", "label", "label", "fine-tune"]
     report = reports[0]
     assert report.sampled_uncertainty is not None and not report.converged
     selection = json.loads((out / "round1" / "selection.json").read_text())["structures"]
@@ -259,3 +260,20 @@ def test_labels_on_a_dask_cluster_equal_those_made_in_this_process(tmp_path):
     np.testing.assert_allclose(labels["local"].energies, labels["threads"].energies, rtol=0, atol=1e-8)
     for a, b in zip(labels["local"].forces, labels["threads"].forces):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+
+
+def test_a_round_stops_only_when_its_minima_its_uncertainty_and_its_error_on_displaced_minima_all_meet_the_targets():
+    """A single model has no uncertainty: its measured error on displaced minima stands in for it
+    (an Ac-Ala3-NHMe model of 128 features and 3 layers had all of its 10 lowest minima confirmed by
+    xTB, and a force error of 0.70 eV/Å a tenth of an ångström away from them)."""
+    from so3krates.explore.refine import has_converged
+
+    config = RefineConfig(displaced=4, displaced_threshold=0.2, uncertainty_threshold=0.1, confirm_fraction=0.9)
+    assert has_converged(config, 1.0, None, {"forces_mae": 0.15})
+    assert not has_converged(config, 1.0, None, {"forces_mae": 0.70})
+    assert not has_converged(config, 0.8, None, {"forces_mae": 0.15})
+    assert not has_converged(config, 1.0, 0.3, {"forces_mae": 0.15})
+    assert has_converged(config, 0.9, 0.05, None)  # nothing displaced: the minima and the committee decide
+    assert not has_converged(config, None, None, None)
+    with pytest.raises(ValueError, match="displaced_threshold must be positive"):
+        RefineConfig(displaced_threshold=0)
