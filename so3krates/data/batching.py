@@ -104,10 +104,6 @@ class PairCache:
                    total_charge=dataset.total_charges.astype(np.float64) if takes_charge else None,
                    unpaired_electrons=(dataset.spin_multiplicities - 1).astype(np.float64) if takes_spin else None)
 
-    @property
-    def cutoff(self) -> float:
-        return self.pairs.cutoff
-
     def __len__(self) -> int:
         return len(self.dataset)
 

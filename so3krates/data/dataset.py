@@ -120,8 +120,8 @@ class Dataset:
                 if c.shape != (3, 3) or not np.all(np.isfinite(c)):
                     raise DataError(f"{where} frame {i}: the cell must be a finite 3x3 matrix, got shape {c.shape}")
             cells, pbc = tuple(cells), tuple(pbc)
-        charges = _per_frame_integers(charges, "charges", n_frames, 0, where)
-        multiplicities = _per_frame_integers(multiplicities, "multiplicities", n_frames, 1, where)
+        charges = _per_frame_integers(charges, "charges", n_frames, 0, None, where)
+        multiplicities = _per_frame_integers(multiplicities, "spin multiplicities 2S+1", n_frames, 1, 1, where)
         return cls(numbers=tuple(out_z), positions=tuple(out_r), energies=energies, forces=tuple(out_f),
                    cells=cells, pbc=pbc, source=str(source), charges=charges, multiplicities=multiplicities)
 
@@ -135,7 +135,8 @@ class Dataset:
             return Frame(self.numbers[i], self.positions[i], float(self.energies[i]), self.forces[i],
                          self.cells[i] if self.cells is not None else np.zeros((3, 3)),
                          self.pbc[i] if self.pbc is not None else np.zeros(3, bool),
-                         int(self.total_charges[i]), int(self.spin_multiplicities[i]))
+                         0 if self.charges is None else int(self.charges[i]),  # no (F,) array per frame
+                         1 if self.multiplicities is None else int(self.multiplicities[i]))
         return self.subset(index)
 
     def subset(self, indices) -> Dataset:
@@ -158,8 +159,8 @@ class Dataset:
         return dataclasses.replace(self, numbers=pick(self.numbers), positions=pick(self.positions),
                                    energies=self.energies[idx], forces=pick(self.forces),
                                    cells=pick(self.cells), pbc=pick(self.pbc),
-                                   charges=None if self.charges is None else self.charges[idx],
-                                   multiplicities=None if self.multiplicities is None else self.multiplicities[idx])
+                                   charges=_unless_all(self.charges, idx, 0),
+                                   multiplicities=_unless_all(self.multiplicities, idx, 1))
 
     @property
     def total_charges(self) -> np.ndarray:
@@ -227,8 +228,9 @@ def _check_numbers(z, where: str) -> np.ndarray:
         raise DataError(f"{where} {error}") from None
 
 
-def _per_frame_integers(values, name: str, n_frames: int, default: int, where: str) -> np.ndarray | None:
-    """(F,) integers (charges >= any, multiplicities >= 1), or None when every frame has the default."""
+def _per_frame_integers(values, name: str, n_frames: int, default: int, minimum: int | None,
+                        where: str) -> np.ndarray | None:
+    """(F,) integers of at least ``minimum``, or None when every frame has the ``default``."""
     if values is None:
         return None
     array = np.asarray(values)
@@ -237,9 +239,16 @@ def _per_frame_integers(values, name: str, n_frames: int, default: int, where: s
     if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
         raise DataError(f"{where} {name} must be integers, got {array[array != np.round(array)][:3]}")
     array = np.round(array).astype(np.int64)
-    if name == "multiplicities" and np.any(array < 1):
-        raise DataError(f"{where} spin multiplicities 2S+1 must be at least 1, got {array.min()}")
+    if minimum is not None and np.any(array < minimum):
+        raise DataError(f"{where} {name} must be at least {minimum}, got {array.min()}")
     return None if np.all(array == default) else array
+
+
+def _unless_all(values: np.ndarray | None, indices: np.ndarray, default: int) -> np.ndarray | None:
+    """``values[indices]``, or None when those are all ``default`` (as :meth:`Dataset.create` stores them)."""
+    if values is None or np.all(values[indices] == default):
+        return None
+    return values[indices]
 
 
 def concatenate(datasets: Sequence[Dataset]) -> Dataset:

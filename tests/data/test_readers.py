@@ -225,6 +225,7 @@ def test_extxyz_charge_and_multiplicity_are_read_kept_and_written(tmp_path, etha
     assert ds.charges.tolist() == [0, -1, 1, 0] and ds.multiplicities.tolist() == [1, 1, 2, 1]
     assert (ds[1].charge, ds[2].multiplicity) == (-1, 2)
     assert ds.subset([2, 1]).charges.tolist() == [1, -1]
+    assert ds.subset([0, 3]).charges is None and ds.subset([0, 3]).multiplicities is None  # as if read neutral
     both = concatenate([ds.subset([0, 3]), ds])
     assert both.charges.tolist() == [0, 0, 0, -1, 1, 0] and both.spin_multiplicities.tolist() == [1, 1, 1, 1, 2, 1]
     written = ds.to_atoms()
