@@ -39,7 +39,13 @@ fi
 # shellcheck disable=SC2086
 step "$bin/so3krates" refine "$start" "$model/structure.xyz" --out "$work" $refine_options
 step rm -rf "$candidate"
-step cp -r "$work/model" "$candidate"
+if [ -d "$work/model" ]; then
+  step cp -r "$work/model" "$candidate"
+else  # the first round already met the targets: nothing was fine-tuned, the start model is the result
+  step cp -r "$start" "$candidate"
+  step rm -f "$candidate/metrics.json" "$candidate/stability.json" "$candidate/evaluation-test.json" \
+    "$candidate/evaluation-independent.json" "$candidate/recipe.sh"
+fi
 step cp "$model/structure.xyz" "$candidate/structure.xyz"
 step "$bin/so3krates" evaluate "$candidate" "data/datasets/$name.extxyz" --split test --json "$candidate/evaluation-test.json" --plots "$candidate/plots"
 step "$bin/so3krates" evaluate "$candidate" "$independent" --json "$candidate/evaluation-independent.json"
@@ -53,8 +59,10 @@ for round in "$work"/round*/; do
   cp "$round/report.json" "$round/validation.json" "$kept/"
   if [ -f "$round/train/log.jsonl" ]; then cp "$round/train/log.jsonl" "$kept/train_log.jsonl"; fi
 done
-last_run=$(dirname "$(ls "$work"/round*/train/log.jsonl | sort -V | tail -n 1)")  # the last fine-tuning
-cp "$last_run/log.jsonl" "$last_run/train_config.json" "$candidate/"
+if ls "$work"/round*/train/log.jsonl > /dev/null 2>&1; then  # the last fine-tuning's log and configuration
+  last_run=$(dirname "$(ls "$work"/round*/train/log.jsonl | sort -V | tail -n 1)")
+  cp "$last_run/log.jsonl" "$last_run/train_config.json" "$candidate/"
+fi
 echo "$bin/python data/models/collect_metrics.py $candidate --refinement $candidate/refinement --previous $model --start $start" \
   "# exit 0: it replaces $model; 1: it ships beside, as $model/refined; 2: $model/refinement-not-shipped keeps its reports" >> "$steps"
 cat "$start/recipe.sh" "$steps" > "$candidate/recipe.sh"

@@ -10,7 +10,9 @@ evaluate it with `so3krates evaluate OUT/best FILE`). Rerunning the same command
 then --train-config (a TrainConfig JSON, or a previous run's OUT/train_config.json), then the
 TrainConfig defaults. --ensemble K trains a committee of K models in one run (one checkpoint):
 its predictions are the members' mean, and their spread is a per-atom force uncertainty that the
-calculator, MD frames and minima hopping report.
+calculator, MD frames and minima hopping report. --extra-train FILE (repeatable) adds every frame of
+FILE (read and filtered like --data) to the training set only: never validated or tested on, so the
+split of --data, and its held-out test frames, stay those of a run without it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def register(subparsers) -> None:
     data.add_argument("--min-distance", type=float, default=0.75, help="drop frames with atoms closer than this (Å)")
     data.add_argument("--max-force", type=float, default=25.0, help="drop frames with a force above this (eV/Å)")
     data.add_argument("--no-filter", action="store_true", help="keep every frame (no broken-frame filter)")
+    data.add_argument("--extra-train", action="append", default=None, metavar="FILE",
+                      help="labelled frames added to the training set only, never validated or tested on (e.g. "
+                      "labelled distortions); same units and filter as --data; repeatable")
     options = parser.add_argument_group("training (defaults: so3krates.train.TrainConfig)")
     for name, (field, kind, text) in _TRAIN_OPTIONS.items():
         default = getattr(defaults.model, field[6:]) if field.startswith("model.") else getattr(defaults, field)
@@ -161,7 +166,7 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from so3krates.data import filter_frames, read
+    from so3krates.data import concatenate, filter_frames, read
     from so3krates.data.units import energy_unit, length_unit
     from so3krates.train import train
 
@@ -184,11 +189,20 @@ def run(args) -> int:
         data_info["filter"] = {"min_distance": args.min_distance, "max_force": args.max_force}
         dataset, report = filter_frames(dataset, **data_info["filter"])
         print(report)
+    extra = None
+    if args.extra_train:
+        files = [args.extra_train] if isinstance(args.extra_train, str) else list(args.extra_train)  # --config: a list
+        extra = concatenate([read(path, energy_unit=args.energy_unit, length_unit=args.length_unit) for path in files])
+        if data_info["filter"]:
+            extra, report = filter_frames(extra, **data_info["filter"])
+            print(f"extra training frames: {report}")
+        data_info["extra_train"] = {"sources": [str(path) for path in files]}
     committee = f"a committee of {config.members}, " if config.members > 1 else ""
-    print(f"training {committee}{len(dataset.elements)} elements, {len(dataset)} frames -> {args.out} "
+    extra_note = f" + {len(extra)} extra training frames" if extra is not None else ""
+    print(f"training {committee}{len(dataset.elements)} elements, {len(dataset)} frames{extra_note} -> {args.out} "
           f"(first steps compile the model; this takes a while)")
     result = train(config, dataset, args.out, resume=args.resume, overwrite=args.overwrite, data_info=data_info,
-                   progress=not args.quiet)
+                   progress=not args.quiet, extra_train=extra)
     forces = result.best_valid.get("forces", {})
     energy = result.best_valid.get("energy", {})
     print(f"stopped after {result.steps} steps ({result.stop_reason}); best model (step {result.best_step}): "

@@ -611,13 +611,41 @@ def _old_training_data(model_dir: Path, data: str | os.PathLike | None,
         if found is None:
             raise FileNotFoundError(f"{model_dir} was trained on {source}, which is not here; pass it with --data")
         data = found
-    dataset = read(data, energy_unit=record.get("energy_unit"), length_unit=record.get("length_unit", "Angstrom"))
+    units = dict(energy_unit=record.get("energy_unit"), length_unit=record.get("length_unit", "Angstrom"))
+    dataset = read(data, **units)
     try:
         parts = [select_frames(model_dir, dataset, part)[0] for part in ("train", "valid")]
-        return concatenate(parts), f"the train and validation frames of {data} (its test frames held out)"
+        note = f"the train and validation frames of {data} (its test frames held out)"
     except ValueError:  # not the model's split (another file): every frame, after the usual filter
-        filtered, _ = filter_frames(dataset)
-        return filtered, f"all {len(filtered)} frames of {data}"
+        parts, _ = [filter_frames(dataset)[0]], None
+        note = f"all {len(parts[0])} frames of {data}"
+    extra = _extra_training_frames(record, units)
+    if extra is not None:
+        parts.append(extra)
+        note += f", and its {len(extra)} extra training frames"
+    return concatenate(parts), note
+
+
+def _extra_training_frames(record: dict[str, Any], units: dict[str, Any]) -> Dataset | None:
+    """The frames a model trained on beside its split (``so3krates train --extra-train``), read and
+    filtered as that training did; None when there were none."""
+    from so3krates.catalog import DATA
+    from so3krates.data import filter_frames
+
+    extra = record.get("extra_train")
+    if not extra:
+        return None
+    files = []
+    for source in extra.get("sources", []):
+        found = next((p for p in (Path(source), DATA.parent / source) if p.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"the model also trained on {source}, which is not here; its old training data "
+                                    "cannot be rebuilt without it")
+        files.append(read(found, **units))
+    frames = concatenate(files)
+    if record.get("filter"):
+        frames, _ = filter_frames(frames, **record["filter"])
+    return frames
 
 
 def _label_files(out: Path, number: int) -> list[Path]:

@@ -18,6 +18,11 @@ model's parameters (a committee's members from its members) with its per-element
 (refitting them would move every energy the parameters learned), and ``config.model`` must be its
 configuration.
 
+Extra training frames (``extra_train=``, ``so3krates train --extra-train FILE``) join the training
+set of every epoch and are never validated or tested on: labelled distortions, say, that teach the
+model where its data does not go, while the split of the main data (and so its held-out test
+frames) stays exactly that of a run without them.
+
 Everything is written to a temporary file and renamed. Calling :func:`train` again on the same
 directory resumes from the last saved state and, training being deterministic, ends with the
 same parameters as an uninterrupted run. A directory holding a different run (config or data),
@@ -42,7 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from so3krates.checkpoint import CONFIG_FILE, PARAMS_FILE, load_model, save_model
-from so3krates.data import Dataset, fit_energy_shifts, save_split, split
+from so3krates.data import Dataset, concatenate, fit_energy_shifts, save_split, split
 from so3krates.data.prepare import SPLIT_NAMES, validate_split
 from so3krates.data.batching import Batch, PairCache, ShapePlan, batches, pack
 from so3krates.evaluation import SPLIT_FILE, compute_metrics, fingerprint, predict_batches
@@ -84,6 +89,7 @@ def train(
     progress: bool = True,
     initial: Potential | None = None,
     indices: dict[str, np.ndarray] | None = None,
+    extra_train: Dataset | None = None,
 ) -> TrainResult:
     """Train an SO3krates model on ``dataset`` into ``out_dir`` (see the module docstring).
 
@@ -92,10 +98,11 @@ def train(
     run's config and the model's provenance; ``data_info["filter"]`` (the keyword arguments of
     :func:`so3krates.data.filter_frames` that made ``dataset``) lets ``so3krates evaluate``
     find the held-out frames again. ``indices``: the split to use instead of the seeded one
-    (see :func:`iterate`).
+    (see :func:`iterate`). ``extra_train``: frames added to the training set only (the module
+    docstring).
     """
     run = iterate(config, dataset, out_dir, resume=resume, overwrite=overwrite, data_info=data_info, progress=progress,
-                  initial=initial, indices=indices)
+                  initial=initial, indices=indices, extra_train=extra_train)
     while True:
         try:
             next(run)
@@ -114,14 +121,16 @@ def iterate(
     progress: bool = True,
     initial: Potential | None = None,
     indices: dict[str, np.ndarray] | None = None,
+    extra_train: Dataset | None = None,
 ) -> Generator[dict[str, Any], None, TrainResult]:
     """:func:`train` as a generator: yields each validation record (as written to the log) and
     returns the :class:`TrainResult`. Stopping the iteration between records is exactly what a
     killed process leaves behind. ``indices``: the split to use (``{"train", "valid"}`` index
-    arrays of ``config.n_train`` and ``config.n_valid`` frames) instead of the seeded one."""
+    arrays of ``config.n_train`` and ``config.n_valid`` frames) instead of the seeded one;
+    ``extra_train``: frames added to the training set only."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    run, state = _open_run(config, dataset, Path(out_dir), resume, overwrite, data_info, initial, indices)
+    run, state = _open_run(config, dataset, Path(out_dir), resume, overwrite, data_info, initial, indices, extra_train)
     out = run.out
     step_fn = make_train_step(run.model, config, make_optimizer(config))
     schedule = learning_rate_schedule(config)
@@ -197,18 +206,27 @@ class _Run:
     train_atoms: np.ndarray  # atoms per training frame (the cache computes it on every access)
 
     @property
+    def num_train(self) -> int:  # the split's training frames and the extra ones
+        return len(self.train_atoms)
+
+    @property
     def batches_per_epoch(self) -> int:
-        return len(self.indices["train"]) // self.config.batch_size
+        return self.num_train // self.config.batch_size
 
 
 def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, overwrite: bool,
               data_info: dict[str, Any] | None, initial: Potential | None,
-              indices: dict[str, np.ndarray] | None = None) -> tuple[_Run, TrainState]:
+              indices: dict[str, np.ndarray] | None = None,
+              extra_train: Dataset | None = None) -> tuple[_Run, TrainState]:
     """Check (or create) the run directory, split and cache the data, and load or start the state."""
     if initial is not None:
         _check_initial(initial, config, dataset)
     data_info = {**(data_info or {}), "source": (data_info or {}).get("source", dataset.source),
                  "num_frames": len(dataset), "fingerprint": fingerprint(dataset)}
+    if extra_train is not None:
+        _check_extra(extra_train, dataset)
+        data_info["extra_train"] = {**data_info.get("extra_train", {}), "num_frames": len(extra_train),
+                                    "fingerprint": fingerprint(extra_train)}
     if initial is not None:  # another starting model makes another run (the identity check sees it)
         data_info["initial_model"] = parameters_fingerprint(initial)
     if indices is None:
@@ -223,6 +241,8 @@ def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, ov
                              f"n_valid={config.n_valid} and {len(dataset)} frames")
     has_state = _prepare_directory(out, config, data_info, resume, overwrite)
     train_set, valid_set = dataset.subset(indices["train"]), dataset.subset(indices["valid"])
+    if extra_train is not None:
+        train_set = concatenate([train_set, extra_train])
     shifts = fit_energy_shifts(train_set) if initial is None else np.asarray(initial.energy_shifts, np.float64)
     long_range = config.model.long_range_cutoff if config.model.has_long_range else None
     inputs = dict(long_range_cutoff=long_range, takes_charge=config.model.takes_charge,
@@ -234,7 +254,7 @@ def _open_run(config: TrainConfig, dataset: Dataset, out: Path, resume: bool, ov
         dtype=_numpy_dtype(config))]
     split_metadata = dict(seed=config.split_seed, source=data_info["source"], fingerprint=data_info["fingerprint"],
                           filter=data_info.get("filter"), num_frames=len(dataset))
-    fresh, model = _fresh_state(config, dataset, initial)
+    fresh, model = _fresh_state(config, dataset, len(train_set), initial)
     elements = dataset.elements if initial is None or not initial.elements else initial.elements
     run = _Run(out=out, config=config, model=model, elements=elements, shifts=shifts, data_info=data_info,
                indices=indices, split_metadata=split_metadata, train_cache=train_cache, valid_cache=valid_cache,
@@ -272,7 +292,7 @@ def _next_batch(run: _Run, state: TrainState) -> tuple[TrainState, Batch]:
     A committee gets one batch per member (its own order), padded to one shape and stacked."""
     config = run.config
     if state.batch_in_epoch == run.batches_per_epoch:
-        key, order = _draw_order(state.key, config)
+        key, order = _draw_order(state.key, config, run.num_train)
         state = dataclasses.replace(state, epoch=state.epoch + 1, batch_in_epoch=0, order=order, key=np.asarray(key))
     start = state.batch_in_epoch * config.batch_size
     chosen = state.order[..., start:start + config.batch_size]
@@ -284,13 +304,14 @@ def _next_batch(run: _Run, state: TrainState) -> tuple[TrainState, Batch]:
     return state, jax.tree.map(lambda *leaves: np.stack(leaves), *packed)
 
 
-def _draw_order(key, config: TrainConfig) -> tuple[jax.Array, np.ndarray]:
-    """The next key and an epoch's frame order: (n_train,), or (members, n_train) for a committee."""
+def _draw_order(key, config: TrainConfig, num_train: int) -> tuple[jax.Array, np.ndarray]:
+    """The next key and an epoch's order of the ``num_train`` training frames: (num_train,), or
+    (members, num_train) for a committee."""
     key, sub = jax.random.split(key)
     if config.members == 1:
-        return key, np.asarray(jax.random.permutation(sub, config.n_train), np.int64)
+        return key, np.asarray(jax.random.permutation(sub, num_train), np.int64)
     keys = jax.random.split(sub, config.members)
-    return key, np.stack([np.asarray(jax.random.permutation(k, config.n_train), np.int64) for k in keys])
+    return key, np.stack([np.asarray(jax.random.permutation(k, num_train), np.int64) for k in keys])
 
 
 def _members(config: TrainConfig) -> int | None:
@@ -355,6 +376,14 @@ def _check_initial(initial: Potential, config: TrainConfig, dataset: Dataset) ->
         raise ValueError("cannot fine-tune the given model: " + "; ".join(problems))
 
 
+def _check_extra(extra: Dataset, dataset: Dataset) -> None:
+    """Extra training frames must be made of the main data's elements (the model is built for those)."""
+    missing = sorted(set(extra.elements) - set(dataset.elements))
+    if missing:
+        raise ValueError(f"{extra.source}: the extra training frames hold elements {missing} that the training data "
+                         f"({dataset.source}, elements {sorted(dataset.elements)}) does not; the model would not know them")
+
+
 def parameters_fingerprint(potential: Potential) -> str:
     """A short hash of a model's parameters and energy shifts."""
     import hashlib
@@ -365,7 +394,7 @@ def parameters_fingerprint(potential: Potential) -> str:
     return digest.hexdigest()[:16]
 
 
-def _fresh_state(config: TrainConfig, dataset: Dataset, initial: Potential | None = None):
+def _fresh_state(config: TrainConfig, dataset: Dataset, num_train: int, initial: Potential | None = None):
     potential = init_model(config.model, dataset.elements, seed=config.seed) if initial is None else initial
     dtype = _numpy_dtype(config)
     cast = lambda x: np.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)  # noqa: E731
@@ -379,7 +408,7 @@ def _fresh_state(config: TrainConfig, dataset: Dataset, initial: Potential | Non
         params = jax.tree.map(lambda *leaves: np.stack(leaves), *members)
         opt_state = jax.tree.map(np.asarray, jax.vmap(optimizer.init)(params))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)  # not the initialisation's key
-    key, order = _draw_order(key, config)
+    key, order = _draw_order(key, config, num_train)
     state = TrainState(params=params, opt_state=opt_state, loss_sum=np.zeros((), dtype), step=0, epoch=1,
                        batch_in_epoch=0, order=order, key=np.asarray(key))
     return state, potential.model
@@ -424,13 +453,16 @@ def _prepare_directory(out: Path, config: TrainConfig, data_info: dict, resume: 
         try:
             saved = json.loads(run_config.read_text())
             saved_config = TrainConfig.from_dict(saved["train_config"])
-            saved_data = saved["data"]["fingerprint"], saved["data"].get("initial_model")
+            saved_data = (saved["data"]["fingerprint"], saved["data"].get("initial_model"),
+                          saved["data"].get("extra_train", {}).get("fingerprint"))
         except Exception as error:
             raise FileExistsError(f"{run_config}: unreadable run record ({error}); pass --overwrite to start over") from None
         differences = sorted(k for k, v in config.identity().items() if saved_config.identity().get(k) != v)
-        if differences or saved_data != (data_info["fingerprint"], data_info.get("initial_model")):
+        data = (data_info["fingerprint"], data_info.get("initial_model"), data_info.get("extra_train", {}).get("fingerprint"))
+        if differences or saved_data != data:
             what = (f"options {differences}" if differences else "data (different frames, units or filter)"
-                    if saved_data[0] != data_info["fingerprint"] else "starting model (fine-tuning)")
+                    if saved_data[0] != data[0] else "starting model (fine-tuning)" if saved_data[1] != data[1]
+                    else "extra training frames")
             raise FileExistsError(
                 f"{out}: holds a run with different {what}; pass --overwrite to replace it, or choose another --out")
     elif any(out.iterdir()):

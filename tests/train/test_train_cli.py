@@ -135,3 +135,42 @@ def test_zbl_option_reaches_the_model_config(data_file, tmp_path):
 
     assert config_of("--zbl").model.zbl_repulsion is True
     assert config_of().model.zbl_repulsion is False
+
+
+def test_extra_training_frames_join_training_only(data_file, tmp_path, capsys, tiny_model, make_ethanol):
+    """--extra-train: its frames are trained on in every epoch, never split; the split, the held-out
+    test frames and `evaluate --split test` are those of a run without them; refine rebuilds the
+    old training data with them; another extra file is another run; foreign elements are refused."""
+    from so3krates.explore.refine import _old_training_data
+
+    model_config = tmp_path / "model.json"
+    model_config.write_text(tiny_model.to_json())
+    extra = tmp_path / "distorted.xyz"
+    ase.io.write(extra, make_ethanol(10, seed=5, amount=0.15).to_atoms(), format="extxyz")
+    common = ("--model-config", str(model_config), "--max-steps", "40", "--min-distance", "0.5", "--max-force", "250")
+    plain, more = tmp_path / "plain", tmp_path / "more"
+    assert main(train_args(data_file, plain, *common)) == 0
+    assert main(train_args(data_file, more, *common, "--extra-train", str(extra))) == 0
+    assert "+ 10 extra training frames" in capsys.readouterr().out
+    for name in ("train", "valid", "test"):
+        np.testing.assert_array_equal(np.load(plain / "split.npz")[name], np.load(more / "split.npz")[name])
+    # 24 + 10 frames in batches of 4 make 8 batches an epoch, not 6: after 40 steps epoch 5, not 7
+    last = lambda out: json.loads((out / "log.jsonl").read_text().splitlines()[-1])  # noqa: E731
+    assert (last(plain)["epoch"], last(more)["epoch"]) == (7, 5)
+    record = json.loads((more / "train_config.json").read_text())["data"]["extra_train"]
+    assert record["sources"] == [str(extra)] and record["num_frames"] == 10
+    assert main(["evaluate", str(more), str(data_file), "--split", "test"]) == 0
+    assert "on the 8 test frames" in capsys.readouterr().out
+    old, note = _old_training_data(more / "best", None)
+    assert len(old) == 24 + 8 + 10 and "10 extra training frames" in note
+
+    # the same run with other extra frames is another run; a foreign element is named
+    ase.io.write(extra, make_ethanol(10, seed=6, amount=0.15).to_atoms(), format="extxyz")
+    assert main(train_args(data_file, more, *common, "--extra-train", str(extra))) == 2
+    assert "different extra training frames" in capsys.readouterr().err
+    chlorine = make_ethanol(3, seed=7).to_atoms()
+    for atoms in chlorine:
+        atoms.numbers[-1] = 17
+    ase.io.write(extra, chlorine, format="extxyz")
+    assert main(train_args(data_file, tmp_path / "foreign", *common, "--extra-train", str(extra))) == 2
+    assert "elements [17]" in capsys.readouterr().err
