@@ -74,16 +74,29 @@ def _exploration(report: dict) -> dict:
 
 
 REPLACE, BESIDE, NOT_SHIPPED = 0, 1, 2
+# timings on a shared machine scatter: a cost within this factor of the shipped model's is no worse
+NOISE = {"MD cost (wall seconds per simulated ps, the 100 ps runs)": 1.3}
 
 
-def refinement(model: Path, reports: Path, previous: Path, start: Path | None = None) -> int:
+def _md_cost(stability: dict) -> float | None:
+    """Wall seconds per simulated picosecond of the stability runs (one thread each), averaged."""
+    runs = [run for run in stability["runs"] if run.get("wall_s") and run.get("simulated_time_fs")]
+    return round(sum(run["wall_s"] / (run["simulated_time_fs"] / 1000) for run in runs) / len(runs), 2) if runs else None
+
+
+def refinement(model: Path, reports: Path, previous: Path, start_model: Path | None = None) -> int:
     """Add the refinement's targets and the comparison with ``previous`` to ``model``'s metrics.json
     (written by :func:`main` first); the verdict: REPLACE, BESIDE or NOT_SHIPPED (module docstring).
-    ``start``: the model the refinement started from, when not ``previous`` (a larger model trained
-    on the same data, say); its training is the one reported."""
+    ``start_model``: the model the refinement started from, when not ``previous`` (a larger model
+    trained on the same data, say); its training is the one reported."""
     metrics = main(model)
     rounds = json.loads((reports / "report.json").read_text())["rounds"]
     start, final = _exploration(rounds[0]), _exploration(rounds[-1])
+    start_dir = start_model or previous
+    other_start = start_dir.resolve() != previous.resolve()
+    # where the explorer goes, the shipped model is measured by the first round of a refinement that
+    # started from it; a refinement from another model takes that from the shipped model's own record
+    shipped_exploration = _shipped_exploration(previous) if other_start else start
     cpu_minutes = sum(sum(r["cpu_seconds"].values()) for r in rounds) / 60
     old = json.loads((previous / "metrics.json").read_text())
     targets = {
@@ -104,30 +117,35 @@ def refinement(model: Path, reports: Path, previous: Path, start: Path | None = 
                                          old["independent_trajectory"]["forces"]["mae_eV_A"]),
         "independent energy MAE (eV)": (metrics["independent_trajectory"]["energy"]["mae_eV"],
                                         old["independent_trajectory"]["energy"]["mae_eV"]),
-        "force MAE on displaced minima of a fresh exploration (eV/Å)": (final["displaced_forces_mae_eV_A"],
-                                                                       start["displaced_forces_mae_eV_A"]),
-        "minima not confirmed by xTB, of the 10 lowest": (final["validated"] - final["confirmed"],
-                                                          start["validated"] - start["confirmed"]),
+        "force MAE on displaced minima of a fresh exploration (eV/Å)": (
+            final["displaced_forces_mae_eV_A"], (shipped_exploration or {}).get("displaced_forces_mae_eV_A")),
+        "minima not confirmed by xTB, of the 10 lowest": (
+            final["validated"] - final["confirmed"],
+            None if shipped_exploration is None else shipped_exploration["validated"] - shipped_exploration["confirmed"]),
         "100 ps runs that broke": (sum(not r["passed"] for r in metrics["stability"]["runs"]),
                                    sum(not r["passed"] for r in old["stability"]["runs"])),
+        # a larger network is slower in MD, exploration and the dashboard: a cost users feel
+        "MD cost (wall seconds per simulated ps, the 100 ps runs)": (_md_cost(metrics["stability"]),
+                                                                     _md_cost(old["stability"])),
     }
-    comparison = {name: {"refined": new, "shipped": was, "no_worse": new is not None and was is not None and new <= was}
-                  for name, (new, was) in lower.items()}
+    comparison = {name: {"refined": new, "shipped": was, "no_worse": new is not None and was is not None
+                         and new <= was * NOISE.get(name, 1.0)} for name, (new, was) in lower.items()}
     better = all(c["no_worse"] for c in comparison.values()) and any(
-        c["refined"] < c["shipped"] for c in comparison.values())
+        c["refined"] < c["shipped"] for name, c in comparison.items() if name not in NOISE)
     exploring = [comparison[name] for name in ("force MAE on displaced minima of a fresh exploration (eV/Å)",
                                                "minima not confirmed by xTB, of the 10 lowest")]
     better_for_exploring = all(c["no_worse"] and c["refined"] < c["shipped"] for c in exploring)
     verdict = REPLACE if better else BESIDE if better_for_exploring else NOT_SHIPPED
     # the training that made the model it refined, then the refinement's last fine-tuning
-    first = old["training"] if start is None or start.resolve() == previous.resolve() else _training(start)
-    metrics["training"] = {**first, "last_fine_tuning": metrics["training"]}
+    first = _training(start_dir) if other_start else old["training"]
+    fine_tuned = any(r["next_model"] is not None for r in rounds)
+    metrics["training"] = {**first, "last_fine_tuning": metrics["training"]} if fine_tuned else first
     metrics["refinement"] = {
         "reports": "refinement/ (report.json, rounds.csv, rounds.png, roundK/report.json and validation.json)",
         "rounds": sum(r["next_model"] is not None for r in rounds),
         "labels": sum(sum(r["labels_added"].values()) for r in rounds),
         "cpu_minutes": round(cpu_minutes, 1),
-        "start": start, "final": final,
+        "start": start, "final": final, "shipped_model_exploring": shipped_exploration,
         "targets": targets, "targets_met": all(targets.values()),
         "compared_with_shipped": comparison, "better_on_every_measure": better,
         "better_for_exploring": better_for_exploring,
@@ -140,6 +158,19 @@ def refinement(model: Path, reports: Path, previous: Path, start: Path | None = 
     print(f"{model.name}: against the shipped model: " + "; ".join(
         f"{k} {c['refined']} vs {c['shipped']}{'' if c['no_worse'] else ' (WORSE)'}" for k, c in comparison.items()))
     return verdict
+
+
+def _shipped_exploration(shipped: Path) -> dict | None:
+    """The shipped model's first-round measures (confirmed minima, displaced-minima force error), as
+    a refinement that started from it recorded them (in its metrics.json, or its refined model's)."""
+    for path in (shipped / "metrics.json", shipped / "refined" / "metrics.json"):
+        if path.is_file():
+            refined = json.loads(path.read_text()).get("refinement") or {}
+            if refined.get("shipped_model_exploring") is not None:
+                return refined["shipped_model_exploring"]
+            if refined.get("start") is not None and "shipped_model_exploring" not in refined:
+                return refined["start"]  # a refinement from the shipped model itself: its first round
+    return None
 
 
 def _refined(metrics: dict) -> str:
