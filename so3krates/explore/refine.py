@@ -617,7 +617,7 @@ def _old_training_data(model_dir: Path, data: str | os.PathLike | None,
         parts = [select_frames(model_dir, dataset, part)[0] for part in ("train", "valid")]
         note = f"the train and validation frames of {data} (its test frames held out)"
     except ValueError:  # not the model's split (another file): every frame, after the usual filter
-        parts, _ = [filter_frames(dataset)[0]], None
+        parts = [filter_frames(dataset)[0]]
         note = f"all {len(parts[0])} frames of {data}"
     extra = _extra_training_frames(record, units)
     if extra is not None:

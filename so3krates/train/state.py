@@ -34,7 +34,7 @@ class TrainState:
     step: int  # gradient steps done
     epoch: int  # epochs started (the current one included)
     batch_in_epoch: int  # batches of the current epoch done
-    order: np.ndarray  # (n_train,) the current epoch's frame order; (members, n_train) for a committee
+    order: np.ndarray  # (frames,) the epoch's order of the training frames (split and extra); (members, frames): a committee
     key: np.ndarray  # PRNG key the next epoch's order is drawn from
     best_loss: float = float("inf")  # best validation loss so far
     best_step: int = -1
