@@ -21,6 +21,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import ase
 import numpy as np
 
 from so3krates.data import filter_frames, read, split
@@ -33,15 +34,9 @@ DECIMALS = 6
 
 def _label(job: tuple[np.ndarray, np.ndarray, float, int]) -> str:
     numbers, positions, accuracy, source_index = job
-    result = XTBReference(accuracy=accuracy).calculate(_atoms(numbers, positions))
+    result = XTBReference(accuracy=accuracy).calculate(ase.Atoms(numbers=numbers, positions=positions))
     return format_frame(numbers, positions, result["energy"], result["forces"],
                         {"config_type": "rattled", "source_frame": source_index}, DECIMALS)
-
-
-def _atoms(numbers, positions):
-    import ase
-
-    return ase.Atoms(numbers=numbers, positions=positions)
 
 
 def main() -> None:
