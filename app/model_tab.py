@@ -125,9 +125,10 @@ class ModelTab:
         compiled = (f"compiled {report.compiled} new program{'s' if report.compiled != 1 else ''} (a first run "
                     "compiles; checks at the same frame reuse them)" if report.compiled
                     else "no new programs compiled")
+        # the table first: the status's "Checked" is what a reader (or a test) takes for "done"
+        self.table.object = verdicts_markdown(report.verdicts)
         self.status.object = (f"**Checked** {frame.title} with {frame.model_label} at {frame.where} "
                               f"in {report.seconds:.1f} s: {summary} · run {self.runs} · {compiled}")
-        self.table.object = verdicts_markdown(report.verdicts)
 
     def close(self) -> None:
         self.callback.stop()

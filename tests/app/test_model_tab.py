@@ -61,7 +61,9 @@ def test_run_checks_reports_four_verdicts_and_a_second_run_compiles_nothing(mode
     status = board.model_status()
     assert "Ethanol" in status and "starting structure" in status and "all passed" in status, status
     assert "run 1" in status, status
-    verdicts = board.verdicts()
+    # the table is a second pane: the browser may draw it a moment after the status
+    verdicts = wait_until(lambda: len(board.verdicts()) == len(ROW_NAMES) and board.verdicts(), 10,
+                          f"the table of verdicts (rows {board.verdicts()!r})", interval=0.1)
     assert list(verdicts) == list(ROW_NAMES), verdicts
     for name in ROW_NAMES[:3]:
         assert verdicts[name][0] == "PASS", (name, verdicts[name])
