@@ -12,12 +12,15 @@ suite, the first cell of a notebook or script) calls :func:`configure` once:
 * ``compilation_cache``: JAX's persistent compilation cache, so a second start of a program
   skips XLA compilation; in ``$SO3KRATES_CACHE_DIR`` or ``~/.cache/so3krates/jax``, unless one
   is configured already (``SO3KRATES_NO_COMPILATION_CACHE=1`` turns it off).
+* ``reuse_memory``: glibc's allocator keeps freed memory for reuse (:func:`reuse_freed_memory`).
 * the count of XLA compilations (:mod:`so3krates.compilation`) starts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -26,11 +29,13 @@ import numpy as np
 DTYPES = ("float32", "float64")
 
 
-def configure(x64: bool = True, compilation_cache: bool = True) -> None:
+def configure(x64: bool = True, compilation_cache: bool = True, reuse_memory: bool = True) -> None:
     """Set up JAX for so3krates in this process (idempotent; call before computing anything)."""
     from so3krates import compilation
 
     compilation.install()
+    if reuse_memory:
+        reuse_freed_memory()
     if x64:
         jax.config.update("jax_enable_x64", True)
     if compilation_cache and not jax.config.jax_compilation_cache_dir \
@@ -56,3 +61,31 @@ def require_dtype(name: str) -> np.dtype:
         raise RuntimeError("float64 was asked for, but JAX's 64-bit types are off in this process: call "
                            "so3krates.configure() once before computing (or set JAX_ENABLE_X64=1)")
     return np.dtype(name)
+
+
+# mallopt parameters, from glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; False where it cannot (not glibc).
+
+    Every call of a compiled program allocates its temporaries (XLA:CPU, posix_memalign on a
+    worker thread) and frees them at the end. glibc serves a request above 64 MB in a thread's
+    arena by a fresh mmap, whose pages the kernel zero-fills one by one on first touch: an SO3LR
+    energy+forces call on 148 atoms (95 MB of temporaries) took 19,000 page faults, 42 ms instead
+    of 29; on 1,536 atoms 319,000 faults, 720 ms instead of 490 (bench/RESULTS.md, 2026-12-02
+    10:40). An MD chunk pays this once per chunk, an ASE calculator or a relaxation step at every
+    call. With one arena, no mmap and no trimming below 2 GB, the next call reuses the block.
+    The price: the heap does not shrink after a peak (a long loop's memory is flat either way).
+    Must run before JAX starts its worker threads: a thread keeps the arena it first used.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and others: their own allocators, left alone
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(mallopt(parameter, value) == 1 for parameter, value in settings)

@@ -6,10 +6,15 @@ coefficient rows and a Horner step instead of two dense layers per (layer, branc
 slopes at the nodes are exact (forward-mode derivatives of the bank), so the spline error is
 O(h^4) in the spacing h; tests bound the resulting energy and force error. Training always uses
 the exact bank.
+
+The spline has its own derivative rule: values and slopes come from one gather of the
+coefficient rows. Left to autodiff, the backward pass of the Horner form gathered the rows
+again and took twice the time of the exact filters (bench/RESULTS.md, 2026-12-02 10:20).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -41,14 +46,35 @@ def build_table(config: ModelConfig, params, spacing: float) -> Float[Array, "g 
 def interpolate(
     config: ModelConfig, table: Float[Array, "g 4 m"], distances: Float[Array, " p"], spacing: float
 ) -> RadialFilters:
-    intervals = table.shape[0]
-    x = jnp.clip(distances, 0.0, config.cutoff) / spacing
-    index = jnp.clip(jnp.floor(x), 0, intervals - 1).astype(jnp.int32)
-    t = (x - index)[:, None]
-    c = jnp.asarray(table, distances.dtype)[index]
-    values = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+    values = _spline(jax.lax.stop_gradient(jnp.asarray(table, distances.dtype)), distances, spacing, config.cutoff)
     F = config.num_features
     return [
         (values[:, (2 * layer) * F : (2 * layer + 1) * F], values[:, (2 * layer + 1) * F : (2 * layer + 2) * F])
         for layer in range(config.num_layers)
     ]
+
+
+def _coefficients(table, distances, spacing: float, cutoff: float):
+    intervals = table.shape[0]
+    x = jnp.clip(distances, 0.0, cutoff) / spacing
+    index = jnp.clip(jnp.floor(x), 0, intervals - 1).astype(jnp.int32)
+    t = (x - index)[:, None]
+    return jnp.take(table, index, axis=0, mode="clip"), t
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _spline(table, distances, spacing: float, cutoff: float):
+    c, t = _coefficients(table, distances, spacing, cutoff)
+    return c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+
+
+@_spline.defjvp
+def _spline_jvp(spacing, cutoff, primals, tangents):
+    # values and slopes from one gather of the coefficient rows: autodiff of the Horner form
+    # would gather again in the backward pass. The table is a constant (its tangent ignored).
+    table, distances = primals
+    c, t = _coefficients(table, distances, spacing, cutoff)
+    values = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+    slopes = (c[:, 1] + t * (2 * c[:, 2] + t * (3 * c[:, 3]))) / spacing
+    inside = ((distances > 0) & (distances < cutoff))[:, None]
+    return values, jnp.where(inside, slopes, 0.0) * tangents[1][:, None]
