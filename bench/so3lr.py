@@ -154,7 +154,8 @@ def ours_worker(task: str, name: str, calls: int, chunk: int, chunks: int) -> di
     from so3krates import SO3kratesCalculator
     from so3krates.md import MDConfig, Simulation
 
-    so3krates.configure()  # an entry point (the compilation cache is off: SO3KRATES_NO_COMPILATION_CACHE)
+    # an entry point (the compilation cache is off: SO3KRATES_NO_COMPILATION_CACHE)
+    so3krates.configure(reuse_memory=os.environ.get("SO3LR_BENCH_REUSE_MEMORY") == "1")
     atoms = read_system(name)
     potential = so3krates.load_model(MODEL)
     info = dict(jax=jax.__version__, python=sys.version.split()[0], device=str(jax.devices()[0]))
@@ -364,6 +365,8 @@ def main() -> None:
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--timeout", type=float, default=2400.0, help="seconds per worker process")
     parser.add_argument("--max-rss-gb", type=float, default=12.0, help="kill a worker whose RSS passes this")
+    parser.add_argument("--reuse-memory", action="store_true",
+                        help="our side calls so3krates.configure(reuse_memory=True)")
     parser.add_argument("--worker", choices=["ours", "original"], help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=["ase", "md"], help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
@@ -377,6 +380,8 @@ def main() -> None:
         return
 
     names = args.systems or list(DEFAULT_SYSTEMS)
+    if args.reuse_memory:  # read by our workers (each a fresh process)
+        os.environ["SO3LR_BENCH_REUSE_MEMORY"] = "1"
     record = (not args.quick) if args.record is None else args.record
     anchor = Path(ANCHOR_PYTHON).exists()
     if not anchor:
@@ -439,7 +444,7 @@ def report(rows, anchor: bool, wall_s: float, load_before, load_after, args) -> 
                     versions[side] = f"Python {r['python']}, jax {r['jax']}"
                     if "calculator" in r:
                         versions["calculator"] = r["calculator"]
-    title = "bench/so3lr.py" + (" --quick" if args.quick else "")
+    title = "bench/so3lr.py" + (" --quick" if args.quick else "") + (" --reuse-memory" if args.reuse_memory else "")
     lines = [
         *heading(title, wall_s, load_before, load_after),
         "",
@@ -447,6 +452,7 @@ def report(rows, anchor: bool, wall_s: float, load_before, load_after, args) -> 
         "5ec39b9 with mlff branch v1.0, jax-md/glp/jraph of its pins; environment from `bench/so3lr_anchor_env.sh`) "
         + (f"[ours: {versions.get('ours', '?')}; original: {versions.get('original', '?')}]" if anchor else
            "**the original's environment was missing: ours only**")
+        + (", ours with `so3krates.configure(reuse_memory=True)`" if args.reuse_memory else "")
         + ", float32, long-range cutoff 12 Å, dispersion damping 2 Å, no k-space. ASE = `atoms.get_forces()` with "
         "0.01 Å rattles around the start before each call (ours `SO3kratesCalculator`; the original "
         f"{versions.get('calculator', 'so3lr.So3lrCalculator')}), median after the first call and two warm-ups. MD = "

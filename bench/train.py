@@ -58,7 +58,7 @@ def measure(molecule: str, model_kwargs: dict, batch_size: int) -> dict:
     dataset = Dataset.create(atoms.get_atomic_numbers(), positions, rng.normal(size=32), rng.normal(size=positions.shape))
     model = ModelConfig(**model_kwargs)
     config = TrainConfig(n_train=32, n_valid=1, model=model, batch_size=batch_size)
-    state, energy_model = _fresh_state(config, dataset)
+    state, energy_model = _fresh_state(config, dataset, config.n_train)
     step = make_train_step(energy_model, config, make_optimizer(config))
     cache = PairCache.build(dataset, model.cutoff)
     plan = ShapePlan.for_cache(cache, batch_size)

@@ -12,7 +12,8 @@ suite, the first cell of a notebook or script) calls :func:`configure` once:
 * ``compilation_cache``: JAX's persistent compilation cache, so a second start of a program
   skips XLA compilation; in ``$SO3KRATES_CACHE_DIR`` or ``~/.cache/so3krates/jax``, unless one
   is configured already (``SO3KRATES_NO_COMPILATION_CACHE=1`` turns it off).
-* ``reuse_memory``: glibc's allocator keeps freed memory for reuse (:func:`reuse_freed_memory`).
+* ``reuse_memory`` (off unless asked for): glibc's allocator keeps freed memory for reuse and
+  JAX runs programs on the calling thread (:func:`reuse_freed_memory` says when that pays).
 * the count of XLA compilations (:mod:`so3krates.compilation`) starts.
 """
 
@@ -29,13 +30,18 @@ import numpy as np
 DTYPES = ("float32", "float64")
 
 
-def configure(x64: bool = True, compilation_cache: bool = True, reuse_memory: bool = True) -> None:
-    """Set up JAX for so3krates in this process (idempotent; call before computing anything)."""
+def configure(x64: bool = True, compilation_cache: bool = True, reuse_memory: bool = False) -> None:
+    """Set up JAX for so3krates in this process (idempotent; call before computing anything).
+
+    ``reuse_memory=True`` suits a process that makes many separate calls of large programs (an
+    ASE calculator on hundreds of atoms, training a large model): see :func:`reuse_freed_memory`."""
     from so3krates import compilation
 
     compilation.install()
-    if reuse_memory:
-        reuse_freed_memory()
+    if reuse_memory and reuse_freed_memory():
+        # a call's temporaries are then allocated on the calling thread, in glibc's main arena:
+        # the one whose heap can grow past 64 MB (see reuse_freed_memory)
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
     if x64:
         jax.config.update("jax_enable_x64", True)
     if compilation_cache and not jax.config.jax_compilation_cache_dir \
@@ -64,21 +70,25 @@ def require_dtype(name: str) -> np.dtype:
 
 
 # mallopt parameters, from glibc's malloc.h
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def reuse_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse; False where it cannot (not glibc).
 
-    Every call of a compiled program allocates its temporaries (XLA:CPU, posix_memalign on a
-    worker thread) and frees them at the end. glibc serves a request above 64 MB in a thread's
-    arena by a fresh mmap, whose pages the kernel zero-fills one by one on first touch: an SO3LR
-    energy+forces call on 148 atoms (95 MB of temporaries) took 19,000 page faults, 42 ms instead
-    of 29; on 1,536 atoms 319,000 faults, 720 ms instead of 490 (bench/RESULTS.md, 2026-12-02
-    10:40). An MD chunk pays this once per chunk, an ASE calculator or a relaxation step at every
-    call. With one arena, no mmap and no trimming below 2 GB, the next call reuses the block.
-    The price: the heap does not shrink after a peak (a long loop's memory is flat either way).
-    Must run before JAX starts its worker threads: a thread keeps the arena it first used.
+    Every call of a compiled program allocates its temporaries (XLA:CPU, posix_memalign) and
+    frees them at the end. By default glibc serves a request above 32 MB by a fresh mmap, whose
+    pages the kernel zero-fills one by one on first touch: an SO3LR energy+forces call on 148
+    atoms (95 MB of temporaries) took 19,000 page faults, 43 ms instead of 26; on 1,536 atoms
+    319,000 faults, 740 ms instead of 495 (bench/RESULTS.md, 2026-12-02). An MD chunk pays this
+    once per chunk, an ASE calculator at every call. Without mmap and without trimming below
+    2 GB, the next call reuses the block: the heap does not shrink after a peak (a loop's memory
+    is flat either way). Only the main arena can grow past 64 MB, so :func:`configure` also has
+    JAX run programs on the calling thread (no async dispatch): a worker thread's arena would
+    map the block afresh anyway. One arena for all threads would do it too, but its lock cost
+    small-molecule MD 30 %. Not the default: without async dispatch, Python's work between
+    calls no longer overlaps the computation, and small training steps (ethanol, F=64, batch 8)
+    took 5.6 instead of 4.4 ms; large ones gained (DHA, F=132, batch 16: 458 instead of 670 ms).
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -87,5 +97,5 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and others: their own allocators, left alone
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
     return all(mallopt(parameter, value) == 1 for parameter, value in settings)
