@@ -102,5 +102,7 @@ def test_a_calculator_call_reuses_the_memory_of_the_last_one():
         return int(done.stdout.split()[-1])
 
     default, reused = faults_per_call("default"), faults_per_call("reuse")
-    assert default > 10_000, default  # the case this is for: a fresh 95 MB at every call
+    huge_pages = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not (huge_pages.exists() and "[always]" in huge_pages.read_text()):  # else 2 MB pages, few faults
+        assert default > 10_000, default  # the case this is for: a fresh 95 MB at every call
     assert reused < 500, (reused, default)

@@ -9,7 +9,7 @@ the exact bank.
 
 The spline has its own derivative rule: values and slopes come from one gather of the
 coefficient rows. Left to autodiff, the backward pass of the Horner form gathered the rows
-again and took twice the time of the exact filters (bench/RESULTS.md, 2026-12-02 10:20).
+again and took twice the time of the exact filters (bench/RESULTS.md, 2026-12-02 09:40-10:35).
 """
 
 from __future__ import annotations
