@@ -72,6 +72,8 @@ def register(subparsers) -> None:
     group.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate at a round's start")
     group.add_argument("--lr-decay", type=float, default=defaults.lr_decay,
                        help="factor the learning rate falls by over a round (exponentially; 1: constant)")
+    group.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
+                       help="clip the global gradient norm to this (default: no clipping)")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size)
     group.add_argument("--energy-weight", type=float, default=defaults.energy_weight,
                        help="weight of the per-atom energy MSE in the loss (the forces' is 1)")
@@ -119,7 +121,7 @@ def run(args) -> int:
         batch_size=args.batch_size, valid_every=args.valid_every, final_check=not args.no_final_check,
         displaced=args.displaced, displacement=args.displacement, displaced_threshold=args.displaced_threshold,
         label_weight=args.label_weight,
-        lr_decay=args.lr_decay, energy_weight=args.energy_weight,
+        lr_decay=args.lr_decay, energy_weight=args.energy_weight, grad_clip=args.grad_clip,
         tolerances=MatchTolerances(energy_window=args.energy_window, rmsd=args.rmsd),
         validation=ValidationConfig(rmsd_threshold=args.rmsd))
 

@@ -109,6 +109,9 @@ class RefineConfig:
         (Adam from the round's parameters; a fixed budget, so the rounds cost alike).
     lr_decay: the rate's factor over a round's steps (exponentially; 1: constant). Ending low
         keeps the accuracy on the old frames: Adam's noise at a constant rate costs some.
+    grad_clip: clip each fine-tuning step's global gradient norm to this (None: no clipping), as
+        ``so3krates train --grad-clip``: a guard for a large model whose first steps on new labels
+        are steep.
     energy_weight: the loss's weight on the per-atom energy MSE (the force term's is 1). Minima
         hopping ranks minima by energy and finds where the model overbinds: a conformational error
         of 0.1 eV in a 42-atom molecule is 6e-6 eV² per atom, invisible to the loss at weight 1.
@@ -138,6 +141,7 @@ class RefineConfig:
     steps: int = 2000
     learning_rate: float = 2e-4
     lr_decay: float = 1.0
+    grad_clip: float | None = None
     energy_weight: float = 1.0
     batch_size: int = 4
     valid_every: int = 500
@@ -167,6 +171,9 @@ class RefineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 problems.append(f"{name} must be positive, got {value!r}")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
+                                           or not self.grad_clip > 0):
+            problems.append(f"grad_clip must be positive or None, got {self.grad_clip!r}")
         if not isinstance(self.scheduler, str) or not self.scheduler:
             problems.append("scheduler must be 'threads', 'local' or a Dask scheduler address")
         if problems:
@@ -178,6 +185,8 @@ class RefineConfig:
         values = dataclasses.asdict(self)
         for name in ("rounds", "scheduler", "final_check"):
             values.pop(name)
+        if values["grad_clip"] is None:  # as refinements recorded before the option existed
+            values.pop("grad_clip")
         return values
 
 
@@ -536,7 +545,7 @@ def _fine_tune(model, old_data: Dataset, labels: Dataset, where: Path, config: R
     train_config = TrainConfig(
         n_train=len(indices["train"]), n_valid=n_valid, n_test=0, split_seed=config.seed + number,
         model=initial.model.config, learning_rate=config.learning_rate, lr_decay_rate=config.lr_decay,
-        lr_decay_steps=config.steps, energy_weight=config.energy_weight,
+        lr_decay_steps=config.steps, energy_weight=config.energy_weight, grad_clip=config.grad_clip,
         batch_size=min(config.batch_size, len(dataset) - n_valid), valid_every=min(config.valid_every, config.steps),
         max_steps=config.steps, seed=config.seed + number, members=initial.members or 1)
     if done.is_file():

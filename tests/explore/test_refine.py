@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[2]
 DATASET = REPO / "data" / "datasets" / "ethanol.extxyz"
 THRESHOLD = 0.05  # eV/Å: the tiny committee's escapes reach tenths of an eV/Å
 ROUND = dict(rounds=1, walkers=1, hops=3, scheduler="threads", lowest=3, steps=240, valid_every=40, learning_rate=1e-3,
-             uncertainty_threshold=THRESHOLD, final_check=False, displaced=2, label_weight=2)
+             uncertainty_threshold=THRESHOLD, final_check=False, displaced=2, label_weight=2, grad_clip=10.0)
 CLI = ["--rounds", "1", "--walkers", "1", "--hops", "3", "--scheduler", "threads", "--lowest", "3", "--steps", "240",
        "--valid-every", "40", "--lr", "0.001", "--uncertainty-threshold", str(THRESHOLD), "--no-final-check",
-       "--displaced", "2", "--label-weight", "2"]
+       "--displaced", "2", "--label-weight", "2", "--grad-clip", "10"]
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,19 @@ def test_a_rerun_of_a_finished_refinement_does_nothing_and_other_settings_are_re
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     with pytest.raises(ValueError, match="different config"):
         refine(committee, _ethanol(), out, RefineConfig(**{**ROUND, "steps": 100}))
+    with pytest.raises(ValueError, match="different config"):
+        refine(committee, _ethanol(), out, RefineConfig(**{**ROUND, "grad_clip": None}))
+
+
+def test_the_fine_tuning_clips_gradients_as_asked_and_old_records_still_resume(refined):
+    out, _, _ = refined
+    assert json.loads((out / "round1" / "train" / "train_config.json").read_text())["train_config"]["grad_clip"] == 10.0
+    # a refinement recorded before grad_clip existed has no such key: without clipping, none is written
+    assert "grad_clip" not in RefineConfig(**{**ROUND, "grad_clip": None}).identity()
+    assert RefineConfig(**ROUND).identity()["grad_clip"] == 10.0
+    for bad in (0, -1.0, True, "1"):
+        with pytest.raises(ValueError, match="grad_clip must be positive or None"):
+            RefineConfig(grad_clip=bad)
 
 
 def _command(committee: Path, out: Path) -> list[str]:
