@@ -158,6 +158,11 @@ def ours_worker(task: str, name: str, calls: int, chunk: int, chunks: int) -> di
     so3krates.configure(reuse_memory=os.environ.get("SO3LR_BENCH_REUSE_MEMORY") == "1")
     atoms = read_system(name)
     potential = so3krates.load_model(MODEL)
+    spacing = os.environ.get("SO3LR_BENCH_RADIAL_TABLE")
+    if spacing:  # the inference option: low-rank spline of the radial filters
+        from so3krates.potential import tabulate_radial_filters
+
+        potential = tabulate_radial_filters(potential, float(spacing))
     info = dict(jax=jax.__version__, python=sys.version.split()[0], device=str(jax.devices()[0]))
     if task == "ase":
         return {**info, **ase_measure(atoms, SO3kratesCalculator(potential, dtype="float32"), calls)}
@@ -367,6 +372,8 @@ def main() -> None:
     parser.add_argument("--max-rss-gb", type=float, default=12.0, help="kill a worker whose RSS passes this")
     parser.add_argument("--reuse-memory", action="store_true",
                         help="our side calls so3krates.configure(reuse_memory=True)")
+    parser.add_argument("--radial-table", type=float, default=None, metavar="SPACING",
+                        help="our side tabulates the radial filters (tabulate_radial_filters, spacing in Å)")
     parser.add_argument("--worker", choices=["ours", "original"], help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=["ase", "md"], help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
@@ -382,6 +389,8 @@ def main() -> None:
     names = args.systems or list(DEFAULT_SYSTEMS)
     if args.reuse_memory:  # read by our workers (each a fresh process)
         os.environ["SO3LR_BENCH_REUSE_MEMORY"] = "1"
+    if args.radial_table is not None:
+        os.environ["SO3LR_BENCH_RADIAL_TABLE"] = str(args.radial_table)
     record = (not args.quick) if args.record is None else args.record
     anchor = Path(ANCHOR_PYTHON).exists()
     if not anchor:
@@ -444,7 +453,8 @@ def report(rows, anchor: bool, wall_s: float, load_before, load_after, args) -> 
                     versions[side] = f"Python {r['python']}, jax {r['jax']}"
                     if "calculator" in r:
                         versions["calculator"] = r["calculator"]
-    title = "bench/so3lr.py" + (" --quick" if args.quick else "") + (" --reuse-memory" if args.reuse_memory else "")
+    title = "bench/so3lr.py" + (" --quick" if args.quick else "") + (" --reuse-memory" if args.reuse_memory else "") + (
+        f" --radial-table {args.radial_table}" if args.radial_table is not None else "")
     lines = [
         *heading(title, wall_s, load_before, load_after),
         "",
@@ -453,6 +463,8 @@ def report(rows, anchor: bool, wall_s: float, load_before, load_after, args) -> 
         + (f"[ours: {versions.get('ours', '?')}; original: {versions.get('original', '?')}]" if anchor else
            "**the original's environment was missing: ours only**")
         + (", ours with `so3krates.configure(reuse_memory=True)`" if args.reuse_memory else "")
+        + (f", ours with tabulated radial filters (`tabulate_radial_filters(potential, {args.radial_table})`)"
+           if args.radial_table is not None else "")
         + ", float32, long-range cutoff 12 Å, dispersion damping 2 Å, no k-space. ASE = `atoms.get_forces()` with "
         "0.01 Å rattles around the start before each call (ours `SO3kratesCalculator`; the original "
         f"{versions.get('calculator', 'so3lr.So3lrCalculator')}), median after the first call and two warm-ups. MD = "

@@ -479,21 +479,30 @@ def heat_flux(
     return {key: np.asarray(value) for key, value in out.items()}
 
 
-def tabulate_radial_filters(potential: Potential, spacing: float = 0.01) -> Potential:
+def tabulate_radial_filters(potential: Potential, spacing: float = 0.01,
+                            tolerance: float = tabulation.TOLERANCE) -> Potential:
     """An inference copy of an SO3krates potential with its radial filters tabulated.
 
-    The spline error shrinks like spacing^4; at the default 0.01 Å energies and forces agree
+    The filters come from a spline of the bank's leading singular directions
+    (:mod:`so3krates.model.tabulation`): the spline error shrinks like spacing^4, the truncation's
+    is below ``tolerance`` x the largest filter value; at the defaults energies and forces agree
     with the exact model to about 1e-6 relative (tested). Use :func:`exact_potential` to undo.
     """
     model = potential.model
     if not isinstance(model, SO3kratesEnergy):
         raise TypeError("only SO3krates potentials have radial filters to tabulate")
+    if not (isinstance(spacing, (int, float)) and 0 < spacing < model.config.cutoff):
+        raise ValueError(f"spacing must be in (0, cutoff) Å, got {spacing!r}")
+    if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance!r}")
     exact = exact_potential(potential)
     if exact.members is None:
-        table = np.asarray(tabulation.build_table(model.config, exact.params, spacing))
-    else:  # one table per member, stacked like the parameters
-        table = np.stack([np.asarray(tabulation.build_table(model.config, exact.member(k).params, spacing))
-                          for k in range(exact.members)])
+        table = jax.tree.map(np.asarray, tabulation.build_table(model.config, exact.params, spacing, tolerance))
+    else:  # one table per member, stacked like the parameters, of the rank the most demanding one needs
+        members = [exact.member(k).params for k in range(exact.members)]
+        rank = max(tabulation.table_rank(model.config, params, spacing, tolerance) for params in members)
+        table = jax.tree.map(lambda *tables: np.stack([np.asarray(t) for t in tables]),
+                             *[tabulation.build_table(model.config, params, spacing, rank=rank) for params in members])
     return dataclasses.replace(
         exact,
         model=SO3kratesEnergy(model.config, radial_table_spacing=float(spacing)),

@@ -1,11 +1,17 @@
-"""Tabulated radial filters: the exact filter bank replaced by a cubic Hermite spline in d.
+"""Tabulated radial filters: the exact filter bank replaced by a low-rank cubic Hermite spline in d.
 
-The radial halves of all filters (every layer, both branches) depend on the pair distance only.
-At inference they can be evaluated on a grid once and interpolated per pair: a gather of four
-coefficient rows and a Horner step instead of two dense layers per (layer, branch). Values and
-slopes at the nodes are exact (forward-mode derivatives of the bank), so the spline error is
-O(h^4) in the spacing h; tests bound the resulting energy and force error. Training always uses
-the exact bank.
+The radial halves of all filters (every layer, both branches: T x 2 x F columns) depend on the
+pair distance only, so at inference they can be evaluated on a grid once and interpolated per
+pair. The columns are smooth functions of one variable and far from independent: their singular
+values on the grid fall by ten orders of magnitude within the first ~60 (SO3LR's 768 columns).
+The table therefore keeps only the leading M singular directions: per pair, a spline of M
+coefficients (one gather of four rows of M) and one (M x T*2*F) matrix product replace two
+dense layers per (layer, branch). M is the smallest rank whose reconstruction error at the grid
+nodes, values and slopes, is below ``tolerance`` x the bank's largest value; between nodes the
+spline of the projected coefficients is the projection of the spline, so the bound carries over.
+Values and slopes at the nodes are exact (forward-mode derivatives of the bank) up to that
+truncation, so the spline error is O(h^4) in the spacing h; tests bound the resulting energy and
+force error. Training always uses the exact bank.
 
 The spline has its own derivative rule: values and slopes come from one gather of the
 coefficient rows. Left to autodiff, the backward pass of the Horner form gathered the rows
@@ -26,8 +32,60 @@ from so3krates.model.config import ModelConfig
 from so3krates.model.so3krates import RadialFilterBank, RadialFilters
 
 
-def build_table(config: ModelConfig, params, spacing: float) -> Float[Array, "g 4 m"]:
-    """Per-interval cubic coefficients of the whole radial filter bank, in float64."""
+TOLERANCE = 1e-7  # the low-rank truncation's largest error, relative to the bank's largest value
+
+
+def build_table(config: ModelConfig, params, spacing: float, tolerance: float = TOLERANCE, rank: int | None = None
+                ) -> dict[str, Float[Array, "..."]]:
+    """The spline table of the whole radial filter bank, in float64: ``coefficients`` (g, 4, M)
+    per interval, ``basis`` (M, T*2*F) and ``offset`` (T*2*F). ``rank`` fixes M (the members of
+    a committee share one); None: the smallest meeting ``tolerance`` (:func:`table_rank`)."""
+    values, slopes, offset, directions = _decomposition(config, params, spacing)
+    if rank is None:
+        rank = _smallest_rank(values - offset, slopes * spacing, directions, tolerance)
+    basis = directions[:rank]
+    values, slopes = (values - offset) @ basis.T, slopes @ basis.T
+    slopes = slopes * spacing  # derivative with respect to the interval coordinate t
+    f0, f1, s0, s1 = values[:-1], values[1:], slopes[:-1], slopes[1:]
+    coefficients = jnp.stack([f0, s0, 3 * (f1 - f0) - 2 * s0 - s1, 2 * (f0 - f1) + s0 + s1], axis=1)
+    return {"coefficients": coefficients, "basis": basis, "offset": offset}
+
+
+def table_rank(config: ModelConfig, params, spacing: float, tolerance: float = TOLERANCE) -> int:
+    """The smallest rank whose projection reproduces the bank's values and slopes at the grid
+    nodes to ``tolerance`` x its largest value (slopes per ``spacing``, as the spline uses them)."""
+    values, slopes, offset, directions = _decomposition(config, params, spacing)
+    return _smallest_rank(values - offset, slopes * spacing, directions, tolerance)
+
+
+def _smallest_rank(centred, scaled_slopes, directions, tolerance: float) -> int:
+    bound = tolerance * float(jnp.max(jnp.abs(centred)))
+
+    def error(rank: int) -> float:
+        basis = directions[:rank]
+        return max(float(jnp.max(jnp.abs(x - (x @ basis.T) @ basis))) for x in (centred, scaled_slopes))
+
+    low, high = 1, directions.shape[0]  # bisection: the residual of nested projections only falls
+    while low < high:
+        middle = (low + high) // 2
+        if error(middle) <= bound:
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def _decomposition(config: ModelConfig, params, spacing: float):
+    """The bank's values and slopes at the grid nodes (g + 1, T*2*F), their column mean, and the
+    right singular vectors of the centred values (rows, most significant first)."""
+    values, slopes = _bank_on_grid(config, params, spacing)
+    offset = values.mean(axis=0)
+    _, _, directions = jnp.linalg.svd(values - offset, full_matrices=False)
+    return values, slopes, offset, directions
+
+
+def _bank_on_grid(config: ModelConfig, params, spacing: float):
+    """(values, slopes) of the bank at the grid nodes 0, h, ..., >= cutoff: (g + 1, T*2*F) each."""
     intervals = math.ceil(config.cutoff / spacing)
     grid = jnp.arange(intervals + 1, dtype=jnp.float64) * spacing
     bank_params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params["params"]["radial_filters"])
@@ -37,16 +95,15 @@ def build_table(config: ModelConfig, params, spacing: float) -> Float[Array, "g 
         filters = RadialFilterBank(config).apply({"params": bank_params}, radial)
         return jnp.concatenate([w for layer in filters for w in layer], axis=-1)
 
-    values, slopes = jax.jit(lambda d: jax.jvp(bank, (d,), (jnp.ones_like(d),)))(grid)
-    slopes = slopes * spacing  # derivative with respect to the interval coordinate t
-    f0, f1, s0, s1 = values[:-1], values[1:], slopes[:-1], slopes[1:]
-    return jnp.stack([f0, s0, 3 * (f1 - f0) - 2 * s0 - s1, 2 * (f0 - f1) + s0 + s1], axis=1)
+    return jax.jit(lambda d: jax.jvp(bank, (d,), (jnp.ones_like(d),)))(grid)
 
 
 def interpolate(
-    config: ModelConfig, table: Float[Array, "g 4 m"], distances: Float[Array, " p"], spacing: float
+    config: ModelConfig, table: dict[str, Float[Array, "..."]], distances: Float[Array, " p"], spacing: float
 ) -> RadialFilters:
-    values = _spline(jax.lax.stop_gradient(jnp.asarray(table, distances.dtype)), distances, spacing, config.cutoff)
+    coefficients, directions, offset = (jax.lax.stop_gradient(jnp.asarray(table[key], distances.dtype))
+                                        for key in ("coefficients", "basis", "offset"))
+    values = _spline(coefficients, distances, spacing, config.cutoff) @ directions + offset
     F = config.num_features
     return [
         (values[:, (2 * layer) * F : (2 * layer + 1) * F], values[:, (2 * layer + 1) * F : (2 * layer + 2) * F])

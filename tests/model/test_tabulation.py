@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from ase.io import read
 
 from so3krates import System, evaluate
 from so3krates.checkpoint import load_model, save_model
 from so3krates.model import basis, tabulation
 from so3krates.model.so3krates import RadialFilterBank
 from so3krates.neighbors import build_graph
-from so3krates.potential import exact_potential, tabulate_radial_filters
-from tests.conftest import rattled_molecule
+from so3krates.potential import committee, exact_potential, tabulate_radial_filters
+from so3krates import init_model
+from tests.conftest import CONFIGS, rattled_molecule, scrambled
 
 
 def errors(exact, tabulated, graph):
@@ -50,3 +55,34 @@ def test_a_tabulated_potential_saves_as_the_exact_model(potentials, tmp_path):
     assert exact_potential(tabulated).model == exact.model
     loaded = load_model(save_model(tabulated, tmp_path / "model"))
     assert loaded.model == exact.model and set(loaded.params) == {"params"}
+
+
+def test_the_table_keeps_few_singular_directions_of_a_real_bank_and_stays_accurate():
+    """SO3LR's 768 filter columns are smooth functions of one variable: the spline needs a few
+    dozen of their singular directions, not all of them (its memory and its matrix product)."""
+    so3lr = load_model(Path(__file__).resolve().parents[2] / "data" / "models" / "so3lr")
+    config = so3lr.model.config
+    columns = 2 * config.num_layers * config.num_features
+    rank = tabulation.table_rank(config, so3lr.params, 0.01)
+    assert 20 < rank < columns // 8, rank
+    assert tabulation.table_rank(config, so3lr.params, 0.01, tolerance=1e-9) > rank  # tighter: more directions
+    atoms = read(Path(__file__).resolve().parents[1] / "data" / "so3lr" / "dha.xyz")
+    atoms.cell, atoms.pbc = None, False
+    graph = build_graph(System.from_atoms(atoms), so3lr.cutoff, long_range_cutoff=so3lr.long_range_cutoff)
+    # DHA, long range included: at 0.005 Å and 1e-8 the force error is ~3e-7 of the largest force
+    energy_error, force_error = errors(so3lr, tabulate_radial_filters(so3lr, 0.005, tolerance=1e-8), graph)
+    assert energy_error < 1e-8 and force_error < 1e-6, (energy_error, force_error)
+
+
+def test_a_committee_tabulates_member_by_member_with_one_rank(potentials):
+    members = [scrambled(init_model(CONFIGS["reference"], ["H", "C", "N", "O"], seed=seed), seed=seed) for seed in (1, 2)]
+    both = committee(members)
+    tabulated = tabulate_radial_filters(both)
+    table = tabulated.params["radial_table"]
+    assert table["coefficients"].shape[0] == 2 and table["basis"].shape[:2] == (2, table["coefficients"].shape[-1])
+    graph = build_graph(System.from_atoms(rattled_molecule("CH3CONH2", seed=5)), both.cutoff)
+    for k, member in enumerate(members):  # each member with its own table, to the single model's accuracy
+        energy_error, force_error = errors(member, tabulated.member(k), graph)
+        assert energy_error < 1e-7 and force_error < 1e-6, (k, energy_error, force_error)
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        tabulate_radial_filters(both, 0.01, tolerance=0)
