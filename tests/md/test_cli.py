@@ -77,3 +77,24 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, argon_file
     whole, resumed = ase.io.read(tmp_path / "whole" / "trajectory.traj", ":"), ase.io.read(killed / "trajectory.traj", ":")
     assert len(whole) == len(resumed) == 1001
     np.testing.assert_array_equal(whole[-1].positions, resumed[-1].positions)
+
+
+def test_radial_table_runs_an_so3krates_model_tabulated_and_refuses_other_models(tmp_path, argon_file, capsys):
+    from ase.build import molecule
+
+    ethanol = tmp_path / "ethanol.xyz"
+    ase.io.write(ethanol, molecule("CH3CH2OH"))
+    out = tmp_path / "tabulated"
+    assert main(["md", str(ethanol), "--model", "ethanol", "--steps", "20", "--record-every", "10", "--chunk", "20",
+                 "--radial-table", "0.01", "--no-progress", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["radial_table_spacing"] == 0.01
+    assert len(ase.io.read(out / "trajectory.extxyz", ":")) == 3
+    capsys.readouterr()
+    assert main(["md", str(argon_file), *ARGS, "--steps", "20", "--radial-table", "0.01",
+                 "--out", str(tmp_path / "lj")]) == 2
+    assert "--radial-table applies to SO3krates models" in capsys.readouterr().err
+    assert main(["md", str(ethanol), "--model", "ethanol", "--steps", "20", "--radial-table", "-1",
+                 "--out", str(tmp_path / "negative")]) == 2
+    assert "spacing must be in" in capsys.readouterr().err
+    assert not (tmp_path / "lj").exists() and not (tmp_path / "negative").exists()
