@@ -500,9 +500,8 @@ def tabulate_radial_filters(potential: Potential, spacing: float = 0.01,
         table = jax.tree.map(np.asarray, tabulation.build_table(model.config, exact.params, spacing, tolerance))
     else:  # one table per member, stacked like the parameters, of the rank the most demanding one needs
         members = [exact.member(k).params for k in range(exact.members)]
-        rank = max(tabulation.table_rank(model.config, params, spacing, tolerance) for params in members)
         table = jax.tree.map(lambda *tables: np.stack([np.asarray(t) for t in tables]),
-                             *[tabulation.build_table(model.config, params, spacing, rank=rank) for params in members])
+                             *tabulation.build_tables(model.config, members, spacing, tolerance))
     return dataclasses.replace(
         exact,
         model=SO3kratesEnergy(model.config, radial_table_spacing=float(spacing)),

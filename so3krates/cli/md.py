@@ -174,6 +174,8 @@ def run(args) -> int:
         from so3krates.system import System
 
         require_heat_flux(model, System.from_atoms(atoms))  # before anything is run or written
+    if args.resume:  # before the writer touches the run: a switch of filters would not be the same run
+        _check_same_radial_table(args.radial_table, args.out)
     simulation = Simulation(atoms, model, config)
     writer = RunWriter(args.out, simulation, resume=args.resume, overwrite=args.overwrite, formats=args.formats,
                        metadata={"command": sys.argv, "model_source": args.model, "structure_file": str(path),
@@ -211,6 +213,19 @@ def _check_same_record(record, directory) -> None:
     if saved != record:
         raise ValueError(f"{directory}: --resume with --record {record or 'nothing'}, the run records "
                          f"{saved or 'nothing'}; use the original options")
+
+
+def _check_same_radial_table(spacing, directory) -> None:
+    import json
+
+    run = Path(directory) / "run.json"
+    if not run.is_file():
+        return  # no run to compare with: the writer says what is missing
+    saved = json.loads(run.read_text()).get("radial_table_spacing")
+    if saved != spacing:
+        described = lambda value: "exact filters" if value is None else f"--radial-table {value}"  # noqa: E731
+        raise ValueError(f"{directory}: --resume with {described(spacing)}, the run used {described(saved)}; "
+                         "use the original options")
 
 
 def _check_same_settings(requested, saved, directory) -> None:

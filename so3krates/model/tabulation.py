@@ -38,12 +38,24 @@ TOLERANCE = 1e-7  # the low-rank truncation's largest error, relative to the ban
 def build_table(config: ModelConfig, params, spacing: float, tolerance: float = TOLERANCE, rank: int | None = None
                 ) -> dict[str, Float[Array, "..."]]:
     """The spline table of the whole radial filter bank, in float64: ``coefficients`` (g, 4, M)
-    per interval, ``basis`` (M, T*2*F) and ``offset`` (T*2*F). ``rank`` fixes M (the members of
-    a committee share one); None: the smallest meeting ``tolerance`` (:func:`table_rank`)."""
-    values, slopes, offset, directions = _decomposition(config, params, spacing)
+    per interval, ``basis`` (M, T*2*F) and ``offset`` (T*2*F). ``rank`` fixes M; None: the
+    smallest meeting ``tolerance`` (:func:`table_rank`)."""
+    return build_tables(config, [params], spacing, tolerance, rank)[0]
+
+
+def build_tables(config: ModelConfig, members: list, spacing: float, tolerance: float = TOLERANCE,
+                 rank: int | None = None) -> list[dict[str, Float[Array, "..."]]]:
+    """One table per parameter set (a committee's members), all of one rank (stackable): the
+    largest any member needs for ``tolerance``, unless ``rank`` fixes it."""
+    decompositions = [_decomposition(config, params, spacing) for params in members]
     if rank is None:
-        rank = _smallest_rank(values - offset, slopes * spacing, directions, tolerance)
-    basis = directions[:rank]
+        rank = max(_smallest_rank(values - offset, slopes * spacing, directions, tolerance)
+                   for values, slopes, offset, directions in decompositions)
+    return [_table(values, slopes, offset, directions[:rank], spacing)
+            for values, slopes, offset, directions in decompositions]
+
+
+def _table(values, slopes, offset, basis, spacing: float) -> dict[str, Float[Array, "..."]]:
     values, slopes = (values - offset) @ basis.T, slopes @ basis.T
     slopes = slopes * spacing  # derivative with respect to the interval coordinate t
     f0, f1, s0, s1 = values[:-1], values[1:], slopes[:-1], slopes[1:]

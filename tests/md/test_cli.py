@@ -98,3 +98,12 @@ def test_radial_table_runs_an_so3krates_model_tabulated_and_refuses_other_models
                  "--out", str(tmp_path / "negative")]) == 2
     assert "spacing must be in" in capsys.readouterr().err
     assert not (tmp_path / "lj").exists() and not (tmp_path / "negative").exists()
+    # a resumed run keeps its filters: switching to the exact ones is refused, the run untouched
+    files = {p: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["md", str(ethanol), "--model", "ethanol", "--steps", "40", "--record-every", "10", "--chunk", "20",
+                 "--no-progress", "--out", str(out), "--resume"]) == 2
+    assert "--resume with exact filters, the run used --radial-table 0.01" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    assert main(["md", str(ethanol), "--model", "ethanol", "--steps", "40", "--record-every", "10", "--chunk", "20",
+                 "--radial-table", "0.01", "--no-progress", "--out", str(out), "--resume"]) == 0
+    assert len(ase.io.read(out / "trajectory.extxyz", ":")) == 5

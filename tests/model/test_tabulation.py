@@ -84,5 +84,7 @@ def test_a_committee_tabulates_member_by_member_with_one_rank(potentials):
     for k, member in enumerate(members):  # each member with its own table, to the single model's accuracy
         energy_error, force_error = errors(member, tabulated.member(k), graph)
         assert energy_error < 1e-7 and force_error < 1e-6, (k, energy_error, force_error)
+    energy_error, force_error = errors(both, tabulated, graph)  # the committee's mean, members vmapped
+    assert energy_error < 1e-7 and force_error < 1e-6, (energy_error, force_error)
     with pytest.raises(ValueError, match="tolerance must be in"):
         tabulate_radial_filters(both, 0.01, tolerance=0)
